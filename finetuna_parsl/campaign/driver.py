@@ -1,0 +1,227 @@
+"""The campaign driver: streams systems through a bounded number of parent slots, one HDF5 writer.
+
+Each relaxation alternates learn_and_propose (learn executor) and parent_call (parent executor).
+A segment and the parent point that ends it are written and flushed together before the learner
+sees the point, so a killed driver loses at most the parent call in flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..apps import learn_and_propose, parent_call, reference_relaxation
+from ..config import RunConfig
+from ..learner.online import record_parent, settle
+from ..learner.reference import ReferenceResult
+from ..learner.state import STATUS_RUNNING, LearnerState, Proposal, SystemSpec
+from ..store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow
+
+DONE = "done"
+FAILED = "failed"
+RUNNING = "running"
+
+
+@dataclass
+class Progress:
+    """What the progress bar shows."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    skipped: int = 0
+    parent_calls: int = 0
+
+
+@dataclass
+class _Relaxation:
+    state: LearnerState
+    future: cf.Future | None = None
+    proposal: Proposal | None = None
+    learn_failures: int = 0
+    parent_failures: int = 0
+
+
+@dataclass
+class CampaignResult:
+    """Per-system rows as stored, plus what the run itself counted."""
+
+    rows: list[dict] = field(default_factory=list)
+    parent_calls_this_run: int = 0
+
+
+def _short_error(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+class Campaign:
+    """Relax `systems` under `config` (method 'online' or a reference method), writing to `store`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        systems: Sequence[SystemSpec],
+        store: CampaignStore,
+        method: str = "online",
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.systems = list(systems)
+        self.store = store
+        self.method = method
+        self.on_progress = on_progress or (lambda p: None)
+        self.progress = Progress(total=len(self.systems))
+        self.parent_calls_this_run = 0
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def _report(self) -> None:
+        self.on_progress(self.progress)
+
+    def _finish(self, system_id: str, status: str, outcome: str, error: str = "") -> None:
+        self.store.set_status(system_id, status, error=error, outcome=outcome)
+        self.progress.running -= 1
+        if status == FAILED:
+            self.progress.failed += 1
+        else:
+            self.progress.done += 1
+        self._report()
+
+    # --- online learner ----------------------------------------------------------------------
+    def _submit_learn(self, r: _Relaxation) -> None:
+        r.future = learn_and_propose(r.state, self.config.surrogate)
+        r.future.stage = "learn"
+
+    def _submit_parent(self, r: _Relaxation) -> None:
+        r.future = parent_call(self.config.parent, r.state.system, r.proposal.positions)
+        r.future.stage = "parent"
+
+    def _start_online(self, system: SystemSpec) -> _Relaxation | None:
+        sid = system.system_id
+        if self.store.has_system(sid):
+            state = settle(self.store.load_state(sid, self.config.learner))
+            if state.done:  # the driver died after storing the final point, before marking it
+                self.store.set_status(sid, RUNNING)
+                self.progress.running += 1
+                self._finish(sid, DONE, state.status)
+                return None
+        else:
+            self.store.add_system(system)
+            state = LearnerState(system=system, settings=self.config.learner)
+        self.store.set_status(sid, RUNNING)
+        r = _Relaxation(state=state)
+        self._submit_learn(r)
+        return r
+
+    def _on_learn(self, r: _Relaxation) -> bool:
+        """Handle a finished learn task; False when the relaxation ended."""
+        sid = r.state.system.system_id
+        try:
+            r.proposal = r.future.result()
+        except Exception as exc:
+            r.learn_failures += 1
+            if r.learn_failures > self.config.campaign.learn_retries:
+                self._finish(sid, FAILED, "", f"learn step failed {r.learn_failures} times: {_short_error(exc)}")
+                return False
+            self._submit_learn(r)
+            return True
+        self._submit_parent(r)
+        return True
+
+    def _on_parent(self, r: _Relaxation) -> bool:
+        sid = r.state.system.system_id
+        try:
+            point = r.future.result()
+        except Exception as exc:
+            r.parent_failures += 1
+            if r.parent_failures > self.config.campaign.parent_retries:
+                self._finish(sid, FAILED, "", f"parent call failed {r.parent_failures} times: {_short_error(exc)}")
+                return False
+            self._submit_parent(r)
+            return True
+        rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE, s.uncertainty, 0, s.wall_s) for s in r.proposal.segment]
+        rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles, point.wall_s))
+        self.store.append_steps(sid, rows)  # flushed before the learner sees the point
+        self.store.save_head(sid, r.proposal.head, r.proposal.head_points)
+        self.parent_calls_this_run += 1
+        self.progress.parent_calls += 1
+        r.state = record_parent(r.state, r.proposal, point)
+        r.proposal = None
+        if r.state.status != STATUS_RUNNING:
+            self._finish(sid, DONE, r.state.status)
+            return False
+        self._submit_learn(r)
+        return True
+
+    # --- reference methods -------------------------------------------------------------------
+    def _start_reference(self, system: SystemSpec) -> _Relaxation:
+        sid = system.system_id
+        if self.store.has_system(sid):  # a reference relaxation is one task: redo it whole
+            self.store.reset_steps(sid)
+        else:
+            self.store.add_system(system)
+        self.store.set_status(sid, RUNNING)
+        r = _Relaxation(state=LearnerState(system=system, settings=self.config.learner))
+        r.future = reference_relaxation(
+            self.method, system, self.config.parent, self.config.learner, self.config.surrogate
+        )
+        r.future.stage = "reference"
+        return r
+
+    def _on_reference(self, r: _Relaxation) -> bool:
+        sid = r.state.system.system_id
+        try:
+            result: ReferenceResult = r.future.result()
+        except Exception as exc:
+            self._finish(sid, FAILED, "", f"{self.method} failed: {_short_error(exc)}")
+            return False
+        rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE) for s in result.surrogate_steps]
+        rows += [StepRow(p.positions, p.energy, p.forces, KIND_PARENT, 0.0, p.scf_cycles, p.wall_s) for p in result.parent_points]
+        self.store.append_steps(sid, rows)
+        self.parent_calls_this_run += result.parent_calls
+        self.progress.parent_calls += result.parent_calls
+        self._finish(sid, DONE, result.status)
+        return False
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> CampaignResult:
+        """Run every system not already done in the store; returns the stored summary rows."""
+        queue: deque[SystemSpec] = deque()
+        for system in self.systems:
+            if self.store.has_system(system.system_id) and self.store.status(system.system_id) == DONE:
+                self.progress.done += 1
+                self.progress.parent_calls += self.store.parent_calls(system.system_id)
+            else:
+                queue.append(system)
+        self._report()
+        active: dict[cf.Future, _Relaxation] = {}
+        slots = self.config.campaign.max_concurrent
+        while queue or active:
+            while queue and len(active) < slots:
+                system = queue.popleft()
+                r = self._start_reference(system) if self.method != "online" else self._start_online(system)
+                if r is None:
+                    continue
+                self.progress.running += 1
+                active[r.future] = r
+                self._report()
+            finished, _ = cf.wait(list(active), return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                r = active.pop(future)
+                stage = future.stage
+                if stage == "learn":
+                    alive = self._on_learn(r)
+                elif stage == "parent":
+                    alive = self._on_parent(r)
+                else:
+                    alive = self._on_reference(r)
+                if alive:
+                    active[r.future] = r
+            self._report()
+        ids = {s.system_id for s in self.systems}
+        rows = [row for row in self.store.summary() if row["system_id"] in ids]
+        return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)

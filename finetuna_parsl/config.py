@@ -1,0 +1,216 @@
+"""Run-config schema (YAML): systems, parent, surrogate, learner, campaign, site.
+
+Every problem is reported as one line naming the file and the key, before any work starts.
+Relative paths are taken from the current working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .learner.state import LearnerSettings
+
+
+class ConfigError(ValueError):
+    """A run config is invalid; str() is one line: '<file>: <key>: <what is wrong>'."""
+
+
+@dataclass(frozen=True)
+class SystemsConfig:
+    """Where the systems come from. source 'demo' builds the seeded demo set with ase.build."""
+
+    source: str = "demo"
+    count: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ParentConfig:
+    """The parent (reference) calculator and its options."""
+
+    kind: str = "emt"
+    options: dict = field(default_factory=dict)
+    workdir: str = "parent-runs"
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """The surrogate: a fairchem checkpoint ('shipped' = the package's own) and fine-tuning settings."""
+
+    checkpoint: str = "shipped"
+    factory: str | None = None  # "module:callable" returning a surrogate; overrides checkpoint
+    device: str = "auto"
+    ensemble_size: int = 1
+    epochs: int = 400
+    lr: float = 3e-4
+    scheduler_factor: float = 0.9
+    scheduler_patience: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """How the campaign runs and where it writes."""
+
+    output: str = "runs/campaign.h5"
+    max_concurrent: int = 4
+    keep_surrogate_every: int = 1  # 1: every surrogate step; N: every Nth; 0: parent points only
+    learn_retries: int = 2
+    parent_retries: int = 2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run config; `text` is the YAML it came from (stored in the campaign file)."""
+
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
+    parent: ParentConfig = field(default_factory=ParentConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    learner: LearnerSettings = field(default_factory=LearnerSettings)
+    campaign: CampaignConfig = field(default_factory=CampaignConfig)
+    site: str = "laptop"
+    path: str = ""
+    text: str = ""
+
+
+_SECTIONS = {
+    "systems": SystemsConfig,
+    "parent": ParentConfig,
+    "surrogate": SurrogateConfig,
+    "learner": LearnerSettings,
+    "campaign": CampaignConfig,
+}
+_CHOICES = {
+    ("surrogate", "device"): ("auto", "cpu", "cuda"),
+    ("learner", "query"): ("relaxed-only", "k-steps", "uncertainty"),
+    ("learner", "train_on"): ("newest", "all"),
+}
+_POSITIVE = {
+    ("systems", "count"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
+    ("campaign", "max_concurrent"), ("learner", "k"), ("learner", "fmax"), ("learner", "max_parent_calls"),
+    ("learner", "max_surrogate_steps"), ("learner", "maxstep"), ("learner", "alpha"),
+    ("learner", "uncertainty_threshold"),
+}
+_NON_NEGATIVE = {("campaign", "keep_surrogate_every"), ("campaign", "learn_retries"), ("campaign", "parent_retries")}
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _check_value(where: str, key: str, value: Any, annotation: Any) -> Any:
+    """Value converted to the annotated type, or ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(where, key, value, inner)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: expected a number, got {_type_name(value)} {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {_type_name(value)} {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected a string, got {_type_name(value)} {value!r}")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping, got {_type_name(value)} {value!r}")
+        return value
+    return value
+
+
+def _section(where: str, name: str, raw: Any) -> Any:
+    cls = _SECTIONS[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {name}: expected a mapping, got {_type_name(raw)} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{where}: {name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        full = f"{name}.{key}"
+        value = _check_value(where, full, value, hints[key])
+        if (name, key) in _CHOICES and value not in _CHOICES[(name, key)]:
+            raise ConfigError(f"{where}: {full}: must be one of {', '.join(_CHOICES[(name, key)])}, got {value!r}")
+        if (name, key) in _POSITIVE and not value > 0:
+            raise ConfigError(f"{where}: {full}: must be > 0, got {value!r}")
+        if (name, key) in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{where}: {full}: must be >= 0, got {value!r}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except ValueError as exc:  # cross-field checks of the dataclass itself
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+
+
+def _check_files(where: str, config: RunConfig) -> None:
+    source = config.systems.source
+    if source != "demo" and not Path(source).exists():
+        raise ConfigError(f"{where}: systems.source: no such file or folder: {source}")
+    ckpt = config.surrogate.checkpoint
+    if config.surrogate.factory is None and ckpt != "shipped" and not Path(ckpt).is_file():
+        raise ConfigError(f"{where}: surrogate.checkpoint: no such file: {ckpt}")
+    if config.surrogate.factory is not None and ":" not in config.surrogate.factory:
+        raise ConfigError(f"{where}: surrogate.factory: expected 'module:callable', got {config.surrogate.factory!r}")
+    from .parents import PARENT_KINDS
+
+    if config.parent.kind not in PARENT_KINDS:
+        raise ConfigError(
+            f"{where}: parent.kind: unknown parent {config.parent.kind!r} (known: {', '.join(sorted(PARENT_KINDS))})"
+        )
+
+
+def parse_config(text: str, where: str = "<config>") -> RunConfig:
+    """Parse and validate YAML text; `where` names the file in error messages."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections at the top level, got {_type_name(raw)}")
+    allowed = set(_SECTIONS) | {"site"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{where}: {key}: unknown key (known: {', '.join(sorted(allowed))})")
+    sections = {name: _section(where, name, raw.get(name)) for name in _SECTIONS}
+    site = raw.get("site", "laptop")
+    if not isinstance(site, str):
+        raise ConfigError(f"{where}: site: expected a string, got {_type_name(site)} {site!r}")
+    config = RunConfig(**sections, site=site, path=where, text=text)
+    _check_files(where, config)
+    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run-config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    return parse_config(path.read_text(), where=str(path))
+
+
+def with_overrides(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """A copy with some section fields replaced, e.g. with_overrides(c, campaign={"output": "x.h5"})."""
+    changed = {name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items() if values}
+    return dataclasses.replace(config, **changed)

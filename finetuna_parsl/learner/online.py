@@ -1,0 +1,149 @@
+"""The FINETUNA online learner as two pure functions: propose the next parent call, record its answer.
+
+propose(): fine-tune the surrogate head on the newest parent point, rebuild BFGS's Hessian from
+parent points only, take the parent-force step, then relax on the surrogate until the query rule
+fires. record_parent(): add the parent point and decide whether the relaxation is done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from .bfgs import HessianBFGS, constrain, free_fmax
+from .query import query_reason
+from .state import (
+    STATUS_CONVERGED,
+    STATUS_PARENT_BUDGET,
+    STATUS_RUNNING,
+    STATUS_SURROGATE_BUDGET,
+    LearnerState,
+    ParentPoint,
+    Proposal,
+    SurrogateStep,
+)
+
+
+class SurrogateModel(Protocol):
+    """What the learner needs from a surrogate (finetuna_parsl.surrogate.Surrogate provides it)."""
+
+    def initial_head(self) -> bytes: ...
+
+    def fine_tune(self, head: bytes, points: list[Atoms]) -> tuple[bytes, dict]: ...
+
+    def calculator(self, head: bytes) -> Calculator: ...
+
+
+class SurrogateDiverged(RuntimeError):
+    """The surrogate returned non-finite energy or forces: the segment cannot continue."""
+
+
+def point_atoms(state: LearnerState, point: ParentPoint) -> Atoms:
+    """A parent point as Atoms carrying the parent's energy and (unconstrained) forces."""
+    atoms = state.system.to_atoms(point.positions)
+    atoms.calc = SinglePointCalculator(atoms, energy=point.energy, forces=point.forces)
+    return atoms
+
+
+def rebuild_optimizer(state: LearnerState) -> HessianBFGS:
+    """BFGS whose Hessian is replayed over all parent points but the newest (reset, then updated)."""
+    fixed = state.system.fixed
+    return HessianBFGS.replay(
+        ((p.positions, constrain(p.forces, fixed)) for p in state.parent_points[:-1]),
+        n_atoms=state.system.n_atoms,
+        alpha=state.settings.alpha,
+        maxstep=state.settings.maxstep,
+        fixed=fixed,
+    )
+
+
+def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
+    """Run one learn step: the positions of the next parent call and the surrogate segment that led there."""
+    settings = state.settings
+    head = state.head if state.head is not None else surrogate.initial_head()
+    if not state.parent_points:
+        # The first parent call is on the initial structure: it seeds both the data and the Hessian.
+        return Proposal(positions=state.system.positions.copy(), segment=[], head=head, head_points=0, reason="initial")
+
+    fine_tune_s = 0.0
+    head_points = state.head_points
+    if head_points < len(state.parent_points):
+        train = state.parent_points[-1:] if settings.train_on == "newest" else state.parent_points
+        t0 = time.perf_counter()
+        head, _info = surrogate.fine_tune(head, [point_atoms(state, p) for p in train])
+        fine_tune_s = time.perf_counter() - t0
+        head_points = len(state.parent_points)
+
+    fixed = state.system.fixed
+    newest = state.parent_points[-1]
+    opt = rebuild_optimizer(state)
+    positions = opt.step(newest.positions, constrain(newest.forces, fixed))
+
+    calc = surrogate.calculator(head)
+    atoms = state.system.to_atoms(positions)
+    atoms.calc = calc
+    budget_left = settings.max_surrogate_steps - state.surrogate_steps
+    segment: list[SurrogateStep] = []
+    reason = ""
+    while not reason:
+        if len(segment) >= budget_left:
+            reason = "budget"
+            break
+        t0 = time.perf_counter()
+        atoms.positions = positions  # direct assignment: positions already honour FixAtoms
+        energy = float(atoms.get_potential_energy())
+        forces = np.array(atoms.get_forces(apply_constraint=False), dtype=float)
+        uncertainty = float(calc.results.get("uncertainty", 0.0))
+        if not (np.isfinite(energy) and np.isfinite(forces).all()):
+            raise SurrogateDiverged(f"system {state.system.system_id}: surrogate gave non-finite energy/forces")
+        segment.append(SurrogateStep(positions.copy(), energy, forces, uncertainty, time.perf_counter() - t0))
+        reason = query_reason(
+            settings, free_fmax(forces, fixed), len(segment), uncertainty,
+            [step.positions for step in segment[-settings.stall_steps - 1:]],
+        )
+        if not reason:
+            positions = opt.step(positions, constrain(forces, fixed))
+
+    call_at = segment[-1].positions if segment else positions
+    return Proposal(
+        positions=call_at.copy(),
+        segment=segment,
+        head=head,
+        head_points=head_points,
+        reason=reason,
+        fine_tune_s=fine_tune_s,
+        surrogate_budget_spent=reason == "budget",
+    )
+
+
+def record_parent(state: LearnerState, proposal: Proposal, point: ParentPoint) -> LearnerState:
+    """The state after the parent answered `proposal`: new point, new head, and the stop decision."""
+    new = replace(
+        state,
+        parent_points=[*state.parent_points, point],
+        head=proposal.head,
+        head_points=proposal.head_points,
+        surrogate_steps=state.surrogate_steps + len(proposal.segment),
+    )
+    return settle(new, surrogate_budget_spent=proposal.surrogate_budget_spent)
+
+
+def settle(state: LearnerState, surrogate_budget_spent: bool = False) -> LearnerState:
+    """The state with its stop decision: parent-confirmed converged, or a budget spent, or still running.
+
+    Used after every parent point, and on resume (the driver may have died after storing the last point).
+    """
+    settings = state.settings
+    if state.parent_points and free_fmax(state.parent_points[-1].forces, state.system.fixed) <= settings.fmax:
+        return state.with_status(STATUS_CONVERGED)
+    if state.parent_calls >= settings.max_parent_calls:
+        return state.with_status(STATUS_PARENT_BUDGET)
+    if surrogate_budget_spent or state.surrogate_steps >= settings.max_surrogate_steps:
+        return state.with_status(STATUS_SURROGATE_BUDGET)
+    return state.with_status(STATUS_RUNNING)

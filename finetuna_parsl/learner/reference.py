@@ -1,0 +1,111 @@
+"""Reference optimizers run on the same parent, for comparison: parent-only BFGS, parent-only CG, warm start.
+
+Each takes the parent as a plain call (positions -> ParentPoint), so it runs wherever the parent lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.optimize import BFGS
+from ase.optimize.sciopt import SciPyFminCG
+
+from .bfgs import free_fmax
+from .state import (
+    STATUS_CONVERGED,
+    STATUS_PARENT_BUDGET,
+    LearnerSettings,
+    ParentPoint,
+    SurrogateStep,
+    SystemSpec,
+)
+
+ParentCall = Callable[[np.ndarray], ParentPoint]
+REFERENCE_METHODS = ("bfgs", "cg", "warm-start")
+
+
+class _BudgetSpent(Exception):
+    """Raised inside the optimizer when the parent-call budget is used up."""
+
+
+class _RecordingParent(Calculator):
+    """ASE calculator over a parent call that keeps every ParentPoint and enforces the call budget."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, call: ParentCall, budget: int) -> None:
+        super().__init__()
+        self.call = call
+        self.budget = budget
+        self.points: list[ParentPoint] = []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        if len(self.points) >= self.budget:
+            raise _BudgetSpent
+        point = self.call(self.atoms.positions.copy())
+        self.points.append(point)
+        self.results = {"energy": point.energy, "free_energy": point.energy, "forces": point.forces.copy()}
+
+
+@dataclass
+class ReferenceResult:
+    """A finished reference relaxation: every parent point and (warm start) the surrogate pre-relaxation."""
+
+    method: str
+    status: str
+    parent_points: list[ParentPoint]
+    surrogate_steps: list[SurrogateStep] = field(default_factory=list)
+
+    @property
+    def parent_calls(self) -> int:
+        return len(self.parent_points)
+
+
+def run_reference(
+    method: str,
+    system: SystemSpec,
+    parent: ParentCall,
+    settings: LearnerSettings,
+    surrogate: Calculator | None = None,
+) -> ReferenceResult:
+    """Relax `system` with a reference method; the parent-call budget is settings.max_parent_calls."""
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"unknown reference method {method!r}; known: {', '.join(REFERENCE_METHODS)}")
+    atoms = system.to_atoms()
+    surrogate_steps: list[SurrogateStep] = []
+    if method == "warm-start":
+        if surrogate is None:
+            raise ValueError("warm-start needs a surrogate calculator")
+        atoms.calc = surrogate
+        pre = BFGS(atoms, logfile=None, maxstep=settings.maxstep)
+        for _ in pre.irun(fmax=settings.relaxed_fmax, steps=settings.max_surrogate_steps):
+            surrogate_steps.append(
+                SurrogateStep(
+                    atoms.positions.copy(),
+                    float(atoms.get_potential_energy()),
+                    np.array(atoms.get_forces(apply_constraint=False)),
+                )
+            )
+    recorder = _RecordingParent(parent, budget=settings.max_parent_calls)
+    atoms.calc = recorder
+    if method == "cg":
+        optimizer = SciPyFminCG(atoms, logfile=None)
+    else:
+        optimizer = BFGS(atoms, logfile=None, maxstep=settings.maxstep)
+    try:
+        optimizer.run(fmax=settings.fmax, steps=settings.max_parent_calls)
+    except _BudgetSpent:
+        pass
+    points = recorder.points
+    # CG's line search may probe past the minimum: converged means some parent call confirmed fmax.
+    converged = any(free_fmax(p.forces, system.fixed) <= settings.fmax for p in points)
+    return ReferenceResult(
+        method=method,
+        status=STATUS_CONVERGED if converged else STATUS_PARENT_BUDGET,
+        parent_points=points,
+        surrogate_steps=surrogate_steps,
+    )

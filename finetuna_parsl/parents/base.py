@@ -1,0 +1,65 @@
+"""The parent-session interface: one live parent per relaxation, reused between calls."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..learner.state import SystemSpec
+
+
+class ParentError(RuntimeError):
+    """A parent session failed (crashed, timed out, refused the input); the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ParentResult:
+    """One parent answer: energy (eV), unconstrained forces (eV/A) and what it cost."""
+
+    energy: float
+    forces: np.ndarray
+    scf_cycles: int = 0
+    wall_s: float = 0.0
+
+
+class ParentSession(abc.ABC):
+    """A parent calculator bound to one system for its whole relaxation.
+
+    start() binds it to the system (composition, cell, pbc fixed from then on); calculate() moves the
+    atoms and returns the parent's answer, reusing whatever the parent keeps warm (wavefunctions).
+    """
+
+    kind: str = "abstract"
+
+    def __init__(self, workdir: str | Path | None = None) -> None:
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.system: SystemSpec | None = None
+
+    def start(self, system: SystemSpec) -> None:
+        self.system = system
+
+    @abc.abstractmethod
+    def calculate(self, positions: np.ndarray) -> ParentResult: ...
+
+    def pause(self) -> None:
+        """Stop using CPU between calls (no-op for in-process parents)."""
+
+    def resume(self) -> None:
+        """Undo pause()."""
+
+    def close(self) -> None:
+        self.system = None
+
+    def _check_positions(self, positions: np.ndarray) -> np.ndarray:
+        if self.system is None:
+            raise ParentError(f"{self.kind} parent: calculate() before start()")
+        positions = np.asarray(positions, dtype=float)
+        if positions.shape != (self.system.n_atoms, 3):
+            raise ParentError(
+                f"{self.kind} parent for {self.system.system_id}: expected positions of shape "
+                f"({self.system.n_atoms}, 3), got {positions.shape} (a change of composition is not allowed)"
+            )
+        return positions

@@ -1,0 +1,282 @@
+"""The campaign's HDF5 store: one file, one writer (the driver), readable with plain h5py.
+
+Layout (DESIGN.md): /systems/<id>/ with the system as given, resizable steps/* datasets (one row
+per surrogate or parent evaluation) and head/weights for resume. Every append is flushed before
+the learner is allowed to use the point it holds.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .learner.bfgs import free_fmax
+from .learner.state import STATUS_RUNNING, LearnerSettings, LearnerState, ParentPoint, SystemSpec
+
+FORMAT_VERSION = 1
+KIND_SURROGATE = 0
+KIND_PARENT = 1
+PENDING = "pending"
+LOCKING_HINT = (
+    "if this file is on a shared filesystem without file locking (Lustre, NFS, GPFS), "
+    "set HDF5_USE_FILE_LOCKING=FALSE and try again"
+)
+
+
+class StoreError(RuntimeError):
+    """The store could not be opened or does not hold what was asked for."""
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One evaluation as stored: kind 0 = surrogate, 1 = parent."""
+
+    positions: np.ndarray
+    energy: float
+    forces: np.ndarray
+    kind: int
+    uncertainty: float = 0.0
+    scf_cycles: int = 0
+    wall_s: float = 0.0
+
+
+def _versions() -> str:
+    names = ("finetuna-parsl", "ase", "h5py", "numpy", "parsl", "torch", "fairchem-core")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return " ".join(found)
+
+
+def open_h5(path: str | Path, mode: str) -> h5py.File:
+    """h5py.File with the shared-filesystem locking hint attached to any open failure."""
+    try:
+        return h5py.File(path, mode)
+    except (OSError, BlockingIOError) as exc:
+        raise StoreError(f"cannot open store {path} (mode {mode}): {exc}; {LOCKING_HINT}") from exc
+
+
+class CampaignStore:
+    """Single-writer access to a campaign store. Use as a context manager."""
+
+    def __init__(self, path: str | Path, run_config: str = "", method: str = "online", keep_surrogate_every: int = 1):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.keep_surrogate_every = keep_surrogate_every
+        self.file = open_h5(self.path, "a")
+        root = self.file.attrs
+        if "format_version" not in root:
+            root["format_version"] = FORMAT_VERSION
+            root["package_versions"] = _versions()
+            root["run_config"] = run_config
+            root["method"] = method
+            root["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        elif int(root["format_version"]) != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {root['format_version']} is not {FORMAT_VERSION}")
+        self.file.require_group("systems")
+        self._surrogate_seen: dict[str, int] = {}
+
+    def __enter__(self) -> "CampaignStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.flush()
+            self.file.close()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    # --- systems -----------------------------------------------------------------------------
+    def has_system(self, system_id: str) -> bool:
+        return system_id in self.file["systems"]
+
+    def system_ids(self) -> list[str]:
+        return list(self.file["systems"].keys())
+
+    def add_system(self, system: SystemSpec) -> None:
+        """Record the system as given, with empty step datasets; no-op if it is already there."""
+        if self.has_system(system.system_id):
+            return
+        if "/" in system.system_id or not system.system_id:
+            raise StoreError(f"system id {system.system_id!r} cannot be an HDF5 group name")
+        g = self.file["systems"].create_group(system.system_id)
+        g["numbers"] = system.numbers
+        g["cell"] = system.cell
+        g["pbc"] = system.pbc
+        g["fixed"] = system.fixed
+        g["tags"] = system.tags
+        g["initial_positions"] = system.positions
+        n = system.n_atoms
+        steps = g.create_group("steps")
+        steps.create_dataset("positions", (0, n, 3), maxshape=(None, n, 3), chunks=(16, n, 3), dtype="f8")
+        steps.create_dataset("forces", (0, n, 3), maxshape=(None, n, 3), chunks=(16, n, 3), dtype="f8")
+        for name, dtype in (("energy", "f8"), ("kind", "i1"), ("uncertainty", "f8"), ("scf_cycles", "i4"), ("wall_s", "f8")):
+            steps.create_dataset(name, (0,), maxshape=(None,), chunks=(256,), dtype=dtype)
+        g.attrs.update(
+            status=PENDING, formula=system.formula, n_atoms=n, parent_calls=0, surrogate_steps=0,
+            final_energy=np.nan, final_fmax=np.nan, error="", outcome="",
+        )
+        self.file.flush()
+
+    def set_status(self, system_id: str, status: str, error: str = "", outcome: str | None = None) -> None:
+        """status: pending|running|done|failed; outcome: converged|parent_budget|surrogate_budget."""
+        attrs = self.file["systems"][system_id].attrs
+        attrs["status"] = status
+        attrs["error"] = error
+        if outcome is not None:
+            attrs["outcome"] = outcome
+        self.file.flush()
+
+    def status(self, system_id: str) -> str:
+        return str(self.file["systems"][system_id].attrs["status"])
+
+    def parent_calls(self, system_id: str) -> int:
+        return int(self.file["systems"][system_id].attrs["parent_calls"])
+
+    def reset_steps(self, system_id: str) -> None:
+        """Empty a system's steps (a reference relaxation that is redone whole)."""
+        g = self.file["systems"][system_id]
+        for ds in g["steps"].values():
+            ds.resize(0, axis=0)
+        g.attrs.update(parent_calls=0, surrogate_steps=0, final_energy=np.nan, final_fmax=np.nan)
+        self._surrogate_seen.pop(system_id, None)
+        self.file.flush()
+
+    def append_steps(self, system_id: str, rows: Sequence[StepRow]) -> None:
+        """Append evaluations in order, thinning surrogate rows by keep_surrogate_every, then flush."""
+        g = self.file["systems"][system_id]
+        kept = []
+        for row in rows:
+            if row.kind == KIND_SURROGATE:
+                seen = self._surrogate_seen.get(system_id, 0) + 1
+                self._surrogate_seen[system_id] = seen
+                if self.keep_surrogate_every <= 0 or seen % self.keep_surrogate_every:
+                    continue
+            kept.append(row)
+        if kept:
+            steps = g["steps"]
+            start = steps["energy"].shape[0]
+            stop = start + len(kept)
+            columns = {
+                "positions": np.stack([r.positions for r in kept]),
+                "forces": np.stack([r.forces for r in kept]),
+                "energy": np.array([r.energy for r in kept]),
+                "kind": np.array([r.kind for r in kept]),
+                "uncertainty": np.array([r.uncertainty for r in kept]),
+                "scf_cycles": np.array([r.scf_cycles for r in kept]),
+                "wall_s": np.array([r.wall_s for r in kept]),
+            }
+            for name, values in columns.items():
+                steps[name].resize(stop, axis=0)
+                steps[name][start:stop] = values
+        n_surrogate = sum(r.kind == KIND_SURROGATE for r in rows)
+        n_parent = sum(r.kind == KIND_PARENT for r in rows)
+        g.attrs["surrogate_steps"] = int(g.attrs["surrogate_steps"]) + n_surrogate
+        g.attrs["parent_calls"] = int(g.attrs["parent_calls"]) + n_parent
+        parents = [r for r in rows if r.kind == KIND_PARENT]
+        if parents:
+            last = parents[-1]
+            g.attrs["final_energy"] = last.energy
+            g.attrs["final_fmax"] = free_fmax(last.forces, g["fixed"][()])
+        self.file.flush()
+
+    def save_head(self, system_id: str, head: bytes | None, head_points: int) -> None:
+        """Latest fine-tuned head weights, so a resumed relaxation need not fine-tune again."""
+        if head is None:
+            return
+        g = self.file["systems"][system_id].require_group("head")
+        if "weights" in g:
+            del g["weights"]
+        g["weights"] = np.frombuffer(head, dtype=np.uint8)
+        g.attrs["head_points"] = head_points
+        self.file.flush()
+
+    # --- reading -----------------------------------------------------------------------------
+    def summary(self) -> list[dict]:
+        return read_summary(self.file)
+
+    def load_state(self, system_id: str, settings: LearnerSettings) -> LearnerState:
+        """The learner state of a stored relaxation: its parent points and latest head (for resume)."""
+        return state_from_group(self.file["systems"][system_id], system_id, settings)
+
+
+def system_from_group(g: h5py.Group, system_id: str) -> SystemSpec:
+    return SystemSpec(
+        system_id=system_id,
+        numbers=g["numbers"][()],
+        positions=g["initial_positions"][()],
+        cell=g["cell"][()],
+        pbc=g["pbc"][()],
+        fixed=g["fixed"][()],
+        tags=g["tags"][()],
+    )
+
+
+def state_from_group(g: h5py.Group, system_id: str, settings: LearnerSettings) -> LearnerState:
+    steps = g["steps"]
+    kind = steps["kind"][()]
+    idx = np.flatnonzero(kind == KIND_PARENT)
+    points = [
+        ParentPoint(
+            positions=steps["positions"][i],
+            energy=float(steps["energy"][i]),
+            forces=steps["forces"][i],
+            scf_cycles=int(steps["scf_cycles"][i]),
+            wall_s=float(steps["wall_s"][i]),
+        )
+        for i in idx
+    ]
+    head, head_points = None, 0
+    if "head" in g and "weights" in g["head"]:
+        head = g["head"]["weights"][()].tobytes()
+        head_points = int(g["head"].attrs["head_points"])
+    return LearnerState(
+        system=system_from_group(g, system_id),
+        settings=settings,
+        parent_points=points,
+        head=head,
+        head_points=min(head_points, len(points)),
+        surrogate_steps=int(g.attrs["surrogate_steps"]),
+        status=STATUS_RUNNING,
+    )
+
+
+def read_summary(f: h5py.File) -> list[dict]:
+    """Per-system summary rows from an open store (any mode)."""
+    rows = []
+    for system_id, g in f["systems"].items():
+        a = g.attrs
+        rows.append(
+            {
+                "system_id": system_id,
+                "status": str(a["status"]),
+                "outcome": str(a.get("outcome", "")),
+                "formula": str(a["formula"]),
+                "n_atoms": int(a["n_atoms"]),
+                "parent_calls": int(a["parent_calls"]),
+                "surrogate_steps": int(a["surrogate_steps"]),
+                "final_energy": float(a["final_energy"]),
+                "final_fmax": float(a["final_fmax"]),
+                "error": str(a["error"]),
+            }
+        )
+    return rows
+
+
+def iter_summary(path: str | Path) -> Iterator[dict]:
+    """Read-only summary of a store on disk."""
+    with open_h5(path, "r") as f:
+        yield from read_summary(f)

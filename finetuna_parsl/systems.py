@@ -1,0 +1,151 @@
+"""Systems to relax: the seeded demo set built with ase.build, or the user's own structures.
+
+Sources: "demo"; an ASE database (.db); a folder of structure files (.traj/.extxyz/.xyz/.cif/POSCAR);
+or a single structure file (every frame is a system). Rows that cannot be used are reported by id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import add_adsorbate, fcc100, fcc111, fcc211, molecule
+from ase.constraints import FixAtoms
+
+from .learner.state import SystemSpec
+
+DEMO_METALS = ("Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
+DEMO_ADSORBATES = ("H", "O", "C", "N", "OH", "CO", "CH", "NH")
+DEMO_FACETS = ("fcc111", "fcc100", "fcc211")
+_SITES = {"fcc111": ("ontop", "bridge", "fcc", "hcp"), "fcc100": ("ontop", "bridge", "hollow")}
+_HEIGHT = {"H": 1.6, "O": 1.4, "C": 1.4, "N": 1.4, "OH": 1.6, "CO": 1.8, "CH": 1.5, "NH": 1.5}
+STRUCTURE_SUFFIXES = (".traj", ".extxyz", ".xyz", ".cif", ".vasp", ".json")
+
+
+@dataclass(frozen=True)
+class SkippedSystem:
+    """A row or file that could not become a system, and why."""
+
+    system_id: str
+    reason: str
+
+
+def _adsorbate(name: str) -> tuple[Atoms, int]:
+    """The adsorbate upright with its binding atom (C of CO, O of OH, ...) lowest, and that atom's index."""
+    if len(name) == 1:
+        return Atoms(name), 0
+    mol = molecule(name)
+    bind = 1 if name == "CO" else 0  # molecule("CO") lists O first; everything else binds through atom 0
+    if mol.positions[1 - bind, 2] < mol.positions[bind, 2]:
+        mol.positions[:, 2] *= -1
+    return mol, bind
+
+
+def _fix_lower_slab(slab: Atoms, fraction: float = 0.6) -> None:
+    """FixAtoms on the slab atoms in the lower `fraction` of its height (OC20 fixes the subsurface)."""
+    z = slab.positions[:, 2]
+    cut = z.min() + fraction * (z.max() - z.min())
+    slab.set_constraint(FixAtoms(mask=z < cut))
+
+
+def build_demo_system(facet: str, metal: str, adsorbate: str, rng: np.random.Generator) -> Atoms:
+    """One adsorbate/slab system, perturbed by `rng` so the relaxation has work to do."""
+    if facet == "fcc111":
+        slab = fcc111(metal, size=(3, 3, 3), vacuum=7.0)
+    elif facet == "fcc100":
+        slab = fcc100(metal, size=(3, 3, 3), vacuum=7.0)
+    else:
+        slab = fcc211(metal, size=(3, 2, 3), vacuum=7.0)
+    _fix_lower_slab(slab)
+    mol, bind = _adsorbate(adsorbate)
+    height = _HEIGHT[adsorbate] + rng.uniform(-0.1, 0.3)
+    if facet in _SITES:
+        site = _SITES[facet][rng.integers(len(_SITES[facet]))]
+        offset = rng.uniform(-0.25, 0.25, size=2)
+        add_adsorbate(slab, mol, height, position=site, offset=offset / 3.0, mol_index=bind)
+    else:
+        top = slab.positions[slab.positions[:, 2] > slab.positions[:, 2].max() - 0.5]
+        xy = top[rng.integers(len(top))][:2] + rng.uniform(-0.5, 0.5, size=2)
+        add_adsorbate(slab, mol, height, position=tuple(xy), mol_index=bind)
+    fixed = np.zeros(len(slab), dtype=bool)
+    fixed[slab.constraints[0].get_indices()] = True
+    slab.positions[~fixed] += rng.normal(0.0, 0.05, size=((~fixed).sum(), 3))
+    return slab
+
+
+def demo_systems(count: int = 20, seed: int = 0) -> list[SystemSpec]:
+    """The seeded demo set: facets, metals, adsorbates and sites drawn in turn so every kind appears."""
+    rng = np.random.default_rng(seed)
+    systems = []
+    for i in range(count):
+        facet = DEMO_FACETS[i % len(DEMO_FACETS)]
+        metal = DEMO_METALS[rng.integers(len(DEMO_METALS))]
+        adsorbate = DEMO_ADSORBATES[i % len(DEMO_ADSORBATES)]
+        atoms = build_demo_system(facet, metal, adsorbate, rng)
+        systems.append(SystemSpec.from_atoms(f"demo-{i:03d}-{adsorbate}-{metal}-{facet}", atoms))
+    return systems
+
+
+def _spec_or_skip(system_id: str, atoms: Atoms) -> SystemSpec | SkippedSystem:
+    if len(atoms) == 0:
+        return SkippedSystem(system_id, "no atoms")
+    if not np.isfinite(atoms.positions).all():
+        return SkippedSystem(system_id, "non-finite positions")
+    if atoms.pbc.any() and abs(atoms.cell.volume) < 1e-6 and atoms.cell.rank < atoms.pbc.sum():
+        return SkippedSystem(system_id, "periodic but the cell is degenerate")
+    try:
+        return SystemSpec.from_atoms(system_id, atoms)
+    except ValueError as exc:
+        return SkippedSystem(system_id, str(exc))
+
+
+def _safe_id(text: str) -> str:
+    return str(text).replace("/", "_").strip() or "unnamed"
+
+
+def load_systems(source: str, count: int | None = None, seed: int = 0) -> tuple[list[SystemSpec], list[SkippedSystem]]:
+    """Systems from `source` plus the ones skipped (with reasons). `count` caps how many are taken."""
+    if source == "demo":
+        return demo_systems(count or 20, seed), []
+    from ase.io import read
+
+    path = Path(source)
+    found: list[SystemSpec | SkippedSystem] = []
+    if path.suffix == ".db":
+        from ase.db import connect
+
+        db = connect(str(path))
+        has_frames = any("frame" in row.key_value_pairs for row in db.select(limit=1))
+        rows = db.select(frame="initial") if has_frames else db.select()
+        for row in rows:
+            system_id = _safe_id(row.key_value_pairs.get("sid", row.key_value_pairs.get("name", f"row{row.id}")))
+            try:
+                found.append(_spec_or_skip(system_id, row.toatoms()))
+            except Exception as exc:  # a row ASE cannot turn into Atoms
+                found.append(SkippedSystem(system_id, f"unreadable row: {exc}"))
+    elif path.is_dir():
+        for file in sorted(path.iterdir()):
+            if file.suffix not in STRUCTURE_SUFFIXES and "POSCAR" not in file.name and "CONTCAR" not in file.name:
+                continue
+            try:
+                found.append(_spec_or_skip(_safe_id(file.stem), read(file)))
+            except Exception as exc:
+                found.append(SkippedSystem(_safe_id(file.stem), f"unreadable file {file.name}: {exc}"))
+    else:
+        for i, atoms in enumerate(read(path, index=":")):
+            found.append(_spec_or_skip(f"{_safe_id(path.stem)}-{i:04d}", atoms))
+    systems = [s for s in found if isinstance(s, SystemSpec)]
+    skipped = [s for s in found if isinstance(s, SkippedSystem)]
+    seen: set[str] = set()
+    unique = []
+    for s in systems:
+        if s.system_id in seen:
+            skipped.append(SkippedSystem(s.system_id, "duplicate system id"))
+            continue
+        seen.add(s.system_id)
+        unique.append(s)
+    if count is not None:
+        unique = unique[:count]
+    return unique, skipped

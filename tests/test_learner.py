@@ -1,0 +1,285 @@
+"""The online learner as pure logic: query rules, Hessian replay, budgets, FixAtoms, state round-trip."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.optimize import BFGS
+
+from finetuna_parsl.learner import (
+    STATUS_CONVERGED,
+    STATUS_PARENT_BUDGET,
+    STATUS_SURROGATE_BUDGET,
+    HessianBFGS,
+    LearnerSettings,
+    LearnerState,
+    ParentPoint,
+    constrain,
+    free_fmax,
+    propose,
+    query_reason,
+    record_parent,
+)
+from finetuna_parsl.parents import make_parent
+from finetuna_parsl.systems import demo_systems
+from toy_surrogate import ToySurrogate
+
+SYSTEMS = demo_systems(20, seed=0)
+
+
+def relax(system, settings, surrogate=None):
+    """Run the learner to its end with an EMT parent; returns (final state, proposals)."""
+    surrogate = surrogate or ToySurrogate()
+    parent = make_parent("emt")
+    parent.start(system)
+    state = LearnerState(system=system, settings=settings)
+    proposals = []
+    while not state.done:
+        proposal = propose(state, surrogate)
+        proposals.append(proposal)
+        result = parent.calculate(proposal.positions)
+        state = record_parent(state, proposal, ParentPoint(proposal.positions, result.energy, result.forces))
+    return state, proposals
+
+
+# --- query rules -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "query, fmax, steps, unc, expected",
+    [
+        ("relaxed-only", 0.02, 1, 0.0, "relaxed"),
+        ("relaxed-only", 0.5, 50, 9.9, ""),
+        ("k-steps", 0.5, 2, 0.0, ""),
+        ("k-steps", 0.5, 3, 0.0, "k-steps"),
+        ("k-steps", 0.01, 1, 0.0, "relaxed"),
+        ("uncertainty", 0.5, 50, 0.04, ""),
+        ("uncertainty", 0.5, 1, 0.06, "uncertainty"),
+        ("uncertainty", 0.03, 1, 0.0, "relaxed"),
+    ],
+)
+def test_query_rule_decisions(query, fmax, steps, unc, expected):
+    settings = LearnerSettings(query=query, k=3, fmax=0.03, uncertainty_threshold=0.05)
+    assert query_reason(settings, fmax, steps, unc) == expected
+
+
+def test_stalled_surrogate_optimizer_triggers_a_parent_call():
+    settings = LearnerSettings(query="relaxed-only", stall_steps=3, stall_distance=0.02)
+    base = np.zeros((2, 3))
+    creeping = [base + [0.005 * i, 0, 0] for i in range(4)]
+    assert query_reason(settings, 0.5, 4, 0.0, creeping) == "stalled"
+    assert query_reason(settings, 0.5, 3, 0.0, creeping[:3]) == ""  # not enough history yet
+    moving = [base + [0.01 * i, 0, 0] for i in range(4)]
+    assert query_reason(settings, 0.5, 4, 0.0, moving) == ""
+
+
+def test_surrogate_fmax_can_be_tighter_than_parent_fmax():
+    settings = LearnerSettings(query="relaxed-only", fmax=0.03, surrogate_fmax=0.01)
+    assert query_reason(settings, 0.02, 1, 0.0) == ""
+    assert query_reason(settings, 0.009, 1, 0.0) == "relaxed"
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="query"):
+        LearnerSettings(query="sometimes")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        LearnerSettings(k=0)
+
+
+# --- Hessian replay --------------------------------------------------------------------------------
+def test_hessian_replay_equals_ase_bfgs_fed_the_same_parent_points():
+    system = SYSTEMS[1]
+    atoms = system.to_atoms()
+    atoms.calc = EMT()
+    path = []
+    opt = BFGS(atoms, logfile=None)
+    opt.attach(lambda: path.append((atoms.positions.copy(), atoms.get_forces(apply_constraint=False).copy())))
+    opt.run(fmax=0.03, steps=12)
+    assert len(path) >= 6
+
+    # ASE's BFGS stepped through the same points, each given to it through a single-point calculator
+    replayed = system.to_atoms(path[0][0])
+    ase_opt = BFGS(replayed, logfile=None)
+    for positions, forces in path:
+        replayed.positions = positions
+        replayed.calc = SinglePointCalculator(replayed, energy=0.0, forces=forces)
+        ase_opt.step()
+
+    ours = HessianBFGS.replay(((p, constrain(f, system.fixed)) for p, f in path), system.n_atoms, fixed=system.fixed)
+    np.testing.assert_allclose(ours.H, ase_opt.H, rtol=1e-10, atol=1e-10)
+    assert not np.allclose(ours.H, np.eye(3 * system.n_atoms) * 70.0)  # the replay really changed it
+
+
+def test_step_matches_ase_bfgs_trajectory():
+    system = SYSTEMS[3]
+    atoms = system.to_atoms()
+    atoms.calc = EMT()
+    positions = [atoms.positions.copy()]
+    opt = BFGS(atoms, logfile=None)
+    opt.attach(lambda: positions.append(atoms.positions.copy()))
+    opt.run(fmax=0.03, steps=8)
+
+    ours = HessianBFGS(system.n_atoms, fixed=system.fixed)
+    probe = system.to_atoms()
+    probe.calc = EMT()
+    x = system.positions.copy()
+    for expected in positions[2:]:
+        probe.positions = x
+        x = ours.step(x, probe.get_forces())
+        np.testing.assert_allclose(x, expected, atol=1e-8)
+
+
+def test_parent_point_rebuilds_hessian_from_parent_points_only():
+    system = SYSTEMS[2]
+    state, proposals = relax(system, LearnerSettings(query="k-steps", k=4, max_parent_calls=4))
+    assert state.parent_calls == 4
+    from finetuna_parsl.learner.online import rebuild_optimizer
+
+    rebuilt = rebuild_optimizer(state)
+    direct = HessianBFGS(system.n_atoms, fixed=system.fixed)
+    for p in state.parent_points[:-1]:
+        direct.update(p.positions, constrain(p.forces, system.fixed))
+    np.testing.assert_allclose(rebuilt.H, direct.H)
+    # the surrogate steps in between never entered it: a replay that includes them differs
+    mixed = HessianBFGS(system.n_atoms, fixed=system.fixed)
+    for proposal, point in zip(proposals[:-1], state.parent_points[:-1]):
+        for step in proposal.segment[:-1]:
+            mixed.update(step.positions, constrain(step.forces, system.fixed))
+        mixed.update(point.positions, constrain(point.forces, system.fixed))
+    assert not np.allclose(mixed.H, rebuilt.H)
+
+
+# --- the learner end to end ------------------------------------------------------------------------
+def test_first_parent_call_is_the_initial_structure_and_segments_follow_the_rule():
+    system = SYSTEMS[4]
+    state, proposals = relax(system, LearnerSettings(query="k-steps", k=3))
+    assert proposals[0].reason == "initial" and proposals[0].segment == []
+    np.testing.assert_allclose(state.parent_points[0].positions, system.positions)
+    for proposal in proposals[1:]:
+        assert 1 <= len(proposal.segment) <= 3
+        assert proposal.reason in ("k-steps", "relaxed")
+        if proposal.reason == "k-steps":
+            assert len(proposal.segment) == 3
+        np.testing.assert_allclose(proposal.positions, proposal.segment[-1].positions)
+    assert state.status == STATUS_CONVERGED
+    assert free_fmax(state.parent_points[-1].forces, system.fixed) <= 0.03
+    assert state.surrogate_steps == sum(len(p.segment) for p in proposals)
+
+
+def test_online_learning_needs_fewer_parent_calls_than_parent_only_bfgs():
+    online_calls = bfgs_calls = 0
+    for system in SYSTEMS[:6]:
+        state, _ = relax(system, LearnerSettings(query="k-steps", k=3))
+        assert state.status == STATUS_CONVERGED, system.system_id
+        online_calls += state.parent_calls
+        atoms = system.to_atoms()
+        atoms.calc = EMT()
+        opt = BFGS(atoms, logfile=None)
+        opt.run(fmax=0.03, steps=500)
+        bfgs_calls += opt.nsteps + 1
+    assert online_calls < 0.6 * bfgs_calls, (online_calls, bfgs_calls)
+
+
+def test_relaxed_only_calls_the_parent_only_when_the_surrogate_is_relaxed():
+    state, proposals = relax(SYSTEMS[3], LearnerSettings(query="relaxed-only", max_parent_calls=30))
+    assert state.status == STATUS_CONVERGED
+    reasons = [p.reason for p in proposals[1:]]
+    assert set(reasons) <= {"relaxed", "stalled"} and reasons[-1] == "relaxed"
+    for proposal in proposals[1:]:
+        if proposal.reason == "relaxed":
+            assert free_fmax(proposal.segment[-1].forces, SYSTEMS[3].fixed) <= 0.03
+
+
+def test_uncertainty_rule_fires_on_ensemble_disagreement():
+    # the toy ensemble's spread grows with distance from the newest parent point (0.5 * max displacement)
+    state, proposals = relax(SYSTEMS[0], LearnerSettings(query="uncertainty", uncertainty_threshold=0.05))
+    reasons = {p.reason for p in proposals[1:]}
+    assert "uncertainty" in reasons
+    for proposal in proposals[1:]:
+        if proposal.reason == "uncertainty":
+            assert proposal.segment[-1].uncertainty > 0.05
+            assert all(s.uncertainty <= 0.05 for s in proposal.segment[:-1])
+    assert state.status == STATUS_CONVERGED
+
+
+def test_parent_budget_stops_with_its_status():
+    state, _ = relax(SYSTEMS[2], LearnerSettings(query="k-steps", k=2, max_parent_calls=3))
+    assert state.status == STATUS_PARENT_BUDGET
+    assert state.parent_calls == 3
+
+
+def test_surrogate_budget_stops_with_its_status():
+    state, proposals = relax(SYSTEMS[2], LearnerSettings(query="relaxed-only", max_surrogate_steps=7))
+    assert state.status == STATUS_SURROGATE_BUDGET
+    assert state.surrogate_steps == 7
+    assert proposals[-1].reason == "budget"  # the parent still checked where the budget ran out
+
+
+def test_fixed_atoms_never_move_and_fmax_ignores_them():
+    system = SYSTEMS[5]
+    assert system.fixed.any()
+    state, proposals = relax(system, LearnerSettings(query="k-steps", k=3))
+    for proposal in proposals:
+        np.testing.assert_array_equal(proposal.positions[system.fixed], system.positions[system.fixed])
+        for step in proposal.segment:
+            np.testing.assert_array_equal(step.positions[system.fixed], system.positions[system.fixed])
+    final = state.parent_points[-1].forces
+    assert free_fmax(final, system.fixed) <= 0.03
+    assert free_fmax(final, np.zeros_like(system.fixed)) > 0.03  # fixed atoms still feel forces
+
+
+def test_state_round_trips_through_serialisation():
+    state, _ = relax(SYSTEMS[6], LearnerSettings(query="k-steps", k=3, max_parent_calls=4))
+    for copy in (LearnerState.from_dict(state.to_dict()), pickle.loads(pickle.dumps(state))):
+        assert copy.settings == state.settings
+        assert copy.status == state.status and copy.head == state.head and copy.head_points == state.head_points
+        assert copy.surrogate_steps == state.surrogate_steps
+        assert len(copy.parent_points) == len(state.parent_points)
+        for a, b in zip(copy.parent_points, state.parent_points):
+            np.testing.assert_array_equal(a.positions, b.positions)
+            np.testing.assert_array_equal(a.forces, b.forces)
+            assert a.energy == b.energy
+        np.testing.assert_array_equal(copy.system.fixed, state.system.fixed)
+
+
+def test_resumed_state_continues_exactly_like_the_uninterrupted_one():
+    system = SYSTEMS[7]
+    settings = LearnerSettings(query="k-steps", k=3)
+    full, _ = relax(system, settings)
+    # stop after 3 parent calls, serialise, continue
+    part, _ = relax(system, LearnerSettings(query="k-steps", k=3, max_parent_calls=3))
+    resumed = LearnerState.from_dict({**part.to_dict(), "status": "running", "settings": vars(settings)})
+    parent = make_parent("emt")
+    parent.start(system)
+    surrogate = ToySurrogate()
+    while not resumed.done:
+        proposal = propose(resumed, surrogate)
+        result = parent.calculate(proposal.positions)
+        resumed = record_parent(resumed, proposal, ParentPoint(proposal.positions, result.energy, result.forces))
+    assert resumed.parent_calls == full.parent_calls
+    np.testing.assert_allclose(resumed.parent_points[-1].positions, full.parent_points[-1].positions, atol=1e-10)
+
+
+def test_non_finite_surrogate_is_reported():
+    from finetuna_parsl.learner import SurrogateDiverged
+
+    class Broken(ToySurrogate):
+        def calculator(self, head):
+            calc = super().calculator(head)
+            original = calc.calculate
+
+            def calculate(*args, **kwargs):
+                original(*args, **kwargs)
+                calc.results["forces"] = calc.results["forces"] * np.nan
+
+            calc.calculate = calculate
+            return calc
+
+    system = SYSTEMS[0]
+    state, _ = relax(system, LearnerSettings(max_parent_calls=1))
+    state = state.with_status("running")
+    state = LearnerState.from_dict({**state.to_dict(), "settings": vars(LearnerSettings())})
+    with pytest.raises(SurrogateDiverged, match=system.system_id):
+        propose(state, Broken())
