@@ -1,0 +1,87 @@
+"""A real campaign: Parsl HighThroughputExecutors on LocalProvider, EMT parent, a real HDF5 store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from conftest import TESTS_DIR
+from finetuna_parsl.campaign import run_campaign
+from finetuna_parsl.config import parse_config
+from finetuna_parsl.learner import free_fmax
+from finetuna_parsl.systems import demo_systems
+
+TOY_CONFIG = """
+systems: {{source: demo, count: 3}}
+parent: {{kind: emt}}
+surrogate: {{factory: "toy_surrogate:make"}}
+learner: {{query: k-steps, k: 3}}
+campaign: {{output: "{output}", max_concurrent: 2}}
+site: laptop
+"""
+
+
+def test_three_system_campaign_through_parsl_reads_back_with_plain_h5py(tmp_path, toy_on_workers):
+    output = tmp_path / "runs" / "three.h5"
+    config = parse_config(TOY_CONFIG.format(output=output), where="three.yaml")
+    systems = demo_systems(3)
+    path, result = run_campaign(config, systems)
+    assert path == output and output.exists()
+    assert result.parent_calls_this_run == sum(r["parent_calls"] for r in result.rows)
+    summary = {r["system_id"]: r for r in result.rows}
+    assert set(summary) == {s.system_id for s in systems}
+
+    with h5py.File(output, "r") as f:
+        assert "k-steps" in f.attrs["run_config"]
+        for system in systems:
+            g = f["systems"][system.system_id]
+            n = system.n_atoms
+            steps = g["steps"]
+            count = steps["energy"].shape[0]
+            assert steps["positions"].shape == (count, n, 3)
+            assert steps["forces"].shape == (count, n, 3)
+            kind = steps["kind"][()]
+            assert set(np.unique(kind)) == {0, 1}
+            assert kind[0] == 1 and kind[-1] == 1  # starts and ends with a parent call
+            parent_rows = int((kind == 1).sum())
+            row = summary[system.system_id]
+            assert parent_rows == g.attrs["parent_calls"] == row["parent_calls"]
+            assert int((kind == 0).sum()) == g.attrs["surrogate_steps"] == row["surrogate_steps"]
+            assert g.attrs["status"] == "done" and g.attrs["outcome"] == "converged"
+            last_parent = steps["forces"][np.flatnonzero(kind == 1)[-1]]
+            assert free_fmax(last_parent, g["fixed"][()]) <= 0.03
+            assert abs(g.attrs["final_energy"] - steps["energy"][np.flatnonzero(kind == 1)[-1]]) < 1e-12
+            np.testing.assert_array_equal(g["numbers"][()], system.numbers)
+            assert "weights" in g["head"]
+
+    # running again resumes the store: every system is done, so no parent call is made
+    _, again = run_campaign(config, systems)
+    assert again.parent_calls_this_run == 0
+    assert [r["parent_calls"] for r in again.rows] == [r["parent_calls"] for r in result.rows]
+
+
+def test_cli_run_with_bfgs_comparison(tmp_path, toy_on_workers):
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(TOY_CONFIG.format(output=tmp_path / "two.h5").replace("count: 3", "count: 2"))
+    env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetuna_parsl.cli", "run", str(cfg), "--compare", "bfgs"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "2 systems, 2 parent-confirmed relaxed" in out
+    table = out[out.index("method "):]
+    online_row = [line for line in table.splitlines() if line.startswith("online")][0].split()
+    online_calls, bfgs_calls, ratio = int(online_row[3]), int(online_row[4]), float(online_row[5])
+    assert online_calls < bfgs_calls and abs(ratio - online_calls / bfgs_calls) < 1e-3
+    assert "done=2" in proc.stderr  # the progress line
+    with h5py.File(tmp_path / "two.bfgs.h5", "r") as f:
+        assert sum(int(g.attrs["parent_calls"]) for g in f["systems"].values()) == bfgs_calls
+        assert f.attrs["method"] == "bfgs"
+    assert Path(tmp_path / "two.h5").exists()

@@ -1,0 +1,65 @@
+"""Run configs: the shipped ones parse; every mistake is one line naming the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetuna_parsl.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_demo_config_parses():
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.site == "laptop"
+    assert config.parent.kind == "emt"
+    assert config.learner.query == "k-steps" and config.learner.fmax == 0.03
+    assert config.surrogate.checkpoint == "shipped" and config.surrogate.epochs == 400
+    assert "learner:" in config.text
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("learner: {k: five}", "cfg.yaml: learner.k: expected an integer, got str 'five'"),
+        ("learner: {kk: 3}", "cfg.yaml: learner.kk: unknown key"),
+        ("lerner: {k: 3}", "cfg.yaml: lerner: unknown key"),
+        ("learner: {query: sometimes}", "cfg.yaml: learner.query: must be one of relaxed-only, k-steps, uncertainty"),
+        ("learner: {fmax: -0.1}", "cfg.yaml: learner.fmax: must be > 0"),
+        ("learner: {fmax: true}", "cfg.yaml: learner.fmax: expected a number, got bool"),
+        ("campaign: {max_concurrent: 0}", "cfg.yaml: campaign.max_concurrent: must be > 0"),
+        ("systems: {source: /no/such/file.db}", "cfg.yaml: systems.source: no such file or folder: /no/such/file.db"),
+        ("surrogate: {checkpoint: /no/model.pt}", "cfg.yaml: surrogate.checkpoint: no such file: /no/model.pt"),
+        ("parent: {kind: castep}", "cfg.yaml: parent.kind: unknown parent 'castep'"),
+        ("site: 3", "cfg.yaml: site: expected a string"),
+        ("learner: [1, 2]", "cfg.yaml: learner: expected a mapping"),
+        ("learner: {k: 3", "cfg.yaml: not valid YAML"),
+    ],
+)
+def test_bad_configs_give_one_clear_line(text, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, where="cfg.yaml")
+    message = str(info.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="nope.yaml: no such config file"):
+        load_config("nope.yaml")
+
+
+def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learner:\n  k: 0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetuna_parsl.cli", "run", str(bad)], capture_output=True, text=True, cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {bad}: learner.k: must be > 0, got 0"
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,102 @@
+"""The HDF5 store: layout readable with plain h5py, thinning, resume state, clear open errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from finetuna_parsl.learner import LearnerSettings
+from finetuna_parsl.store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow, StoreError
+from finetuna_parsl.systems import demo_systems
+
+SYSTEM = demo_systems(1)[0]
+
+
+def rows(n_surrogate: int, n: int = SYSTEM.n_atoms, start: float = 0.0) -> list[StepRow]:
+    out = [StepRow(np.full((n, 3), start + i), start + i, np.full((n, 3), 0.1 * i), KIND_SURROGATE, 0.01 * i)
+           for i in range(n_surrogate)]
+    out.append(StepRow(np.full((n, 3), start + 99.0), -1.5, np.zeros((n, 3)), KIND_PARENT, 0.0, 7, 0.25))
+    return out
+
+
+def test_layout_is_plain_h5py(tmp_path):
+    path = tmp_path / "c.h5"
+    with CampaignStore(path, run_config="learner: {k: 3}\n") as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(3))
+        store.append_steps(SYSTEM.system_id, rows(2, start=10))
+        store.save_head(SYSTEM.system_id, b"\x00head-bytes\xff", head_points=1)
+        store.set_status(SYSTEM.system_id, "done", outcome="converged")
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == 1
+        assert "ase==" in f.attrs["package_versions"] and f.attrs["run_config"] == "learner: {k: 3}\n"
+        g = f["systems"][SYSTEM.system_id]
+        n = SYSTEM.n_atoms
+        assert g["steps/positions"].shape == (7, n, 3) and g["steps/forces"].shape == (7, n, 3)
+        assert g["steps/positions"].chunks is not None and g["steps/positions"].maxshape[0] is None
+        np.testing.assert_array_equal(g["steps/kind"][()], [0, 0, 0, 1, 0, 0, 1])
+        np.testing.assert_array_equal(g["steps/scf_cycles"][()], [0, 0, 0, 7, 0, 0, 7])
+        np.testing.assert_array_equal(g["numbers"][()], SYSTEM.numbers)
+        np.testing.assert_array_equal(g["fixed"][()], SYSTEM.fixed)
+        assert g.attrs["parent_calls"] == 2 and g.attrs["surrogate_steps"] == 5
+        assert g.attrs["status"] == "done" and g.attrs["outcome"] == "converged"
+        assert g.attrs["final_energy"] == -1.5 and g.attrs["final_fmax"] == 0.0
+        assert g["head/weights"][()].tobytes() == b"\x00head-bytes\xff"
+
+
+def test_keep_every_nth_surrogate_step_but_every_parent_point(tmp_path):
+    with CampaignStore(tmp_path / "c.h5", keep_surrogate_every=2) as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(5))
+        kinds = store.file["systems"][SYSTEM.system_id]["steps/kind"][()]
+        energies = store.file["systems"][SYSTEM.system_id]["steps/energy"][()]
+        assert list(kinds) == [0, 0, 1] and list(energies) == [1.0, 3.0, -1.5]
+        assert store.file["systems"][SYSTEM.system_id].attrs["surrogate_steps"] == 5  # counted, not all kept
+    with CampaignStore(tmp_path / "p.h5", keep_surrogate_every=0) as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(5))
+        assert list(store.file["systems"][SYSTEM.system_id]["steps/kind"][()]) == [1]
+
+
+def test_load_state_gives_parent_points_and_head_for_resume(tmp_path):
+    with CampaignStore(tmp_path / "c.h5") as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(3))
+        store.save_head(SYSTEM.system_id, b"h1", head_points=0)
+        store.append_steps(SYSTEM.system_id, rows(2, start=5))
+        store.save_head(SYSTEM.system_id, b"h2", head_points=1)
+    with CampaignStore(tmp_path / "c.h5") as store:  # reopened, as after a crash
+        state = store.load_state(SYSTEM.system_id, LearnerSettings())
+    assert state.parent_calls == 2 and state.surrogate_steps == 5
+    assert state.head == b"h2" and state.head_points == 1
+    np.testing.assert_array_equal(state.parent_points[0].positions, np.full((SYSTEM.n_atoms, 3), 99.0))
+    np.testing.assert_array_equal(state.system.positions, SYSTEM.positions)
+
+
+def test_open_failure_names_the_file_and_the_locking_hint(tmp_path):
+    path = tmp_path / "locked.h5"
+    CampaignStore(path).close()
+    holder = subprocess.Popen(  # another process holds the store open for writing, as a live driver would
+        [sys.executable, "-c", f"import h5py, sys, time; f = h5py.File({str(path)!r}, 'a'); print('open', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError) as info:
+            CampaignStore(path)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert str(path) in str(info.value) and "HDF5_USE_FILE_LOCKING=FALSE" in str(info.value)
+
+
+def test_not_an_hdf5_file(tmp_path):
+    path = tmp_path / "junk.h5"
+    path.write_text("not hdf5")
+    with pytest.raises(StoreError, match="junk.h5"):
+        CampaignStore(path)
