@@ -1,0 +1,61 @@
+"""Site files build valid Parsl configs (checked without submitting anything)."""
+
+from __future__ import annotations
+
+import pytest
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor
+from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
+
+from finetuna_parsl.campaign.site import SiteError, known_sites, load_site
+
+EXPECTED_PROVIDER = {
+    "laptop": LocalProvider, "local_slurm": SlurmProvider, "perlmutter": SlurmProvider, "polaris": PBSProProvider,
+}
+
+
+def test_shipped_sites():
+    assert set(known_sites()) == set(EXPECTED_PROVIDER)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROVIDER))
+def test_site_builds_a_config_with_parent_and_learn_executors(name, tmp_path):
+    config = load_site(name, run_dir=str(tmp_path / "runinfo"), parent_slots=16)
+    assert isinstance(config, Config) and config.run_dir == str(tmp_path / "runinfo")
+    executors = {e.label: e for e in config.executors}
+    assert set(executors) == {"parent", "learn"}
+    for executor in executors.values():
+        assert isinstance(executor, HighThroughputExecutor)
+        assert isinstance(executor.provider, EXPECTED_PROVIDER[name])
+        assert executor.provider.max_blocks >= 1
+        assert executor.provider.init_blocks <= executor.provider.max_blocks
+    if name in ("perlmutter", "polaris"):  # GPU learn workers are pinned one accelerator each
+        assert len(executors["learn"].available_accelerators) >= 4
+        assert executors["parent"].drain_period is not None  # a block at walltime drains, not fails tasks
+    if name == "laptop":
+        assert executors["parent"].max_workers_per_node == 16
+
+
+def test_user_site_file_by_path(tmp_path):
+    site = tmp_path / "mine.py"
+    site.write_text(
+        "from parsl.config import Config\n"
+        "from parsl.executors import ThreadPoolExecutor\n"
+        "def make_config(run_dir, parent_slots):\n"
+        "    return Config(executors=[ThreadPoolExecutor(label='parent', max_threads=parent_slots),\n"
+        "                             ThreadPoolExecutor(label='learn', max_threads=1)], run_dir=run_dir)\n"
+    )
+    config = load_site(str(site), run_dir=str(tmp_path), parent_slots=3)
+    assert [e.label for e in config.executors] == ["parent", "learn"]
+
+
+def test_bad_sites_are_named(tmp_path):
+    with pytest.raises(SiteError, match="unknown site 'moon'.*laptop"):
+        load_site("moon", run_dir=str(tmp_path), parent_slots=1)
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(
+        "from parsl.config import Config\nfrom parsl.executors import ThreadPoolExecutor\n"
+        "def make_config(run_dir, parent_slots):\n    return Config(executors=[ThreadPoolExecutor(label='x')])\n"
+    )
+    with pytest.raises(SiteError, match="labelled 'parent' and 'learn'"):
+        load_site(str(wrong), run_dir=str(tmp_path), parent_slots=1)
