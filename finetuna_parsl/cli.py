@@ -75,5 +75,26 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         sys.exit(1)
 
 
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["extxyz", "traj", "db"]), default="extxyz", show_default=True)
+@click.option("--out", "out", help="Output file (default: STORE with the format's suffix).")
+@click.option("--parent-only/--all-frames", default=True, show_default=True,
+              help="Only parent-labelled frames (the training data), or surrogate frames too.")
+def export(store_path: str, fmt: str, out: str | None, parent_only: bool) -> None:
+    """Write a campaign store's frames to an ASE format, with energies and forces."""
+    from pathlib import Path
+
+    from .store import StoreError
+    from .store import export as export_store
+
+    target = out or str(Path(store_path).with_suffix("." + fmt))
+    try:
+        count = export_store(store_path, target, fmt, parent_only=parent_only)
+    except StoreError as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {count} {'parent' if parent_only else ''} frames to {target}".replace("  ", " "))
+
+
 if __name__ == "__main__":
     main()

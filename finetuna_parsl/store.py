@@ -12,12 +12,16 @@ import importlib.metadata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from .learner.bfgs import free_fmax
 from .learner.state import STATUS_RUNNING, LearnerSettings, LearnerState, ParentPoint, SystemSpec
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 FORMAT_VERSION = 1
 KIND_SURROGATE = 0
@@ -280,3 +284,59 @@ def iter_summary(path: str | Path) -> Iterator[dict]:
     """Read-only summary of a store on disk."""
     with open_h5(path, "r") as f:
         yield from read_summary(f)
+
+
+EXPORT_FORMATS = {"extxyz": "extxyz", "traj": "traj", "db": "db"}
+
+
+def iter_frames(path: str | Path, parent_only: bool = True) -> Iterator["Atoms"]:
+    """Every stored frame as ASE Atoms with a SinglePointCalculator (energy, forces) and info tags."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixAtoms
+
+    with open_h5(path, "r") as f:
+        for system_id, g in f["systems"].items():
+            steps = g["steps"]
+            kind = steps["kind"][()]
+            fixed = g["fixed"][()]
+            for i in np.flatnonzero(kind == KIND_PARENT) if parent_only else range(len(kind)):
+                atoms = Atoms(numbers=g["numbers"][()], positions=steps["positions"][i], cell=g["cell"][()],
+                              pbc=g["pbc"][()], tags=g["tags"][()])
+                if fixed.any():
+                    atoms.set_constraint(FixAtoms(mask=fixed))
+                atoms.calc = SinglePointCalculator(atoms, energy=float(steps["energy"][i]), forces=steps["forces"][i])
+                atoms.info.update(system_id=system_id, step=int(i), kind="parent" if kind[i] == KIND_PARENT else "surrogate")
+                yield atoms
+
+
+def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True) -> int:
+    """Write the store's frames to an ASE format (extxyz, traj or an ASE database); returns the frame count."""
+    if fmt not in EXPORT_FORMATS:
+        raise StoreError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    if out.exists():
+        raise StoreError(f"{out} exists; remove it or choose another name")
+    count = 0
+    if fmt == "db":
+        from ase.db import connect
+
+        with connect(str(out)) as db:
+            for atoms in iter_frames(path, parent_only):
+                info = dict(atoms.info)
+                db.write(atoms, system_id=info["system_id"], step=info["step"], kind=info["kind"])
+                count += 1
+        return count
+    from ase.io import Trajectory, write
+
+    if fmt == "traj":
+        with Trajectory(str(out), "w") as traj:
+            for atoms in iter_frames(path, parent_only):
+                traj.write(atoms)
+                count += 1
+        return count
+    with open(out, "w") as handle:
+        for atoms in iter_frames(path, parent_only):
+            write(handle, atoms, format="extxyz")
+            count += 1
+    return count

@@ -100,3 +100,27 @@ def test_not_an_hdf5_file(tmp_path):
     path.write_text("not hdf5")
     with pytest.raises(StoreError, match="junk.h5"):
         CampaignStore(path)
+
+
+@pytest.mark.parametrize("fmt", ["extxyz", "traj", "db"])
+def test_export_parent_frames_to_ase_formats(tmp_path, fmt):
+    from ase.io import read
+
+    from finetuna_parsl.store import export
+
+    path = tmp_path / "c.h5"
+    with CampaignStore(path) as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(3))
+        store.append_steps(SYSTEM.system_id, rows(1, start=4))
+    out = tmp_path / f"frames.{fmt}"
+    assert export(path, out, fmt, parent_only=True) == 2
+    frames = read(str(out), index=":")
+    assert len(frames) == 2
+    assert frames[0].get_potential_energy() == pytest.approx(-1.5)
+    np.testing.assert_allclose(frames[0].get_forces(apply_constraint=False), 0.0)
+    np.testing.assert_array_equal(frames[0].numbers, SYSTEM.numbers)
+    out_all = tmp_path / f"all.{fmt}"
+    assert export(path, out_all, fmt, parent_only=False) == 6
+    with pytest.raises(StoreError, match="exists"):
+        export(path, out_all, fmt)
