@@ -38,6 +38,8 @@ class ParentConfig:
     kind: str = "emt"
     options: dict = field(default_factory=dict)
     workdir: str = "parent-runs"
+    bridge: str = "unix"  # how sessions reach the driver: unix (same machine) or tcp (cluster)
+    timeout_s: float = 3600.0  # longest wait for one parent call (or for a session to connect)
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,12 @@ _SECTIONS = {
 }
 _CHOICES = {
     ("surrogate", "device"): ("auto", "cpu", "cuda"),
+    ("parent", "bridge"): ("unix", "tcp"),
     ("learner", "query"): ("relaxed-only", "k-steps", "uncertainty"),
     ("learner", "train_on"): ("newest", "all"),
 }
 _POSITIVE = {
-    ("systems", "count"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
+    ("systems", "count"), ("parent", "timeout_s"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
     ("campaign", "max_concurrent"), ("learner", "k"), ("learner", "fmax"), ("learner", "max_parent_calls"),
     ("learner", "max_surrogate_steps"), ("learner", "maxstep"), ("learner", "alpha"),
     ("learner", "uncertainty_threshold"),

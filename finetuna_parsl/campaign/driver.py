@@ -1,7 +1,8 @@
 """The campaign driver: streams systems through a bounded number of parent slots, one HDF5 writer.
 
-Each relaxation alternates learn_and_propose (learn executor) and parent_call (parent executor).
-A segment and the parent point that ends it are written and flushed together before the learner
+Each relaxation alternates learn_and_propose (learn executor) and a parent call; the parent is one
+live session per relaxation (a long-lived app on the parent executor) reached through the socket
+bridge, called from a driver thread so the loop below only ever waits on futures. A segment and the parent point that ends it are written and flushed together before the learner
 sees the point, so a killed driver loses at most the parent call in flight.
 """
 
@@ -13,11 +14,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..apps import learn_and_propose, parent_call, reference_relaxation
+from ..apps import learn_and_propose, parent_session, reference_relaxation
 from ..config import RunConfig
 from ..learner.online import record_parent, settle
 from ..learner.reference import ReferenceResult
 from ..learner.state import STATUS_RUNNING, LearnerState, Proposal, SystemSpec
+from ..parents.bridge import ParentServer
 from ..store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow
 
 DONE = "done"
@@ -44,6 +46,8 @@ class _Relaxation:
     proposal: Proposal | None = None
     learn_failures: int = 0
     parent_failures: int = 0
+    server: ParentServer | None = None
+    session: cf.Future | None = None
 
 
 @dataclass
@@ -82,7 +86,9 @@ class Campaign:
     def _report(self) -> None:
         self.on_progress(self.progress)
 
-    def _finish(self, system_id: str, status: str, outcome: str, error: str = "") -> None:
+    def _finish(self, system_id: str, status: str, outcome: str, error: str = "", r: _Relaxation | None = None) -> None:
+        if r is not None:
+            self._close_session(r)
         self.store.set_status(system_id, status, error=error, outcome=outcome)
         self.progress.running -= 1
         if status == FAILED:
@@ -96,8 +102,30 @@ class Campaign:
         r.future = learn_and_propose(r.state, self.config.surrogate)
         r.future.stage = "learn"
 
+    def _open_session(self, r: _Relaxation) -> None:
+        """Serve a bridge for this relaxation and start its parent session app, which connects back."""
+
+        def session_ended() -> str | None:
+            future = r.session
+            if future is None or not future.done():
+                return None
+            exc = future.exception()
+            return _short_error(exc) if exc is not None else "session exited"
+
+        cfg = self.config.parent
+        r.server = ParentServer(mode=cfg.bridge, timeout_s=cfg.timeout_s, session_alive=session_ended)
+        r.session = parent_session(cfg, r.state.system, r.server.bridge_address)
+
+    def _close_session(self, r: _Relaxation) -> None:
+        if r.server is not None:
+            r.server.stop()
+        r.server = None
+        r.session = None
+
     def _submit_parent(self, r: _Relaxation) -> None:
-        r.future = parent_call(self.config.parent, r.state.system, r.proposal.positions)
+        if r.server is None:
+            self._open_session(r)
+        r.future = self.calls.submit(r.server.call, r.proposal.positions, r.state.system.cell)
         r.future.stage = "parent"
 
     def _start_online(self, system: SystemSpec) -> _Relaxation | None:
@@ -125,7 +153,7 @@ class Campaign:
         except Exception as exc:
             r.learn_failures += 1
             if r.learn_failures > self.config.campaign.learn_retries:
-                self._finish(sid, FAILED, "", f"learn step failed {r.learn_failures} times: {_short_error(exc)}")
+                self._finish(sid, FAILED, "", f"learn step failed {r.learn_failures} times: {_short_error(exc)}", r=r)
                 return False
             self._submit_learn(r)
             return True
@@ -138,11 +166,13 @@ class Campaign:
             point = r.future.result()
         except Exception as exc:
             r.parent_failures += 1
+            self._close_session(r)  # the retry gets a new, cold session
             if r.parent_failures > self.config.campaign.parent_retries:
                 self._finish(sid, FAILED, "", f"parent call failed {r.parent_failures} times: {_short_error(exc)}")
                 return False
             self._submit_parent(r)
             return True
+        r.parent_failures = 0  # retries count per call
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE, s.uncertainty, 0, s.wall_s) for s in r.proposal.segment]
         rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles, point.wall_s))
         self.store.append_steps(sid, rows)  # flushed before the learner sees the point
@@ -152,7 +182,7 @@ class Campaign:
         r.state = record_parent(r.state, r.proposal, point)
         r.proposal = None
         if r.state.status != STATUS_RUNNING:
-            self._finish(sid, DONE, r.state.status)
+            self._finish(sid, DONE, r.state.status, r=r)
             return False
         self._submit_learn(r)
         return True
@@ -200,6 +230,18 @@ class Campaign:
         self._report()
         active: dict[cf.Future, _Relaxation] = {}
         slots = self.config.campaign.max_concurrent
+        self.calls = cf.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="parent-call")
+        try:
+            self._loop(queue, active, slots)
+        finally:
+            for r in active.values():
+                self._close_session(r)
+            self.calls.shutdown(wait=False, cancel_futures=True)
+        ids = {s.system_id for s in self.systems}
+        rows = [row for row in self.store.summary() if row["system_id"] in ids]
+        return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)
+
+    def _loop(self, queue: deque[SystemSpec], active: dict[cf.Future, _Relaxation], slots: int) -> None:
         while queue or active:
             while queue and len(active) < slots:
                 system = queue.popleft()
@@ -222,6 +264,3 @@ class Campaign:
                 if alive:
                     active[r.future] = r
             self._report()
-        ids = {s.system_id for s in self.systems}
-        rows = [row for row in self.store.summary() if row["system_id"] in ids]
-        return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)

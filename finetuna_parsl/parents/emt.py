@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 from ase.calculators.emt import EMT
 
 from ..learner.state import SystemSpec
-from .base import ParentResult, ParentSession
+from .base import ParentError, ParentResult, ParentSession
 
 
 class EMTSession(ParentSession):
-    """ASE's EMT calculator kept on one Atoms object for the whole relaxation."""
+    """ASE's EMT calculator kept on one Atoms object for the whole relaxation.
+
+    Options for audits and failure drills: `call_log` appends one line per call (system id, process id,
+    energy) to a file; `fail_after_calls` makes the session fail like a crashed parent after that many calls.
+    """
 
     kind = "emt"
+
+    def __init__(self, workdir: str | Path | None = None, call_log: str | None = None,
+                 fail_after_calls: int | None = None) -> None:
+        super().__init__(workdir)
+        self.call_log = call_log
+        self.fail_after_calls = fail_after_calls
+        self.calls = 0
 
     def start(self, system: SystemSpec) -> None:
         super().start(system)
         self._atoms = system.to_atoms()
         self._atoms.set_constraint()  # the parent reports raw forces; constraints are the optimizer's business
         self._atoms.calc = EMT()
+        self.calls = 0
 
     def calculate(self, positions: np.ndarray) -> ParentResult:
         positions = self._check_positions(positions)
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise ParentError(f"emt parent for {self.system.system_id}: simulated crash after {self.calls} calls")
         t0 = time.perf_counter()
         self._atoms.positions = positions
         energy = float(self._atoms.get_potential_energy())
         forces = np.array(self._atoms.get_forces(), dtype=float)
+        self.calls += 1
+        if self.call_log:
+            with open(self.call_log, "a") as log:
+                log.write(f"{self.system.system_id} {os.getpid()} {energy!r}\n")
         return ParentResult(energy=energy, forces=forces, scf_cycles=0, wall_s=time.perf_counter() - t0)

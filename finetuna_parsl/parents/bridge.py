@@ -1,0 +1,166 @@
+"""Driver <-> parent-session bridge over ASE's socket calculator protocol (i-PI, ase.calculators.socketio).
+
+The driver serves (ParentServer, one per relaxation); the long-lived session app connects back
+(serve_session) and answers position messages with energy and forces until told to exit. SCF
+cycles and wall time travel in the protocol's extra-bytes field as JSON. Every wait has a timeout,
+and a session that dies is noticed (EOF, or its Parsl future finishing) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from ase.calculators.socketio import IPIProtocol, SocketClosed, SocketServer
+
+from ..learner.state import ParentPoint, SystemSpec
+from .base import ParentError, ParentSession
+
+
+@dataclass(frozen=True)
+class BridgeAddress:
+    """Where a session connects back: a UNIX socket name (same machine) or host:port (TCP)."""
+
+    unixsocket: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+
+class ParentServer(SocketServer):
+    """Driver side of one relaxation's bridge: send positions, receive the parent's answer.
+
+    `session_alive` is polled while waiting, so a session that died before connecting (or while
+    computing) raises ParentError with its error instead of blocking forever.
+    """
+
+    def __init__(self, mode: str = "unix", timeout_s: float = 3600.0,
+                 session_alive: Callable[[], str | None] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.session_alive = session_alive or (lambda: None)
+        if mode == "unix":
+            name = f"finetuna-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            super().__init__(unixsocket=name, timeout=timeout_s)
+            self.bridge_address = BridgeAddress(unixsocket=name)
+        elif mode == "tcp":
+            super().__init__(port=0, timeout=timeout_s)
+            host = os.environ.get("FINETUNA_DRIVER_ADDRESS") or socket.gethostname()
+            self.bridge_address = BridgeAddress(host=host, port=self.serversocket.getsockname()[1])
+        else:
+            raise ValueError(f"bridge mode must be unix or tcp, got {mode!r}")
+
+    def _accept(self) -> None:
+        """Wait for the session to connect, checking every second that it is still alive."""
+        deadline = time.monotonic() + self.timeout_s
+        self.serversocket.settimeout(1.0)
+        while True:
+            try:
+                self.clientsocket, _ = self.serversocket.accept()
+                self.closelater(self.clientsocket)
+                break
+            except socket.timeout:
+                died = self.session_alive()
+                if died is not None:
+                    raise ParentError(f"parent session ended before connecting: {died}") from None
+                if time.monotonic() > deadline:
+                    raise ParentError(f"parent session did not connect within {self.timeout_s:.0f} s") from None
+        self.clientsocket.settimeout(self.timeout_s)
+        self.protocol = IPIProtocol(self.clientsocket)
+
+    def call(self, positions: np.ndarray, cell: np.ndarray) -> ParentPoint:
+        """One parent evaluation through the bridge."""
+        try:
+            result = self.calculate(_Geometry(np.asarray(positions, dtype=float), np.asarray(cell, dtype=float)))
+        except (SocketClosed, OSError, AssertionError) as exc:
+            raise ParentError(f"parent session lost: {self._why_lost(exc)}") from None
+        info = _decode_info(result["morebytes"])
+        return ParentPoint(
+            positions=np.array(positions, dtype=float),
+            energy=float(result["energy"]),
+            forces=np.array(result["forces"], dtype=float),
+            scf_cycles=int(info.get("scf_cycles", 0)),
+            wall_s=float(info.get("wall_s", 0.0)),
+        )
+
+    def _why_lost(self, exc: BaseException, grace_s: float = 5.0) -> str:
+        """The session's own error if it reports one within grace_s (EOF usually arrives first)."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            died = self.session_alive()
+            if died is not None:
+                return died
+            time.sleep(0.05)
+        return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} (connection closed)"
+
+    def stop(self) -> None:
+        """Tell the session to exit (it closes the parent gracefully) and release the socket."""
+        try:
+            if self.protocol is not None:
+                self.protocol.end()
+        except OSError:
+            pass
+        self.close()
+
+
+@dataclass
+class _Geometry:
+    positions: np.ndarray
+    cell: np.ndarray
+
+
+def _decode_info(morebytes: np.ndarray) -> dict:
+    raw = bytes(np.asarray(morebytes, dtype=np.int8).tobytes()).rstrip(b"\x00")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+def serve_session(session: ParentSession, system: SystemSpec, address: BridgeAddress, timeout_s: float = 86400.0) -> int:
+    """Session side: start the parent, connect back, answer until told to exit; returns calls served."""
+    if address.unixsocket is not None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(f"/tmp/ipi_{address.unixsocket}")
+    else:
+        sock = socket.create_connection((address.host, address.port), timeout=60)
+    sock.settimeout(timeout_s)
+    protocol = IPIProtocol(sock)
+    session.start(system)
+    served = 0
+    state = "READY"
+    result = None
+    try:
+        while True:
+            try:
+                msg = protocol.recvmsg()
+            except SocketClosed:
+                break
+            if msg == "EXIT":
+                break
+            if msg == "STATUS":
+                protocol.sendmsg(state)
+            elif msg == "INIT":
+                protocol.recvinit()
+            elif msg == "POSDATA":
+                _cell, _icell, positions = protocol.recvposdata()
+                result = session.calculate(positions)
+                served += 1
+                state = "HAVEDATA"
+            elif msg == "GETFORCE":
+                info = json.dumps({"scf_cycles": result.scf_cycles, "wall_s": result.wall_s}).encode()
+                protocol.sendforce(result.energy, np.asarray(result.forces), np.zeros((3, 3)),
+                                   np.frombuffer(info, dtype=np.byte))
+                state = "READY"
+            else:
+                raise ParentError(f"bridge: unexpected message {msg!r} from the driver")
+    finally:
+        session.close()
+        sock.close()
+    return served
