@@ -48,11 +48,16 @@ def parent_session(parent: ParentConfig, system: SystemSpec, address) -> int:
 
     Occupies one parent worker until the driver says exit; returns the number of calls it served.
     """
+    from pathlib import Path
+
     from finetuna_parsl.parents import make_parent
     from finetuna_parsl.parents.bridge import serve_session
+    from finetuna_parsl.parents.journal import CallJournal, parent_fingerprint
 
-    session = make_parent(parent.kind, workdir=f"{parent.workdir}/{system.system_id}", **parent.options)
-    return serve_session(session, system, address, timeout_s=parent.timeout_s)
+    workdir = Path(parent.workdir) / system.system_id
+    session = make_parent(parent.kind, workdir=workdir, **parent.options)
+    journal = CallJournal(workdir / f"journal-{parent_fingerprint(parent.kind, parent.options)}")
+    return serve_session(session, system, address, timeout_s=parent.timeout_s, journal=journal)
 
 
 @python_app(executors=["parent"])

@@ -37,7 +37,7 @@ class ParentConfig:
 
     kind: str = "emt"
     options: dict = field(default_factory=dict)
-    workdir: str = "parent-runs"
+    workdir: str = ""  # one folder per relaxation below this; "" means "<store path without .h5>-parent"
     bridge: str = "unix"  # how sessions reach the driver: unix (same machine) or tcp (cluster)
     timeout_s: float = 3600.0  # longest wait for one parent call (or for a session to connect)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import parsl
 
-from ..config import RunConfig
+from ..config import RunConfig, with_overrides
 from ..learner.state import SystemSpec
 from ..store import CampaignStore
 from .driver import Campaign, CampaignResult, Progress
@@ -31,7 +32,10 @@ def run_campaign(
     path = store_path(config, method)
     if restart and path.exists():
         path.unlink()
+        shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(config.parent.workdir or f"{path.with_suffix('')}-parent").resolve()  # workers may run elsewhere
+    config = with_overrides(config, parent={"workdir": str(workdir)})
     run_dir = str(path.parent / "runinfo")
     parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
     with CampaignStore(path, run_config=config.text, method=method,

@@ -21,6 +21,7 @@ from ase.calculators.socketio import IPIProtocol, SocketClosed, SocketServer
 
 from ..learner.state import ParentPoint, SystemSpec
 from .base import ParentError, ParentSession
+from .journal import CallJournal
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,18 @@ def _decode_info(morebytes: np.ndarray) -> dict:
         return {}
 
 
-def serve_session(session: ParentSession, system: SystemSpec, address: BridgeAddress, timeout_s: float = 86400.0) -> int:
-    """Session side: start the parent, connect back, answer until told to exit; returns calls served."""
+def serve_session(
+    session: ParentSession,
+    system: SystemSpec,
+    address: BridgeAddress,
+    timeout_s: float = 86400.0,
+    journal: CallJournal | None = None,
+) -> int:
+    """Session side: start the parent, connect back, answer until told to exit; returns calls served.
+
+    With a journal, every answer is written to disk before it is sent, and positions already answered
+    (a call the driver lost in a crash, then re-proposed) are served from it without recomputing.
+    """
     if address.unixsocket is not None:
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(f"/tmp/ipi_{address.unixsocket}")
@@ -150,7 +161,11 @@ def serve_session(session: ParentSession, system: SystemSpec, address: BridgeAdd
                 protocol.recvinit()
             elif msg == "POSDATA":
                 _cell, _icell, positions = protocol.recvposdata()
-                result = session.calculate(positions)
+                result = journal.lookup(positions) if journal is not None else None
+                if result is None:
+                    result = session.calculate(positions)
+                    if journal is not None:
+                        journal.record(positions, result)
                 served += 1
                 state = "HAVEDATA"
             elif msg == "GETFORCE":
