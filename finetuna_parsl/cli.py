@@ -32,15 +32,7 @@ def main() -> None:
 def run(config_path: str, site: str | None, output: str | None, count: int | None, references: tuple[str, ...],
         restart: bool) -> None:
     """Relax the systems of CONFIG with online learning, writing an HDF5 store."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
-    if site:
-        import dataclasses
-
-        config = dataclasses.replace(config, site=site)
-    config = with_overrides(config, campaign={"output": output} if output else {})
+    config = _load_run_config(config_path, site, output)
     from .campaign import run_campaign
     from .campaign.progress import ProgressLine
     from .campaign.site import SiteError, site_file
@@ -73,6 +65,89 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     failed = sum(r["status"] == "failed" for r in result.rows)
     if failed:
         sys.exit(1)
+
+
+def _load_run_config(config_path: str, site: str | None, output: str | None):
+    import dataclasses
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if site:
+        config = dataclasses.replace(config, site=site)
+    return with_overrides(config, campaign={"output": output} if output else {})
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--methods", default="bfgs,cg,warm-start,relaxed-only,k-steps,uncertainty", show_default=True,
+              help="Comma-separated methods to compare.")
+@click.option("--reference", default="bfgs", type=click.Choice(REFERENCE_METHODS), show_default=True,
+              help="The reference optimizer that speed and accuracy are measured against.")
+@click.option("--out", "out_dir", default=None, help="Folder for the table and figures (default: beside the stores).")
+@click.option("--site", help="Site name or file; overrides the config.")
+@click.option("--output", help="Base store path; each method writes '<stem>.<method>.h5'.")
+@click.option("--systems", "count", type=int, help="Use only the first N systems.")
+@click.option("--trajectory-system", help="System for the energy-vs-parent-call figure (default: the first).")
+@click.option("--restart", is_flag=True, help="Delete existing stores and start over (default: resume them).")
+def bench(config_path: str, methods: str, reference: str, out_dir: str | None, site: str | None,
+          output: str | None, count: int | None, trajectory_system: str | None, restart: bool) -> None:
+    """Compare methods on the same systems: the paper's Table 1 (Markdown + CSV) and figures."""
+    from pathlib import Path
+
+    from .bench import ALL_METHODS, markdown_table, run_bench, write_csv
+    from .campaign.progress import ProgressLine
+    from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
+    from .systems import load_systems
+
+    config = _load_run_config(config_path, site, output)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in ALL_METHODS]
+    if unknown:
+        _fail(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
+    systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
+    for s in skipped:
+        click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
+    if not systems:
+        _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
+    result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
+    folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(result)
+    command = " ".join(["finetuna-parsl", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "finetuna-parsl bench"
+    (folder / "paper_table.md").write_text(
+        f"# Speed and accuracy against {reference}\n\n{len(systems)} systems from `{config.systems.source}`, "
+        f"parent `{config.parent.kind}`, site `{config.site}`.\n\nMade by: `{command}`\n\n{table}\n\n"
+        "dE = final parent energy minus the reference's; accurate = parent-confirmed fmax <= "
+        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n"
+    )
+    write_csv(result, folder / "paper_table.csv")
+    accuracy_vs_speed(result.table, reference, folder / "accuracy_vs_speed.png")
+    per_system_bars(result.rows, reference, folder / "per_system.png")
+    sid = trajectory_system or systems[0].system_id
+    energy_trajectories(result.stores, sid, folder / "energy_trajectory.png")
+    click.echo(table)
+    click.echo(f"\nwrote {folder / 'paper_table.md'}, paper_table.csv and figures accuracy_vs_speed.png, "
+               f"per_system.png, energy_trajectory.png ({sid}) in {folder}")
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", default=None, help="Folder for the figures (default: beside the store).")
+def plot(store_path: str, out_dir: str | None) -> None:
+    """Per-system figures of a finished campaign: parent calls and parent-energy trajectories."""
+    from pathlib import Path
+
+    from .plots import plot_store
+    from .store import StoreError
+
+    try:
+        made = plot_store(store_path, out_dir or Path(store_path).parent)
+    except StoreError as exc:
+        _fail(str(exc))
+    for path in made:
+        click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -263,6 +263,8 @@ def read_summary(f: h5py.File) -> list[dict]:
     rows = []
     for system_id, g in f["systems"].items():
         a = g.attrs
+        steps = g["steps"]
+        parent = steps["kind"][()] == KIND_PARENT
         rows.append(
             {
                 "system_id": system_id,
@@ -275,15 +277,23 @@ def read_summary(f: h5py.File) -> list[dict]:
                 "final_energy": float(a["final_energy"]),
                 "final_fmax": float(a["final_fmax"]),
                 "error": str(a["error"]),
+                "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
+                "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
             }
         )
     return rows
 
 
-def iter_summary(path: str | Path) -> Iterator[dict]:
-    """Read-only summary of a store on disk."""
+def load_summary(path: str | Path) -> list[dict]:
+    """Read-only per-system summary of a store on disk."""
     with open_h5(path, "r") as f:
-        yield from read_summary(f)
+        return read_summary(f)
+
+
+def load_parent_energies(path: str | Path) -> dict[str, np.ndarray]:
+    """Parent energies in call order, per system (for energy-vs-parent-call plots)."""
+    with open_h5(path, "r") as f:
+        return {sid: g["steps/energy"][()][g["steps/kind"][()] == KIND_PARENT] for sid, g in f["systems"].items()}
 
 
 EXPORT_FORMATS = {"extxyz": "extxyz", "traj": "traj", "db": "db"}

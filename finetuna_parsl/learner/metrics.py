@@ -48,3 +48,57 @@ def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: S
         method_converged=sum(r.get("outcome") == "converged" for r, _ in matched),
         accurate=sum(is_accurate(r, q) for r, q in matched),
     )
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One line of the paper's Table 1 for a method, measured against the reference on the same systems."""
+
+    method: str
+    systems: int
+    parent_calls: int
+    percent_of_reference_mean: float  # per-system parent calls as % of the reference's, averaged
+    percent_of_reference_sem: float
+    lower: float  # fraction of systems with dE <= -0.02 eV (found a lower minimum than the reference)
+    same: float  # fraction with -0.02 < dE < 0.02
+    accurate: float  # fraction parent-confirmed relaxed with dE <= 0.02 (the paper's accuracy)
+    relaxed: float  # fraction parent-confirmed relaxed
+    scf_cycles: int
+    parent_wall_s: float
+
+
+def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def table_row(method: str, rows: Sequence[dict], reference_rows: Sequence[dict],
+              tolerance: float = ENERGY_TOLERANCE) -> MethodRow:
+    """Table 1 figures of `method`; rows carry parent_calls, final_energy, outcome, scf_cycles, parent_wall_s."""
+    ref = {r["system_id"]: r for r in reference_rows}
+    matched = [(r, ref[r["system_id"]]) for r in rows if r["system_id"] in ref and ref[r["system_id"]]["parent_calls"]]
+    n = len(matched)
+    percents = [100.0 * r["parent_calls"] / q["parent_calls"] for r, q in matched]
+    mean, sem = _mean_sem(percents)
+    de = [r["final_energy"] - q["final_energy"] for r, q in matched]
+    relaxed = [r.get("outcome") == "converged" for r, _ in matched]
+    frac = (lambda k: k / n if n else math.nan)
+    return MethodRow(
+        method=method,
+        systems=n,
+        parent_calls=sum(r["parent_calls"] for r, _ in matched),
+        percent_of_reference_mean=mean,
+        percent_of_reference_sem=sem,
+        lower=frac(sum(d <= -tolerance for d in de)),
+        same=frac(sum(-tolerance < d < tolerance for d in de)),
+        accurate=frac(sum(ok and d <= tolerance for ok, d in zip(relaxed, de))),
+        relaxed=frac(sum(relaxed)),
+        scf_cycles=sum(int(r.get("scf_cycles", 0)) for r, _ in matched),
+        parent_wall_s=sum(float(r.get("parent_wall_s", 0.0)) for r, _ in matched),
+    )

@@ -1,0 +1,97 @@
+"""The paper's speed/accuracy benchmark: the same systems relaxed by several methods, one table.
+
+Methods: parent-only references (bfgs, cg), warm-start, and the online learner with each query rule
+(relaxed-only, k-steps, uncertainty). Each method writes its own store '<output stem>.<method>.h5',
+so a bench can be resumed and every number in the table traced to stored parent calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .campaign import run_campaign
+from .campaign.driver import Progress
+from .config import RunConfig, with_overrides
+from .learner.metrics import MethodRow, table_row
+from .learner.reference import REFERENCE_METHODS
+from .learner.state import SystemSpec
+
+QUERY_METHODS = ("relaxed-only", "k-steps", "uncertainty")
+ALL_METHODS = (*REFERENCE_METHODS, *QUERY_METHODS)
+
+
+@dataclass
+class BenchResult:
+    """Per-method summary rows and stores, and the Table 1 rows against the reference."""
+
+    reference: str
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    stores: dict[str, Path] = field(default_factory=dict)
+    table: list[MethodRow] = field(default_factory=list)
+
+
+def method_config(config: RunConfig, method: str) -> tuple[RunConfig, str]:
+    """The run config and campaign method for one bench method, with its own store."""
+    out = Path(config.campaign.output)
+    store = str(out.with_name(f"{out.stem}.{method}{out.suffix or '.h5'}"))
+    if method in QUERY_METHODS:
+        surrogate = {"ensemble_size": max(config.surrogate.ensemble_size, 3)} if method == "uncertainty" else {}
+        return with_overrides(config, learner={"query": method}, campaign={"output": store}, surrogate=surrogate), "online"
+    if method in REFERENCE_METHODS:
+        return with_overrides(config, campaign={"output": str(out)}), method
+    raise ValueError(f"unknown bench method {method!r}; known: {', '.join(ALL_METHODS)}")
+
+
+def run_bench(
+    config: RunConfig,
+    systems: Sequence[SystemSpec],
+    methods: Sequence[str],
+    reference: str = "bfgs",
+    progress: Callable[[str], Callable[[Progress], None]] | None = None,
+    restart: bool = False,
+) -> BenchResult:
+    """Run every method (the reference first) on `systems` and build the table."""
+    order = [reference] + [m for m in methods if m != reference]
+    result = BenchResult(reference=reference)
+    for method in order:
+        cfg, campaign_method = method_config(config, method)
+        path, run = run_campaign(cfg, list(systems), campaign_method, progress(method) if progress else None,
+                                 restart=restart)
+        result.stores[method] = path
+        result.rows[method] = run.rows
+    result.table = [table_row(m, result.rows[m], result.rows[reference]) for m in order]
+    return result
+
+
+def _pm(mean: float, sem: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.1f} ± {sem:.1f}" if not math.isnan(sem) else f"{mean:.1f}"
+
+
+def markdown_table(result: BenchResult) -> str:
+    """Table 1 of the paper, for this bench: speed relative to the reference and accuracy."""
+    lines = [
+        f"| method | systems | parent calls | % of {result.reference} calls (mean ± SEM) | dE <= -0.02 | "
+        "-0.02 < dE < 0.02 | accurate (relaxed, dE <= 0.02) | parent-confirmed relaxed | SCF cycles | parent wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result.table:
+        lines.append(
+            f"| {r.method} | {r.systems} | {r.parent_calls} | {_pm(r.percent_of_reference_mean, r.percent_of_reference_sem)} "
+            f"| {100 * r.lower:.0f}% | {100 * r.same:.0f}% | {100 * r.accurate:.0f}% | {100 * r.relaxed:.0f}% "
+            f"| {r.scf_cycles} | {r.parent_wall_s:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(result: BenchResult, path: str | Path) -> None:
+    rows = [asdict(r) for r in result.table]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,67 @@
+"""The benchmark: Table 1 arithmetic, and the bench/plot commands end to end on a small set."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TESTS_DIR
+from finetuna_parsl.learner.metrics import compare, table_row
+
+
+def row(sid, calls, energy, outcome="converged", scf=0):
+    return {"system_id": sid, "parent_calls": calls, "final_energy": energy, "outcome": outcome,
+            "scf_cycles": scf, "parent_wall_s": 0.5}
+
+
+def test_table_row_matches_hand_computed_figures():
+    reference = [row("a", 100, 0.0), row("b", 50, 1.0), row("c", 20, 2.0), row("d", 10, 3.0)]
+    method = [row("a", 10, -0.05), row("b", 10, 1.01), row("c", 5, 2.03), row("d", 5, 3.0, outcome="parent_budget")]
+    t = table_row("k-steps", method, reference)
+    percents = [10.0, 20.0, 25.0, 50.0]
+    mean = sum(percents) / 4
+    sem = math.sqrt(sum((p - mean) ** 2 for p in percents) / 3 / 4)
+    assert t.systems == 4 and t.parent_calls == 30
+    assert t.percent_of_reference_mean == pytest.approx(mean) and t.percent_of_reference_sem == pytest.approx(sem)
+    assert t.lower == 0.25  # a: found a lower minimum
+    assert t.same == 0.5  # b and d
+    assert t.accurate == 0.5  # a and b (c is 0.03 eV higher, d not parent-confirmed)
+    assert t.relaxed == 0.75
+    c = compare("k-steps", method, "bfgs", reference)
+    assert c.ratio == pytest.approx(30 / 180) and c.accurate == 2
+
+
+def test_bench_and_plot_commands(tmp_path):
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(
+        "systems: {source: demo, count: 2}\nparent: {kind: emt}\nsurrogate: {factory: 'toy_surrogate:make'}\n"
+        f"learner: {{k: 3}}\ncampaign: {{output: '{tmp_path / 'b.h5'}', max_concurrent: 2}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "finetuna_parsl.cli", *args], cwd=tmp_path, env=env,
+                                       capture_output=True, text=True, timeout=600)
+    proc = run("bench", str(cfg), "--methods", "bfgs,warm-start,k-steps", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    for name in ("paper_table.md", "paper_table.csv", "accuracy_vs_speed.png", "per_system.png",
+                 "energy_trajectory.png"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "paper_table.csv") as handle:
+        table = {r["method"]: r for r in csv.DictReader(handle)}
+    assert list(table) == ["bfgs", "warm-start", "k-steps"]
+    assert float(table["bfgs"]["percent_of_reference_mean"]) == 100.0
+    assert float(table["k-steps"]["percent_of_reference_mean"]) < 100.0
+    assert float(table["k-steps"]["accurate"]) == 1.0
+    assert "Made by: `finetuna-parsl bench" in (out / "paper_table.md").read_text()
+    for method in ("bfgs", "warm-start", "k-steps"):
+        assert (tmp_path / f"b.{method}.h5").exists()
+
+    proc = run("plot", str(tmp_path / "b.k-steps.h5"), "--out", str(tmp_path / "plots"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "b.k-steps_energy_trajectories.png", "b.k-steps_parent_calls.png"]
