@@ -91,9 +91,9 @@ def test_parent_sessions_live_in_parsl_workers_and_every_call_is_stored(tmp_path
     config = parse_config(CONFIG.format(log=log, extra="", output=tmp_path / "b.h5"))
     path, result = run_campaign(config, demo_systems(2))
     lines = [line.split() for line in log.read_text().splitlines()]
-    pids = {int(pid) for _, pid, _ in lines}
+    pids = {int(line[1]) for line in lines}
     assert os.getpid() not in pids  # the parent ran in worker processes, reached over the bridge
-    per_system = Counter(sid for sid, _, _ in lines)
+    per_system = Counter(line[0] for line in lines)
     assert per_system == stored_parent_calls(path)
     assert all(r["outcome"] == "converged" for r in result.rows)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ class EMTSession(ParentSession):
     """ASE's EMT calculator kept on one Atoms object for the whole relaxation.
 
     Options for audits and failure drills: `call_log` appends one line per call (system id, process id,
-    energy) to a file; `fail_after_calls` makes the session fail like a crashed parent after that many calls.
+    energy, host, batch job id or "-") to a file; `fail_after_calls` makes the session fail like a crashed parent after that many calls.
     """
 
     kind = "emt"
@@ -47,5 +48,6 @@ class EMTSession(ParentSession):
         self.calls += 1
         if self.call_log:
             with open(self.call_log, "a") as log:
-                log.write(f"{self.system.system_id} {os.getpid()} {energy!r}\n")
+                job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or "-"
+                log.write(f"{self.system.system_id} {os.getpid()} {energy!r} {socket.gethostname()} {job}\n")
         return ParentResult(energy=energy, forces=forces, scf_cycles=0, wall_s=time.perf_counter() - t0)
