@@ -1,23 +1,38 @@
-"""Parent sessions (the expensive truth): EMT now; VASP interactive and warm GPAW follow the same interface."""
+"""Parent sessions (the expensive truth): EMT, VASP interactive and warm GPAW behind one interface."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from .base import ParentError, ParentResult, ParentSession
 from .emt import EMTSession
 
-PARENT_KINDS: dict[str, type[ParentSession]] = {"emt": EMTSession}
+#: kind -> "module:class"; imported on first use so a missing optional engine (gpaw) only matters when asked for.
+PARENT_KINDS: dict[str, str] = {
+    "emt": "finetuna_parsl.parents.emt:EMTSession",
+    "vasp": "finetuna_parsl.parents.vasp:VaspInteractiveSession",
+    "gpaw": "finetuna_parsl.parents.gpaw:GPAWSession",
+}
+
+
+def parent_class(kind: str) -> type[ParentSession]:
+    """The session class registered for `kind`; a clear ParentError when unknown or not importable."""
+    try:
+        target = PARENT_KINDS[kind]
+    except KeyError:
+        raise ParentError(f"unknown parent kind {kind!r}; known: {', '.join(sorted(PARENT_KINDS))}") from None
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ParentError(f"parent kind {kind!r} is not available here: {exc}") from exc
 
 
 def make_parent(kind: str, workdir: str | Path | None = None, **options: Any) -> ParentSession:
     """A new, unstarted parent session of `kind`."""
-    try:
-        cls = PARENT_KINDS[kind]
-    except KeyError:
-        raise ParentError(f"unknown parent kind {kind!r}; known: {', '.join(sorted(PARENT_KINDS))}") from None
-    return cls(workdir=workdir, **options)
+    return parent_class(kind)(workdir=workdir, **options)
 
 
-__all__ = ["ParentError", "ParentResult", "ParentSession", "EMTSession", "make_parent"]
+__all__ = ["ParentError", "ParentResult", "ParentSession", "EMTSession", "PARENT_KINDS", "make_parent", "parent_class"]
