@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SystemsConfig:
-    """Where the systems come from. source 'demo' builds the seeded demo set with ase.build."""
+    """Where the systems come from: a file or folder, or 'demo' / 'ood' (seeded sets built with ase.build)."""
 
     source: str = "demo"
     count: int = 20
@@ -165,7 +165,7 @@ def _section(where: str, name: str, raw: Any) -> Any:
 
 def _check_files(where: str, config: RunConfig) -> None:
     source = config.systems.source
-    if source != "demo" and not Path(source).exists():
+    if source not in ("demo", "ood") and not Path(source).exists():
         raise ConfigError(f"{where}: systems.source: no such file or folder: {source}")
     ckpt = config.surrogate.checkpoint
     if config.surrogate.factory is None and ckpt != "shipped" and not Path(ckpt).is_file():

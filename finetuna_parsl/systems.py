@@ -20,7 +20,11 @@ DEMO_METALS = ("Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
 DEMO_ADSORBATES = ("H", "O", "C", "N", "OH", "CO", "CH", "NH")
 DEMO_FACETS = ("fcc111", "fcc100", "fcc211")
 _SITES = {"fcc111": ("ontop", "bridge", "fcc", "hcp"), "fcc100": ("ontop", "bridge", "hollow")}
-_HEIGHT = {"H": 1.6, "O": 1.4, "C": 1.4, "N": 1.4, "OH": 1.6, "CO": 1.8, "CH": 1.5, "NH": 1.5}
+_HEIGHT = {"H": 1.6, "O": 1.4, "C": 1.4, "N": 1.4, "OH": 1.6, "CO": 1.8, "CH": 1.5, "NH": 1.5,
+           "CH2": 1.6, "NH2": 1.6, "HCO": 1.7}
+#: Out of the shipped surrogate's pretraining domain: stepped bimetallic slabs and unseen adsorbates.
+OOD_ADSORBATES = ("CH2", "NH2", "HCO")
+_MOLECULE_NAMES = {"CH2": "CH2_s1A1d"}
 STRUCTURE_SUFFIXES = (".traj", ".extxyz", ".xyz", ".cif", ".vasp", ".json")
 
 
@@ -36,8 +40,8 @@ def _adsorbate(name: str) -> tuple[Atoms, int]:
     """The adsorbate upright with its binding atom (C of CO, O of OH, ...) lowest, and that atom's index."""
     if len(name) == 1:
         return Atoms(name), 0
-    mol = molecule(name)
-    bind = 1 if name == "CO" else 0  # molecule("CO") lists O first; everything else binds through atom 0
+    mol = molecule(_MOLECULE_NAMES.get(name, name))
+    bind = 1 if name in ("CO", "HCO") else 0  # molecule("CO") lists O first; HCO binds through C (index 1) too
     if mol.positions[1 - bind, 2] < mol.positions[bind, 2]:
         mol.positions[:, 2] *= -1
     return mol, bind
@@ -50,14 +54,22 @@ def _fix_lower_slab(slab: Atoms, fraction: float = 0.6) -> None:
     slab.set_constraint(FixAtoms(mask=z < cut))
 
 
-def build_demo_system(facet: str, metal: str, adsorbate: str, rng: np.random.Generator) -> Atoms:
-    """One adsorbate/slab system, perturbed by `rng` so the relaxation has work to do."""
+def build_demo_system(facet: str, metal: str, adsorbate: str, rng: np.random.Generator,
+                      alloy: str | None = None) -> Atoms:
+    """One adsorbate/slab system, perturbed by `rng` so the relaxation has work to do.
+
+    `alloy`: a second metal that replaces a random half of the slab atoms (a bimetallic surface).
+    """
     if facet == "fcc111":
         slab = fcc111(metal, size=(3, 3, 3), vacuum=7.0)
     elif facet == "fcc100":
         slab = fcc100(metal, size=(3, 3, 3), vacuum=7.0)
     else:
         slab = fcc211(metal, size=(3, 2, 3), vacuum=7.0)
+    if alloy is not None:
+        symbols = np.array(slab.get_chemical_symbols(), dtype=object)
+        symbols[rng.permutation(len(slab))[: len(slab) // 2]] = alloy
+        slab.set_chemical_symbols(list(symbols))
     _fix_lower_slab(slab)
     mol, bind = _adsorbate(adsorbate)
     height = _HEIGHT[adsorbate] + rng.uniform(-0.1, 0.3)
@@ -105,10 +117,26 @@ def _safe_id(text: str) -> str:
     return str(text).replace("/", "_").strip() or "unnamed"
 
 
+def ood_systems(count: int = 20, seed: int = 0) -> list[SystemSpec]:
+    """The seeded out-of-domain set: bimetallic slabs (stepped fcc211 first) with CH2, NH2 or HCO."""
+    rng = np.random.default_rng(seed)
+    systems = []
+    for i in range(count):
+        facet = ("fcc211", "fcc211", "fcc111", "fcc100")[i % 4]
+        host, guest = rng.choice(DEMO_METALS, size=2, replace=False)
+        adsorbate = OOD_ADSORBATES[i % len(OOD_ADSORBATES)]
+        atoms = build_demo_system(facet, str(host), adsorbate, rng, alloy=str(guest))
+        systems.append(SystemSpec.from_atoms(f"ood-{i:03d}-{adsorbate}-{host}{guest}-{facet}", atoms))
+    return systems
+
+
+GENERATED_SOURCES = {"demo": demo_systems, "ood": ood_systems}
+
+
 def load_systems(source: str, count: int | None = None, seed: int = 0) -> tuple[list[SystemSpec], list[SkippedSystem]]:
     """Systems from `source` plus the ones skipped (with reasons). `count` caps how many are taken."""
-    if source == "demo":
-        return demo_systems(count or 20, seed), []
+    if source in GENERATED_SOURCES:
+        return GENERATED_SOURCES[source](count or 20, seed), []
     from ase.io import read
 
     path = Path(source)
