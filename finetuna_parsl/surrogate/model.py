@@ -1,0 +1,153 @@
+"""The fairchem-core model behind the surrogate: its config, checkpoint files, and atoms -> batch.
+
+The network is fairchem's own (eSCN-MD backbone from the UMA family, Linear_Energy_Head and the
+direct Linear_Force_Head), built with hydra from a config and saved/loaded as fairchem's
+MLIPInferenceCheckpoint through `fairchem.core.units.mlip_unit.utils.load_inference_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import chemical_symbols
+
+SHIPPED = Path(__file__).parent / "data" / "finetuna-small.pt"
+BACKBONE = "fairchem.core.models.uma.escn_md.eSCNMDBackbone"  # full dotted path: registry short names fail in fresh processes
+ENERGY_HEAD = "fairchem.core.models.uma.escn_md.Linear_Energy_Head"
+FORCE_HEAD = "fairchem.core.models.uma.escn_md.Linear_Force_Head"
+TASK_NAME = "oc20"
+
+
+class SurrogateError(RuntimeError):
+    """The surrogate cannot be loaded or used; the message says which file or element and why."""
+
+
+def small_model_config(sphere_channels: int = 32, num_layers: int = 2, lmax: int = 2, cutoff: float = 5.0,
+                       max_neighbors: int = 30) -> dict[str, Any]:
+    """Hydra config of the shipped model: a small direct-force eSCN-MD with linear energy and force heads."""
+    return {
+        "_target_": "fairchem.core.models.base.HydraModel",
+        "backbone": {
+            "model": BACKBONE, "max_num_elements": 100, "sphere_channels": sphere_channels, "lmax": lmax,
+            "mmax": min(lmax, 2), "otf_graph": True, "max_neighbors": max_neighbors, "cutoff": cutoff,
+            "edge_channels": sphere_channels, "num_distance_basis": 64, "num_layers": num_layers,
+            "hidden_channels": sphere_channels, "direct_forces": True, "regress_forces": True,
+            "use_dataset_embedding": False, "always_use_pbc": False,
+        },
+        "heads": {"energy": {"module": ENERGY_HEAD}, "forces": {"module": FORCE_HEAD}},
+    }
+
+
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    """A fresh (untrained) HydraModel from a hydra config."""
+    import hydra
+
+    return hydra.utils.instantiate(config)
+
+
+def _tasks_config() -> list[dict[str, Any]]:
+    """fairchem Task configs for the shipped model's two outputs (what a fairchem tool expects to find)."""
+    def task(prop: str, level: str, dim: list[int]) -> dict[str, Any]:
+        return {
+            "_target_": "fairchem.core.units.mlip_unit.mlip_unit.Task", "name": f"{TASK_NAME}_{prop}", "level": level,
+            "property": prop, "datasets": [TASK_NAME],
+            "out_spec": {"_target_": "fairchem.core.units.mlip_unit.mlip_unit.OutputSpec", "dim": dim, "dtype": "float32"},
+            "normalizer": {"_target_": "fairchem.core.modules.normalization.normalizer.Normalizer", "mean": 0.0, "rmsd": 1.0},
+        }
+    return [task("energy", "system", [1]), task("forces", "atom", [3])]
+
+
+@dataclass
+class ModelCard:
+    """What the shipped checkpoint was trained on (the JSON file next to it)."""
+
+    elements: list[str] = field(default_factory=list)
+    description: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def card_path(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".json")
+
+
+def save_checkpoint(model: torch.nn.Module, config: dict[str, Any], path: Path, card: ModelCard) -> None:
+    """Write `model` as a fairchem MLIPInferenceCheckpoint (+ its model card JSON)."""
+    from fairchem.core.units.mlip_unit.api.inference import MLIPInferenceCheckpoint
+
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    ckpt = MLIPInferenceCheckpoint(model_config=config, model_state_dict=state, ema_state_dict={},
+                                   tasks_config=_tasks_config())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    card_path(path).write_text(json.dumps(card.__dict__, indent=1) + "\n")
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """'shipped' -> the packaged file; anything else must be a local file (nothing is downloaded)."""
+    if str(checkpoint) == "shipped":
+        path = SHIPPED
+    else:
+        path = Path(checkpoint).expanduser()
+        if not path.suffix and "/" not in str(checkpoint):
+            raise SurrogateError(
+                f"surrogate checkpoint {checkpoint!r}: model names are not downloaded at run time; download the "
+                "checkpoint (e.g. with huggingface-cli and your own credentials) and give its .pt path")
+    if not path.is_file():
+        raise SurrogateError(f"surrogate checkpoint {path}: no such file")
+    return path
+
+
+def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, ModelCard, Path]:
+    """The model in `checkpoint` (a fairchem inference checkpoint), in eval mode on `device`, with its card."""
+    from fairchem.core.units.mlip_unit.utils import load_inference_model
+
+    path = resolve_checkpoint(checkpoint)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise SurrogateError(f"surrogate checkpoint {path}: not a readable torch checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not all(hasattr(raw, key) for key in ("model_config", "model_state_dict", "ema_state_dict")):
+        raise SurrogateError(f"surrogate checkpoint {path}: not a fairchem inference checkpoint "
+                             f"(MLIPInferenceCheckpoint); got {type(raw).__name__}")
+    use_ema = bool(raw.ema_state_dict)
+    try:
+        model, _ = load_inference_model(str(path), use_ema=use_ema, preloaded_checkpoint=raw)
+    except Exception as exc:  # noqa: BLE001
+        raise SurrogateError(f"surrogate checkpoint {path}: incompatible with fairchem-core here "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if use_ema:
+        model = model.module
+    if not hasattr(model, "backbone") or not hasattr(model, "output_heads"):
+        raise SurrogateError(f"surrogate checkpoint {path}: expected a fairchem HydraModel (backbone + output heads)")
+    card = ModelCard()
+    if card_path(path).is_file():
+        card = ModelCard(**json.loads(card_path(path).read_text()))
+    return model.to(device).eval(), card, path
+
+
+def to_batch(atoms_list: list[Atoms], device: str = "cpu", cutoff: float = 6.0):
+    """A fairchem AtomicData batch (graph built on the fly by the backbone)."""
+    from fairchem.core.datasets.atomic_data import AtomicData, atomicdata_list_to_batch
+
+    data = []
+    for atoms in atoms_list:
+        plain = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        data.append(AtomicData.from_ase(plain, task_name=TASK_NAME, r_edges=False, radius=cutoff))
+    return atomicdata_list_to_batch(data).to(device)
+
+
+def unseen_elements(numbers: np.ndarray, card: ModelCard) -> list[str]:
+    """Elements of a system that the model card says pretraining never saw (empty if the card is silent)."""
+    if not card.elements:
+        return []
+    return sorted({chemical_symbols[z] for z in np.unique(numbers)} - set(card.elements))

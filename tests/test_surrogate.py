@@ -1,0 +1,163 @@
+"""The shipped fairchem surrogate: offline loading, clear errors, head-only fine-tuning, ensembles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, SHARED_DATA
+from finetuna_parsl.surrogate import SHIPPED, SurrogateError, load_surrogate
+from finetuna_parsl.surrogate.head import HeadState
+from finetuna_parsl.surrogate.pretrain import labelled
+from finetuna_parsl.surrogate.surrogate import free_mask
+from finetuna_parsl.systems import demo_systems, load_systems, ood_systems
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    torch.set_num_threads(1)
+    return load_surrogate("shipped", device="cpu", epochs=100)
+
+
+def _force_mae(surrogate, head, atoms) -> float:
+    reference = labelled(atoms).get_forces(apply_constraint=False)
+    _, forces, _ = surrogate.predict(atoms, head)
+    free = free_mask(atoms)
+    return float(np.abs(forces - reference)[free].mean())
+
+
+def test_shipped_checkpoint_is_small_and_loads_offline(tmp_path):
+    assert SHIPPED.is_file() and SHIPPED.stat().st_size <= 20e6
+    script = textwrap.dedent("""
+        import socket, numpy as np
+        def no_network(*args, **kwargs):
+            raise OSError("network disabled in this test")
+        socket.socket.connect = no_network
+        socket.create_connection = no_network
+        from ase.build import fcc111, add_adsorbate
+        from finetuna_parsl.surrogate import load_surrogate
+        slab = fcc111("Cu", (3, 3, 3), vacuum=7.0)
+        add_adsorbate(slab, "O", 1.5, "fcc")
+        s = load_surrogate("shipped", device="cpu")
+        energy, forces, _ = s.predict(slab, s.initial_head())
+        assert np.isfinite(energy) and forces.shape == (len(slab), 3) and np.isfinite(forces).all()
+        print("ok", energy)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ok")
+
+
+def test_pretrained_forces_are_close_to_emt_in_domain(shipped):
+    from finetuna_parsl.surrogate.pretrain import in_domain_systems
+
+    maes = [_force_mae(shipped, shipped.initial_head(), atoms) for _, atoms in in_domain_systems(seed=5)[:6]]
+    assert np.mean(maes) < 0.25, maes  # a model that learnt nothing sits near 1 eV/A
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"this is not a torch file", "not a readable torch checkpoint"),
+    (None, "not a fairchem inference checkpoint"),
+])
+def test_bad_checkpoint_files_give_one_clear_line(tmp_path, content, expected):
+    path = tmp_path / "model.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SurrogateError) as err:
+        load_surrogate(str(path), device="cpu")
+    message = str(err.value)
+    assert str(path) in message and expected in message and "\n" not in message
+
+
+def test_truncated_shipped_checkpoint_and_missing_file_and_hub_names(tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(SHIPPED.read_bytes()[: SHIPPED.stat().st_size // 2])
+    with pytest.raises(SurrogateError, match="cut.pt: not a readable torch checkpoint"):
+        load_surrogate(str(cut), device="cpu")
+    with pytest.raises(SurrogateError, match="no such file"):
+        load_surrogate(str(tmp_path / "absent.pt"), device="cpu")
+    with pytest.raises(SurrogateError, match="not downloaded at run time"):
+        load_surrogate("uma-s-1p1", device="cpu")
+
+
+def test_fine_tuning_changes_only_the_head_and_fits_the_parent_point(shipped):
+    atoms = ood_systems(4, seed=3)[0].to_atoms()
+    point = labelled(atoms)
+    backbone = {k: v.clone() for k, v in shipped.model.state_dict().items()}
+    head0 = shipped.initial_head()
+    before = _force_mae(shipped, head0, atoms)
+    head1, info = shipped.fine_tune(head0, [point])
+    after = _force_mae(shipped, head1, atoms)
+    for key, value in shipped.model.state_dict().items():
+        assert torch.equal(value, backbone[key]), f"backbone parameter {key} changed"
+    assert info["final_loss"] < info["initial_loss"]
+    assert after < 0.8 * before, (before, after)
+    state = HeadState.from_bytes(head1)
+    assert state.trained_points == 1 and any(np.abs(v).sum() > 0 for v in state.members[0].values())
+    energy, _, _ = shipped.predict(atoms, head1)
+    assert energy == pytest.approx(point.get_potential_energy(), abs=1e-4)  # energy referenced to the parent point
+
+
+def test_ensemble_mean_starts_at_the_prior_and_spread_grows_away_from_data():
+    torch.set_num_threads(1)
+    single = load_surrogate("shipped", device="cpu", ensemble_size=1, epochs=100)
+    ensemble = load_surrogate("shipped", device="cpu", ensemble_size=4, epochs=100)
+    atoms = demo_systems(3)[2].to_atoms()
+    e1, f1, u1 = single.predict(atoms, single.initial_head())
+    e4, f4, u4 = ensemble.predict(atoms, ensemble.initial_head())
+    assert u1 == 0.0 and u4 > 0.0
+    np.testing.assert_allclose(f4, f1, atol=1e-5)
+    head = ensemble.fine_tune(ensemble.initial_head(), [labelled(atoms)])[0]
+    _, _, at_point = ensemble.predict(atoms, head)
+    moved = atoms.copy()
+    moved.positions[free_mask(atoms)] += np.random.default_rng(0).normal(0, 0.3, (free_mask(atoms).sum(), 3))
+    _, _, away = ensemble.predict(moved, head)
+    assert away > at_point
+
+
+def test_an_oc20_system_with_unseen_elements_runs_and_names_them(shipped):
+    systems, skipped = load_systems(str(SHARED_DATA / "oc20_ood30.db"))
+    assert systems and not skipped
+    spec = next(s for s in systems if any(z in s.numbers for z in (40, 34, 22, 31)))  # Zr Se Ti Ga: never pretrained
+    atoms = spec.to_atoms()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        energy, forces, _ = shipped.predict(atoms, shipped.initial_head())
+    assert np.isfinite(energy) and np.isfinite(forces).all() and forces.shape == (len(atoms), 3)
+    text = " ".join(str(w.message) for w in caught)
+    assert "pretraining never saw" in text and any(e in text for e in ("Zr", "Se", "Ti", "Ga"))
+
+
+def test_the_learner_runs_a_segment_on_the_shipped_surrogate(shipped):
+    from finetuna_parsl.learner.online import propose, record_parent
+    from finetuna_parsl.learner.state import LearnerSettings, LearnerState, ParentPoint
+
+    spec = demo_systems(1)[0]
+    state = LearnerState(spec, LearnerSettings(query="k-steps", k=3))
+    first = propose(state, shipped)
+    point = labelled(spec.to_atoms(first.positions))
+    state = record_parent(state, first, ParentPoint(first.positions, point.get_potential_energy(),
+                                                    point.get_forces(apply_constraint=False)))
+    second = propose(state, shipped)
+    assert 1 <= len(second.segment) <= 3 and second.head != first.head
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_and_cpu_agree(shipped):
+    gpu = load_surrogate("shipped", device="cuda", epochs=100)
+    atoms = demo_systems(2)[1].to_atoms()
+    point = labelled(atoms)
+    head_cpu, head_gpu = shipped.fine_tune(shipped.initial_head(), [point])[0], gpu.fine_tune(gpu.initial_head(), [point])[0]
+    _, f_cpu, _ = shipped.predict(atoms, head_cpu)
+    _, f_gpu, _ = gpu.predict(atoms, head_gpu)
+    np.testing.assert_allclose(f_gpu, f_cpu, atol=2e-3)
