@@ -23,7 +23,7 @@ from finetuna_parsl.systems import demo_systems, load_systems, ood_systems
 @pytest.fixture(scope="module")
 def shipped():
     torch.set_num_threads(1)
-    return load_surrogate("shipped", device="cpu", epochs=100)
+    return load_surrogate("shipped", device="cpu")  # the paper's defaults: lr 3e-4, 400 epochs
 
 
 def _force_mae(surrogate, head, atoms) -> float:
@@ -57,10 +57,13 @@ def test_shipped_checkpoint_is_small_and_loads_offline(tmp_path):
 
 
 def test_pretrained_forces_are_close_to_emt_in_domain(shipped):
-    from finetuna_parsl.surrogate.pretrain import in_domain_systems
+    from finetuna_parsl.surrogate.pretrain import _near_equilibrium, in_domain_systems
 
-    maes = [_force_mae(shipped, shipped.initial_head(), atoms) for _, atoms in in_domain_systems(seed=5)[:6]]
-    assert np.mean(maes) < 0.25, maes  # a model that learnt nothing sits near 1 eV/A
+    # New placements (seed 5, not the pretraining seed) of in-domain systems, within the trained force range
+    # (pretraining drops frames whose largest force exceeds 8 eV/A: adsorbates squeezed into the surface).
+    frames = [labelled(atoms) for _, atoms in in_domain_systems(seed=5)[:12]]
+    maes = [_force_mae(shipped, shipped.initial_head(), f) for f in frames if _near_equilibrium(f)]
+    assert len(maes) >= 6 and np.mean(maes) < 0.25, maes  # a model that learnt nothing sits near 1 eV/A
 
 
 @pytest.mark.parametrize("content, expected", [
