@@ -142,6 +142,33 @@ def species_blocks(symbols_in_vasp_order: Sequence[str]) -> list[tuple[str, int]
     return blocks
 
 
+#: POTCAR folder below VASP_PP_PATH for each functional, as ASE lays them out.
+POTCAR_FOLDERS = {"PBE": "potpaw_PBE", "LDA": "potpaw", "PW91": "potpaw_GGA"}
+
+
+def potcar_files(species: Sequence[str], root: str | Path, xc: str = "PBE",
+                 setups: Mapping[str, str] | None = None) -> list[Path]:
+    """The POTCAR of each species (in POSCAR order) below `root`, laid out like ASE expects.
+
+    `root/<folder>/<name>/POTCAR` with folder from POTCAR_FOLDERS[xc] and name the symbol plus its setup:
+    a setup starting with "_" is a suffix ({"Cu": "_pv"} -> Cu_pv), any other is the full name.
+    A missing file is a FileNotFoundError naming the path tried.
+    """
+    try:
+        folder = Path(root) / POTCAR_FOLDERS[xc.upper()]
+    except KeyError:
+        raise ValueError(f"unknown POTCAR functional {xc!r}; known: {', '.join(POTCAR_FOLDERS)}") from None
+    paths = []
+    for symbol in species:
+        setup = (setups or {}).get(symbol, "")
+        name = symbol + setup if not setup or setup.startswith("_") else setup
+        path = folder / name / "POTCAR"
+        if not path.is_file():
+            raise FileNotFoundError(f"no POTCAR for {symbol} at {path}")
+        paths.append(path)
+    return paths
+
+
 def positions_record(scaled: np.ndarray) -> str:
     """The classic stdin record: one line of three fractional coordinates per atom (VASP order)."""
     return "".join(" ".join(f"{x:19.16f}" for x in row) + "\n" for row in np.asarray(scaled, dtype=float))
@@ -222,6 +249,9 @@ class VasprunReader(_BlockCursor):
         if i < 0:
             return None
         end = data.find(b"</calculation>", i)
+        following = data.find(self.marker, i + len(self.marker))  # a never-finished block ends where the next begins
+        if following >= 0 and (end < 0 or following < end):
+            end = following
         chunk = data[i : end if end >= 0 else len(data)].decode("utf-8", errors="replace")
         return parse_vasprun_calculation(chunk, n_atoms)
 
