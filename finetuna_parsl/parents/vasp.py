@@ -122,6 +122,8 @@ class VaspInteractiveSession(ParentSession):
         self.tail_lines = tail_lines
         self._proc: subprocess.Popen | None = None
         self._dead: str | None = None
+        self.returncode: int | None = None  # VASP's exit status once close() has stopped it
+        self.last_source: str | None = None  # where the last call's numbers were read: vasprun.xml or OUTCAR
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -314,6 +316,7 @@ class VaspInteractiveSession(ParentSession):
                     f"{off:.4f} A away from the positions sent (stdin records and ionic steps no longer match)"
                 )
         self._step_read = True
+        self.last_source = output.source
         forces = np.empty_like(output.forces)
         forces[self._order] = output.forces
         return ParentResult(energy=float(output.energy), forces=forces, scf_cycles=scf_lines or output.scf_cycles)
@@ -469,6 +472,7 @@ class VaspInteractiveSession(ParentSession):
                     pass
         finally:
             self._kill()
+            self.returncode = proc.returncode
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 try:
                     stream.close()
