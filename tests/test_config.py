@@ -22,6 +22,21 @@ def test_shipped_demo_config_parses():
     assert "learner:" in config.text
 
 
+
+def test_shipped_vasp_example_config_parses_and_builds_a_vasp_session(tmp_path):
+    from finetuna_parsl.parents import make_parent
+    from finetuna_parsl.parents.vasp import VaspInteractiveSession
+    from finetuna_parsl.parents.vasp_io import interactive_incar
+
+    config = load_config(REPO / "configs" / "vasp-example.yaml")
+    assert config.site == "perlmutter" and config.parent.kind == "vasp" and config.parent.bridge == "tcp"
+    options = config.parent.options
+    assert options["command"] == "srun -n 64 --cpu-bind=cores vasp_std"
+    assert options["incar"]["ENCUT"] == 350 and options["incar"]["GGA"] == "RP" and options["kpoints"] == [4, 4, 1]
+    assert interactive_incar(options["incar"])[1] == []  # the example asks for nothing the session must override
+    session = make_parent("vasp", workdir=tmp_path, **options)  # every option name is one the session knows
+    assert isinstance(session, VaspInteractiveSession) and session.step_timeout_s < config.parent.timeout_s
+
 @pytest.mark.parametrize(
     "text, expected",
     [
