@@ -384,3 +384,49 @@ def test_registry_builds_a_vasp_session_from_config_options(tmp_path):
         parent.calculate(np.zeros((1, 3)))
     with pytest.raises(TypeError, match="incarr"):
         make_parent("vasp", workdir=tmp_path, incarr={})
+
+
+CAMPAIGN = """
+systems: {{source: demo, count: 1}}
+parent:
+  kind: vasp
+  options:
+    command: ["{python}", "{fake}"]
+    incar: {{ENCUT: 350, ISMEAR: 1, SIGMA: 0.2}}
+    kpoints: [2, 2, 1]
+    step_timeout_s: 60
+surrogate: {{factory: "toy_surrogate:make"}}
+learner: {{query: k-steps, k: 3}}
+campaign: {{output: "{output}", max_concurrent: 1}}
+site: laptop
+"""
+
+
+def test_campaign_with_the_vasp_parent_through_parsl(tmp_path, toy_on_workers):
+    """The run config's parent.options reach the session on a Parsl worker; one VASP process per relaxation."""
+    import h5py
+
+    from finetuna_parsl.campaign import run_campaign
+    from finetuna_parsl.config import parse_config
+    from finetuna_parsl.systems import demo_systems
+
+    output = tmp_path / "vasp.h5"
+    config = parse_config(CAMPAIGN.format(python=sys.executable, fake=FAKE, output=output), where="vasp.yaml")
+    (system,) = demo_systems(1)
+    _, result = run_campaign(config, [system])
+    (row,) = result.rows
+    assert row["parent_calls"] >= 2
+    workdir = tmp_path / "vasp-parent" / system.system_id
+    out = (workdir / "vasp.out").read_text()
+    assert out.count("running on") == 1 and "LABORT found in STOPCAR" in out  # one process, stopped gracefully
+    with h5py.File(output, "r") as f:
+        g = f["systems"][system.system_id]
+        assert g.attrs["status"] == "done" and g.attrs["outcome"] == "converged"
+        steps = g["steps"]
+        parent_rows = np.flatnonzero(steps["kind"][()] == 1)
+        assert len(parent_rows) == row["parent_calls"]
+        assert (workdir / "vasprun.xml").read_text().count("<calculation>") >= len(parent_rows)
+        for i in parent_rows:
+            assert abs(steps["energy"][i] - emt(system, steps["positions"][i])[0]) < 1e-6
+        scf = steps["scf_cycles"][()][parent_rows]
+        assert scf[0] == 8 and (scf[1:] < 8).all()
