@@ -23,6 +23,7 @@ from finetuna_parsl.learner import (
     propose,
     query_reason,
     record_parent,
+    segment_cap,
 )
 from finetuna_parsl.parents import make_parent
 from finetuna_parsl.systems import demo_systems
@@ -183,13 +184,62 @@ def test_online_learning_needs_fewer_parent_calls_than_parent_only_bfgs():
 
 
 def test_relaxed_only_calls_the_parent_only_when_the_surrogate_is_relaxed():
-    state, proposals = relax(SYSTEMS[3], LearnerSettings(query="relaxed-only", max_parent_calls=30))
+    state, proposals = relax(SYSTEMS[3], LearnerSettings(query="relaxed-only", max_parent_calls=30, backoff=False))
     assert state.status == STATUS_CONVERGED
     reasons = [p.reason for p in proposals[1:]]
     assert set(reasons) <= {"relaxed", "stalled"} and reasons[-1] == "relaxed"
     for proposal in proposals[1:]:
         if proposal.reason == "relaxed":
             assert free_fmax(proposal.segment[-1].forces, SYSTEMS[3].fixed) <= 0.03
+
+
+@pytest.mark.parametrize("query, energies, expected", [
+    ("k-steps", [], 10),
+    ("k-steps", [5.0, 4.0, 3.0], 10),            # downhill: the rule's own k
+    ("k-steps", [5.0, 4.0, 4.5], 5),             # above the lowest so far: halved
+    ("k-steps", [5.0, 6.0, 7.0, 8.0, 9.0], 1),   # keeps failing: one step, i.e. parent-only BFGS
+    ("k-steps", [5.0, 6.0, 4.9], 6),             # a new low grows it back one step at a time
+    ("relaxed-only", [5.0, 4.0], None),
+    ("relaxed-only", [5.0, 6.0], 8),
+    ("relaxed-only", [5.0, 6.0, 4.0, 3.9, 3.8, 3.7, 3.6, 3.5, 3.4, 3.3], None),  # back to no cap
+])
+def test_segment_cap_backs_off_after_uphill_segments(query, energies, expected):
+    assert segment_cap(LearnerSettings(query=query, k=10), energies) == expected
+    assert segment_cap(LearnerSettings(query=query, k=10, backoff=False), energies) == (10 if query == "k-steps" else None)
+
+
+class UphillSurrogate:
+    """A surrogate that points uphill everywhere (EMT forces reversed): the worst prior there is."""
+
+    def initial_head(self) -> bytes:
+        return b""
+
+    def fine_tune(self, head, points):
+        return b"", {}
+
+    def calculator(self, head):
+        class Reversed(EMT):
+            def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+                super().calculate(atoms, properties, system_changes)
+                self.results["energy"] *= -1
+                self.results["forces"] = -self.results["forces"]
+        return Reversed()
+
+
+def test_backoff_degrades_a_misleading_surrogate_to_parent_only_bfgs():
+    system = SYSTEMS[0]
+    atoms = system.to_atoms()
+    atoms.calc = EMT()
+    opt = BFGS(atoms, logfile=None)
+    opt.run(fmax=0.03, steps=500)
+    settings = dict(query="k-steps", k=10, max_parent_calls=4 * (opt.nsteps + 1))
+    state, proposals = relax(system, LearnerSettings(**settings), UphillSurrogate())
+    assert state.status == STATUS_CONVERGED
+    # Bounded by the probing: after each good step the cap grows by one, and an uphill probe costs a call.
+    assert state.parent_calls <= 4 * (opt.nsteps + 1), (state.parent_calls, opt.nsteps + 1)
+    assert "backoff" in {p.reason for p in proposals}
+    stuck, _ = relax(system, LearnerSettings(**settings, backoff=False), UphillSurrogate())
+    assert stuck.status == STATUS_PARENT_BUDGET  # without backoff the learner never gets there
 
 
 def test_uncertainty_rule_fires_on_ensemble_disagreement():

@@ -17,7 +17,7 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .bfgs import HessianBFGS, constrain, free_fmax
-from .query import query_reason
+from .query import query_reason, segment_cap
 from .state import (
     STATUS_CONVERGED,
     STATUS_PARENT_BUDGET,
@@ -89,6 +89,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     atoms = state.system.to_atoms(positions)
     atoms.calc = calc
     budget_left = settings.max_surrogate_steps - state.surrogate_steps
+    cap = segment_cap(settings, [p.energy for p in state.parent_points])
     segment: list[SurrogateStep] = []
     reason = ""
     while not reason:
@@ -106,6 +107,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
         reason = query_reason(
             settings, free_fmax(forces, fixed), len(segment), uncertainty,
             [step.positions for step in segment[-settings.stall_steps - 1:]],
+            cap,
         )
         if not reason:
             positions = opt.step(positions, constrain(forces, fixed))

@@ -22,18 +22,48 @@ def stalled(settings: LearnerSettings, recent_positions: Sequence[np.ndarray]) -
     return bool(moved < settings.stall_distance)
 
 
+#: The first segment cap after an uphill segment when the rule itself sets none (relaxed-only, uncertainty).
+BACKOFF_START = 16
+
+
+def segment_cap(settings: LearnerSettings, parent_energies: Sequence[float]) -> int | None:
+    """The longest surrogate segment allowed now (None: no cap), replayed from the parent energies so far.
+
+    After a segment whose parent call came out higher in energy than the lowest parent energy so far, the
+    cap halves (down to 1 step: parent-only BFGS); after one that set a new low it grows by one step, back
+    up to the rule's own (k for k-steps, none otherwise). A pure function of stored parent points, so a
+    resumed run agrees.
+    """
+    ceiling = settings.k if settings.query == "k-steps" else None
+    if not settings.backoff or not parent_energies:
+        return ceiling
+    cap, lowest = ceiling, parent_energies[0]
+    for energy in parent_energies[1:]:
+        if energy > lowest:
+            cap = max(1, (cap or BACKOFF_START) // 2)
+        elif cap is not None:
+            cap += 1
+            if ceiling is not None:
+                cap = min(cap, ceiling)
+            elif cap >= BACKOFF_START:
+                cap = None
+        lowest = min(lowest, energy)
+    return cap
+
+
 def query_reason(
     settings: LearnerSettings,
     surrogate_fmax: float,
     steps_in_segment: int,
     uncertainty: float,
     recent_positions: Sequence[np.ndarray] = (),
+    cap: int | None = None,
 ) -> str:
     """Why the parent should be called now, or "" to keep stepping on the surrogate.
 
     Every rule calls the parent when the surrogate says the structure is relaxed (or its optimizer has
     stalled); k-steps also after k surrogate steps since the last parent call; uncertainty also when the
-    ensemble disagrees more than the threshold.
+    ensemble disagrees more than the threshold. Any rule stops at `cap` steps (segment_cap's backoff).
     """
     if surrogate_fmax <= settings.relaxed_fmax:
         return "relaxed"
@@ -43,4 +73,6 @@ def query_reason(
         return "k-steps"
     if settings.query == "uncertainty" and uncertainty > settings.uncertainty_threshold:
         return "uncertainty"
+    if cap is not None and steps_in_segment >= cap:
+        return "backoff"
     return ""

@@ -109,6 +109,8 @@ class LearnerSettings:
     train_on: str = "newest"  # newest | all: which parent points each fine-tune sees
     stall_steps: int = 10  # any rule: call the parent if the surrogate optimizer has stalled, i.e. no atom
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
+    backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, double
+    # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
 
     def __post_init__(self) -> None:
         if self.query not in ("relaxed-only", "k-steps", "uncertainty"):
@@ -209,6 +211,6 @@ class Proposal:
     segment: list[SurrogateStep]
     head: bytes | None
     head_points: int
-    reason: str  # why the parent is called: initial | relaxed | stalled | k-steps | uncertainty | budget
+    reason: str  # why the parent is called: initial | relaxed | stalled | k-steps | backoff | uncertainty | budget
     fine_tune_s: float = 0.0
     surrogate_budget_spent: bool = False
