@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 from collections import Counter
 
 import h5py
@@ -50,6 +52,21 @@ def test_bridge_returns_what_the_parent_computes(mode):
     server.stop()
     thread.join(timeout=10)
     assert out == {"served": 3}
+
+
+def test_tcp_bridge_sends_without_delay():
+    """Nagle + delayed ACK cost ~90 ms a call on TCP before TCP_NODELAY; a call now takes a few ms."""
+    server = ParentServer(mode="tcp", timeout_s=30)
+    thread, out = start_session(server)
+    server.call(SYSTEM.positions, SYSTEM.cell)
+    assert server.clientsocket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        server.call(SYSTEM.positions + 0.01, SYSTEM.cell)
+    assert (time.perf_counter() - t0) / 20 < 0.03  # both ends must set it: one stalled side costs ~40 ms a call
+    server.stop()
+    thread.join(timeout=10)
+    assert out == {"served": 21}
 
 
 def test_session_that_fails_is_reported_with_its_error():
