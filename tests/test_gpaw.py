@@ -84,7 +84,7 @@ def test_warm_session_matches_fresh_gpaw_and_saves_scf_iterations(system, tmp_pa
     assert again.scf_cycles == 0 and again.energy == results[2].energy  # same positions: nothing recomputed
     session.close()
     log = (tmp_path / "gpaw.txt").read_text()
-    assert log.count("Converged in") == 3  # one calculator, three SCF runs, all in the workdir's log
+    assert log.count("Converged in") == 3 and log.count("Input parameters:") == 1  # one calculator, three SCFs
 
 
 @needs_gpaw
@@ -95,7 +95,8 @@ def test_cold_session_starts_every_call_from_scratch(system, tmp_path):
     _, _, fresh_scf = fresh_gpaw(system, path(system, 2)[1])
     assert second.scf_cycles == fresh_scf and first.scf_cycles > 0
     cold.close()
-    assert (tmp_path / "gpaw.txt").read_text().count("Converged in") == 2  # cold calls append to one log
+    log = (tmp_path / "gpaw.txt").read_text()
+    assert log.count("Converged in") == 2 and log.count("Input parameters:") == 2  # two calculators, one log
 
 
 @needs_gpaw
@@ -150,3 +151,36 @@ def test_gpaw_bench_config_loads_and_builds_sessions(tmp_path, monkeypatch):
     systems, skipped = load_systems(config.systems.source, config.systems.count)
     assert not skipped and len(systems) == 4
     assert all(s.n_atoms <= 10 and s.fixed.sum() == 4 for s in systems)  # small slabs, bottom layer fixed
+
+
+CAMPAIGN = """
+systems: {{source: "{systems}"}}
+parent: {{kind: gpaw, options: {{mode: pw, ecut: 200, kpts: [2, 2, 1], smearing: 0.1}}}}
+surrogate: {{factory: "toy_surrogate:make"}}
+learner: {{query: k-steps, k: 3, fmax: 0.05, max_parent_calls: 4}}
+campaign: {{output: "{output}", max_concurrent: 1}}
+"""
+
+
+@needs_gpaw
+def test_gpaw_session_in_a_parsl_campaign_stays_warm(system, tmp_path, toy_on_workers):
+    import h5py
+    from ase.io import write
+
+    from finetuna_parsl.campaign import run_campaign
+    from finetuna_parsl.config import parse_config
+
+    write(tmp_path / "h-al100.extxyz", system.to_atoms())
+    config = parse_config(CAMPAIGN.format(systems=tmp_path / "h-al100.extxyz", output=tmp_path / "g.h5"))
+    systems, _ = load_systems(config.systems.source)
+    path, result = run_campaign(config, systems)
+    with h5py.File(path, "r") as f:
+        (group,) = f["systems"].values()
+        parent = group["steps/kind"][()] == 1
+        scf = group["steps/scf_cycles"][()][parent]
+    assert len(scf) >= 2 and (scf > 0).all()  # SCF counts crossed the bridge into the store
+    (log,) = (tmp_path / "g-parent").rglob("gpaw.txt")
+    text = log.read_text()
+    assert text.count("Converged in") == len(scf)  # every parent call ran in this session's one log
+    assert text.count("Input parameters:") == 1  # by one GPAW calculator, alive in the worker throughout
+    assert result.rows[0]["status"] != "failed"
