@@ -35,9 +35,9 @@ class GPAWSession(ParentSession):
     """GPAW kept on one Atoms object for the whole relaxation (warm), or rebuilt every call (cold baseline).
 
     Options: `mode` pw (with `ecut` eV) | lcao (with `basis`) | fd (with grid spacing `h`); `xc`; `kpts`
-    (three integers, or a GPAW kpts mapping; default Gamma only); `smearing` (Fermi-Dirac width, eV) or a
-    full GPAW `occupations` mapping; `convergence` (GPAW's SCF criteria); `txt` (log file name inside the
-    workdir; none without a workdir); `warm`; `parameters` (any other GPAW keyword, e.g. spinpol, mixer).
+    (three integers, or a GPAW kpts mapping; default Gamma only); `smearing` (Fermi-Dirac width, eV; default
+    0.1) or a full GPAW `occupations` mapping; `convergence` (GPAW's SCF criteria); `txt` (log file name in
+    the workdir; none without a workdir); `warm`; `parameters` (any other GPAW keyword, e.g. spinpol, mixer).
     """
 
     kind = "gpaw"
