@@ -7,7 +7,7 @@ Usage: python benchmarks/surrogate.py [--checkpoint shipped] [--systems 6] [--ou
 2. The paper's Fig. S1 effect: for out-of-domain systems (bimetallic, stepped, unseen adsorbates), force MAE on
    the frames of the system's own EMT relaxation path before and after head-only fine-tuning on 1, 3 and 5 parent
    points taken from that path, one at a time as the online learner does (newest point only).
-3. Seconds per fine-tune (400 epochs) on a 60-atom system: first call (backbone features computed) and cached.
+3. Seconds per fine-tune (400 epochs) on a 62-atom system: first call (backbone features computed) and cached.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def machine() -> str:
 def main(checkpoint: str, n_systems: int, threads: int, output: Path) -> None:
     torch.set_num_threads(threads)
     command = "python benchmarks/surrogate.py " + " ".join(sys.argv[1:])
-    lines = [f"# Surrogate benchmark", "", f"Made by `{command.strip()}` on {machine()}.",
+    lines = ["# Surrogate benchmark", "", f"Made by `{command.strip()}` on {machine()}.",
              f"Commit: `{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}`.", ""]
 
     cpu = load_surrogate(checkpoint, device="cpu")
