@@ -125,6 +125,10 @@ def _check_value(where: str, key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: {key}: expected an integer, got {_type_name(value)} {value!r}")
         return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {_type_name(value)} {value!r}")
+        return value
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key}: expected a string, got {_type_name(value)} {value!r}")

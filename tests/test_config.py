@@ -46,6 +46,7 @@ def test_shipped_vasp_example_config_parses_and_builds_a_vasp_session(tmp_path):
         ("learner: {query: sometimes}", "cfg.yaml: learner.query: must be one of relaxed-only, k-steps, uncertainty"),
         ("learner: {fmax: -0.1}", "cfg.yaml: learner.fmax: must be > 0"),
         ("learner: {fmax: true}", "cfg.yaml: learner.fmax: expected a number, got bool"),
+        ("learner: {backoff: 3}", "cfg.yaml: learner.backoff: expected true or false, got int 3"),
         ("campaign: {max_concurrent: 0}", "cfg.yaml: campaign.max_concurrent: must be > 0"),
         ("systems: {source: /no/such/file.db}", "cfg.yaml: systems.source: no such file or folder: /no/such/file.db"),
         ("surrogate: {checkpoint: /no/model.pt}", "cfg.yaml: surrogate.checkpoint: no such file: /no/model.pt"),
