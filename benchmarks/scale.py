@@ -11,6 +11,7 @@ include them; their EMT time (stored per parent call) is subtracted from the CPU
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import click
 import h5py
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "benchmarks" / "scale_site.py"
@@ -71,7 +71,7 @@ def main(sizes: str, output: Path, one: int | None) -> None:
     if one is not None:
         workdir = Path(tempfile.mkdtemp(prefix="finetuna-scale-"))
         try:
-            print("ROW", one_size(one, workdir), flush=True)
+            print("ROW", json.dumps(one_size(one, workdir)), flush=True)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return
@@ -84,7 +84,7 @@ def main(sizes: str, output: Path, one: int | None) -> None:
         if proc.returncode or line is None:
             print(proc.stdout[-3000:], proc.stderr[-3000:])
             raise SystemExit(f"size {n} failed (exit {proc.returncode})")
-        row = eval(line[4:])  # our own dict repr
+        row = json.loads(line[4:])
         print(row, flush=True)
         rows.append(row)
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
