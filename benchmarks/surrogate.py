@@ -25,12 +25,10 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.build import add_adsorbate, fcc211, molecule
-from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
-from ase.optimize import BFGS
 
 from finetuna_parsl.surrogate import load_surrogate
-from finetuna_parsl.surrogate.pretrain import labelled, make_dataset
+from finetuna_parsl.surrogate.pretrain import labelled, make_dataset, path_and_rattles
 from finetuna_parsl.surrogate.surrogate import free_mask
 from finetuna_parsl.systems import ood_systems
 
@@ -47,21 +45,11 @@ def force_mae(surrogate, head, frames: list[Atoms]) -> float:
     return float(np.concatenate(errors).mean())
 
 
-def relaxation_path(atoms: Atoms, steps: int = 60) -> list[Atoms]:
-    """EMT-labelled frames of an EMT BFGS relaxation (what the parent would see)."""
-    work = atoms.copy()
-    work.calc = EMT()
-    frames = []
-    for _ in BFGS(work, logfile=None).irun(fmax=0.03, steps=steps):
-        frames.append(labelled(work.copy()))
-    return frames
-
-
 def fine_tune_effect(surrogate, n_systems: int) -> list[dict]:
     """Per OOD system: MAE on held-out path frames before and after 1, 3, 5 sequential newest-point fine-tunes."""
-    rows = []
+    rows, rng = [], np.random.default_rng(7)
     for spec in ood_systems(n_systems, seed=7):
-        path = relaxation_path(spec.to_atoms())
+        path = path_and_rattles(spec.to_atoms(), rng, n_path=10_000, n_rattle=0)  # every frame of the EMT path
         picks = np.unique(np.linspace(0, len(path) // 2, max(POINTS)).round().astype(int))
         train = [path[i] for i in picks]
         held_out = [f for i, f in enumerate(path) if i not in set(picks)]

@@ -168,8 +168,10 @@ def _section(where: str, name: str, raw: Any) -> Any:
 
 
 def _check_files(where: str, config: RunConfig) -> None:
+    from .systems import GENERATED_SOURCES
+
     source = config.systems.source
-    if source not in ("demo", "ood") and not Path(source).exists():
+    if source not in GENERATED_SOURCES and not Path(source).exists():
         raise ConfigError(f"{where}: systems.source: no such file or folder: {source}")
     ckpt = config.surrogate.checkpoint
     if config.surrogate.factory is None and ckpt != "shipped" and not Path(ckpt).is_file():
