@@ -21,7 +21,7 @@ from .learner.state import LearnerSettings, LearnerState, Proposal, SystemSpec
 def surrogate_for(config: SurrogateConfig):
     """The surrogate named by `config`, built once per process (the backbone stays in memory)."""
     settings = {
-        "device": config.device, "ensemble_size": config.ensemble_size, "epochs": config.epochs, "lr": config.lr,
+        "task": config.task, "device": config.device, "ensemble_size": config.ensemble_size, "epochs": config.epochs, "lr": config.lr,
         "scheduler_factor": config.scheduler_factor, "scheduler_patience": config.scheduler_patience,
         "seed": config.seed,
     }

@@ -46,7 +46,8 @@ class ParentConfig:
 class SurrogateConfig:
     """The surrogate: a fairchem checkpoint ('shipped' = the package's own) and fine-tuning settings."""
 
-    checkpoint: str = "shipped"
+    checkpoint: str = "shipped"  # a fairchem inference checkpoint (.pt), or "shipped"
+    task: str = "oc20"  # the checkpoint's task/dataset to predict with (oc20, omat, omol, odac, omc, ...)
     factory: str | None = None  # "module:callable" returning a surrogate; overrides checkpoint
     device: str = "auto"
     ensemble_size: int = 1
@@ -173,9 +174,16 @@ def _check_files(where: str, config: RunConfig) -> None:
     source = config.systems.source
     if source not in GENERATED_SOURCES and not Path(source).exists():
         raise ConfigError(f"{where}: systems.source: no such file or folder: {source}")
-    ckpt = config.surrogate.checkpoint
-    if config.surrogate.factory is None and ckpt != "shipped" and not Path(ckpt).is_file():
-        raise ConfigError(f"{where}: surrogate.checkpoint: no such file: {ckpt}")
+    if config.surrogate.factory is None:
+        # Opened once here, before any worker starts: a file fairchem cannot serve, or a task it lacks, is one line.
+        from .surrogate.checkpoint import SurrogateError, inspect_checkpoint
+
+        try:
+            inspect_checkpoint(config.surrogate.checkpoint, config.surrogate.task)
+        except SurrogateError as exc:
+            key, _, why = str(exc).partition(" ")  # "surrogate.task 'x': ..." or "surrogate checkpoint PATH: ..."
+            key = "surrogate.task" if key == "surrogate.task" else "surrogate.checkpoint"
+            raise ConfigError(f"{where}: {key}: {why.removeprefix('checkpoint ')}") from None
     if config.surrogate.factory is not None and ":" not in config.surrogate.factory:
         raise ConfigError(f"{where}: surrogate.factory: expected 'module:callable', got {config.surrogate.factory!r}")
     from .parents import PARENT_KINDS

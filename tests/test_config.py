@@ -49,7 +49,7 @@ def test_shipped_vasp_example_config_parses_and_builds_a_vasp_session(tmp_path):
         ("learner: {backoff: 3}", "cfg.yaml: learner.backoff: expected true or false, got int 3"),
         ("campaign: {max_concurrent: 0}", "cfg.yaml: campaign.max_concurrent: must be > 0"),
         ("systems: {source: /no/such/file.db}", "cfg.yaml: systems.source: no such file or folder: /no/such/file.db"),
-        ("surrogate: {checkpoint: /no/model.pt}", "cfg.yaml: surrogate.checkpoint: no such file: /no/model.pt"),
+        ("surrogate: {checkpoint: /no/model.pt}", "cfg.yaml: surrogate.checkpoint: /no/model.pt: no such file"),
         ("parent: {kind: castep}", "cfg.yaml: parent.kind: unknown parent 'castep'"),
         ("site: 3", "cfg.yaml: site: expected a string"),
         ("learner: [1, 2]", "cfg.yaml: learner: expected a mapping"),

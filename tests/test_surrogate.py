@@ -96,12 +96,12 @@ def test_truncated_shipped_checkpoint_and_missing_file_and_hub_names(tmp_path):
 def test_fine_tuning_changes_only_the_head_and_fits_the_parent_point(shipped):
     atoms = ood_systems(4, seed=3)[0].to_atoms()
     point = labelled(atoms)
-    backbone = {k: v.clone() for k, v in shipped.model.state_dict().items()}
+    backbone = {k: v.clone() for k, v in shipped.prior.model.state_dict().items()}
     head0 = shipped.initial_head()
     before = _force_mae(shipped, head0, atoms)
     head1, info = shipped.fine_tune(head0, [point])
     after = _force_mae(shipped, head1, atoms)
-    for key, value in shipped.model.state_dict().items():
+    for key, value in shipped.prior.model.state_dict().items():
         assert torch.equal(value, backbone[key]), f"backbone parameter {key} changed"
     assert info["final_loss"] < info["initial_loss"]
     assert after < 0.8 * before, (before, after)

@@ -1,14 +1,14 @@
-"""The fairchem-core model behind the surrogate: its config, checkpoint files, and atoms -> batch.
+"""The shipped model's definition and file format, for pretraining it: config, save, atoms -> batch.
 
 The network is fairchem's own (eSCN-MD backbone from the UMA family, Linear_Energy_Head and the
-direct Linear_Force_Head), built with hydra from a config and saved/loaded as fairchem's
-MLIPInferenceCheckpoint through `fairchem.core.units.mlip_unit.utils.load_inference_model`.
+direct Linear_Force_Head), built with hydra from a config and saved as fairchem's
+MLIPInferenceCheckpoint, so that fairchem's predict unit loads it like any other checkpoint
+(see prior.py; nothing here is used to predict with a checkpoint).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,10 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
-SHIPPED = Path(__file__).parent / "data" / "finetuna-small.pt"
 BACKBONE = "fairchem.core.models.uma.escn_md.eSCNMDBackbone"  # full dotted path: registry short names fail in fresh processes
 ENERGY_HEAD = "fairchem.core.models.uma.escn_md.Linear_Energy_Head"
 FORCE_HEAD = "fairchem.core.models.uma.escn_md.Linear_Force_Head"
 TASK_NAME = "oc20"
-
-
-class SurrogateError(RuntimeError):
-    """The surrogate cannot be loaded or used; the message says which file or element and why."""
 
 
 def small_model_config(sphere_channels: int = 32, num_layers: int = 2, lmax: int = 2, cutoff: float = 5.0,
@@ -41,7 +36,8 @@ def small_model_config(sphere_channels: int = 32, num_layers: int = 2, lmax: int
             "hidden_channels": sphere_channels, "direct_forces": True, "regress_forces": True,
             "use_dataset_embedding": False, "always_use_pbc": False,
         },
-        "heads": {"energy": {"module": ENERGY_HEAD}, "forces": {"module": FORCE_HEAD}},
+        # Heads named after the tasks they serve: fairchem's predict unit reads output[task name][property].
+        "heads": {f"{TASK_NAME}_energy": {"module": ENERGY_HEAD}, f"{TASK_NAME}_forces": {"module": FORCE_HEAD}},
     }
 
 
@@ -82,57 +78,13 @@ def save_checkpoint(model: torch.nn.Module, config: dict[str, Any], path: Path, 
     from fairchem.core.units.mlip_unit.api.inference import MLIPInferenceCheckpoint
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    ckpt = MLIPInferenceCheckpoint(model_config=config, model_state_dict=state, ema_state_dict={},
+    # fairchem's predict unit loads the EMA weights (an AveragedModel state dict: "module." keys + n_averaged).
+    ema = torch.optim.swa_utils.AveragedModel(model.cpu()).state_dict()
+    ckpt = MLIPInferenceCheckpoint(model_config=config, model_state_dict=state, ema_state_dict=ema,
                                    tasks_config=_tasks_config())
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     card_path(path).write_text(json.dumps(card.__dict__, indent=1) + "\n")
-
-
-def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """'shipped' -> the packaged file; anything else must be a local file (nothing is downloaded)."""
-    if str(checkpoint) == "shipped":
-        path = SHIPPED
-    else:
-        path = Path(checkpoint).expanduser()
-        if not path.suffix and "/" not in str(checkpoint):
-            raise SurrogateError(
-                f"surrogate checkpoint {checkpoint!r}: model names are not downloaded at run time; download the "
-                "checkpoint (e.g. with huggingface-cli and your own credentials) and give its .pt path")
-    if not path.is_file():
-        raise SurrogateError(f"surrogate checkpoint {path}: no such file")
-    return path
-
-
-def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, ModelCard, Path]:
-    """The model in `checkpoint` (a fairchem inference checkpoint), in eval mode on `device`, with its card."""
-    from fairchem.core.units.mlip_unit.utils import load_inference_model
-
-    path = resolve_checkpoint(checkpoint)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise SurrogateError(f"surrogate checkpoint {path}: not a readable torch checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    if not all(hasattr(raw, key) for key in ("model_config", "model_state_dict", "ema_state_dict")):
-        raise SurrogateError(f"surrogate checkpoint {path}: not a fairchem inference checkpoint "
-                             f"(MLIPInferenceCheckpoint); got {type(raw).__name__}")
-    use_ema = bool(raw.ema_state_dict)
-    try:
-        model, _ = load_inference_model(str(path), use_ema=use_ema, preloaded_checkpoint=raw)
-    except Exception as exc:  # noqa: BLE001
-        raise SurrogateError(f"surrogate checkpoint {path}: incompatible with fairchem-core here "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    if use_ema:
-        model = model.module
-    if not hasattr(model, "backbone") or not hasattr(model, "output_heads"):
-        raise SurrogateError(f"surrogate checkpoint {path}: expected a fairchem HydraModel (backbone + output heads)")
-    card = ModelCard()
-    if card_path(path).is_file():
-        card = ModelCard(**json.loads(card_path(path).read_text()))
-    return model.to(device).eval(), card, path
 
 
 def to_batch(atoms_list: list[Atoms], device: str = "cpu", cutoff: float = 6.0):

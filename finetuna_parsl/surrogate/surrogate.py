@@ -1,7 +1,12 @@
-"""The surrogate the learner uses: a frozen fairchem model, fine-tunable residual heads, an ASE calculator."""
+"""The surrogate the learner uses: fairchem's prior, fine-tunable residual heads, an ASE calculator.
+
+The prior's energy and forces are fairchem's own (prior.Prior: FAIRChemCalculator on an
+MLIPPredictUnit); the residual heads read the node embeddings of that same forward pass.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections import OrderedDict
@@ -11,24 +16,12 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixAtoms
-from ase.data import chemical_symbols
 
-from .head import (Features, HeadState, fine_tune, initial_state, member_heads, residual_forces,
+from .checkpoint import SurrogateError
+from .head import (Features, GatedForceResidual, HeadState, fine_tune, initial_state, member_heads, residual_forces,
                    state_from_heads)
-from .model import FORCE_HEAD, ModelCard, SurrogateError, load_model, to_batch, unseen_elements
-
-
-def _pick(outputs: dict, name: str) -> torch.Tensor:
-    """The `name` ('energy' or 'forces') tensor among a HydraModel's head outputs (plain or task-prefixed)."""
-    found = []
-    for head_name, value in outputs.items():
-        items = value.items() if isinstance(value, dict) else [(head_name, value)]
-        for key, tensor in items:
-            if key == name or key.endswith(f"_{name}"):
-                found.append((key != name, tensor))
-    if not found:
-        raise SurrogateError(f"the surrogate model has no {name!r} output (heads: {', '.join(outputs)})")
-    return sorted(found, key=lambda item: item[0])[0][1]
+from .model import ModelCard, card_path, unseen_elements
+from .prior import Prior
 
 
 def free_mask(atoms: Atoms) -> np.ndarray:
@@ -41,42 +34,29 @@ def free_mask(atoms: Atoms) -> np.ndarray:
 
 
 class Surrogate:
-    """Implements the learner's SurrogateModel protocol on a fairchem checkpoint (backbone loaded once)."""
+    """Implements the learner's SurrogateModel protocol on a fairchem checkpoint (the prior loaded once)."""
 
-    def __init__(self, model: torch.nn.Module, card: ModelCard, checkpoint: str, device: str = "cpu",
-                 ensemble_size: int = 1, epochs: int = 400, lr: float = 3e-4, scheduler_factor: float = 0.9,
-                 scheduler_patience: int = 3, seed: int = 0, ensemble_spread: float = 0.05,
-                 feature_cache: int = 64) -> None:
-        self.model, self.card, self.checkpoint, self.device = model, card, checkpoint, device
+    def __init__(self, prior: Prior, card: ModelCard | None = None, device: str = "cpu", ensemble_size: int = 1,
+                 epochs: int = 400, lr: float = 3e-4, scheduler_factor: float = 0.9, scheduler_patience: int = 3,
+                 seed: int = 0, ensemble_spread: float = 0.05, feature_cache: int = 64) -> None:
+        self.prior, self.card, self.device = prior, card or ModelCard(), device
+        self.checkpoint = str(prior.info.path)
         self.ensemble_size, self.epochs, self.lr = ensemble_size, epochs, lr
         self.scheduler_factor, self.scheduler_patience, self.seed = scheduler_factor, scheduler_patience, seed
         self.ensemble_spread = ensemble_spread
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.direct = bool(getattr(model.backbone, "regress_config", None) is None
-                           or model.backbone.regress_config.direct_forces)
-        self.cutoff = float(getattr(model.backbone, "cutoff", 6.0))
-        self.max_z = int(getattr(model.backbone, "max_num_elements", 100)) - 1
         self._template = self._residual_template()
         self._cache: OrderedDict[bytes, Features] = OrderedDict()
         self._cache_size = feature_cache
         self._warned: set[str] = set()
 
     def _residual_template(self) -> torch.nn.Module:
-        import hydra
+        """The residual head over the prior's node embeddings, its correction zero (head.GatedForceResidual)."""
+        return GatedForceResidual(self.prior.sphere_channels, seed=self.seed).to(self.device)
 
-        head = hydra.utils.get_class(FORCE_HEAD)(self.model.backbone)
-        for p in head.parameters():
-            torch.nn.init.zeros_(p)
-        return head.to(self.device)
-
-    # ------------------------------------------------------------------ the frozen model
+    # ------------------------------------------------------------------ the prior
     def check_elements(self, numbers: np.ndarray) -> None:
         """Clear error for elements the network cannot embed; a one-time warning for ones pretraining never saw."""
-        too_heavy = sorted({chemical_symbols[z] for z in np.unique(numbers) if z > self.max_z})
-        if too_heavy:
-            raise SurrogateError(f"surrogate {self.checkpoint}: element(s) {', '.join(too_heavy)} beyond the "
-                                 f"model's {self.max_z} embedded elements")
+        self.prior.check_elements(numbers)
         unseen = [e for e in unseen_elements(numbers, self.card) if e not in self._warned]
         if unseen:
             self._warned.update(unseen)
@@ -84,18 +64,16 @@ class Surrogate:
                           "there is uninformed and the online learner leans on parent calls", stacklevel=3)
 
     def features(self, atoms: Atoms) -> Features:
-        """Node embeddings and the pretrained energy/forces: one backbone pass, cached per structure."""
-        key = atoms.numbers.tobytes() + np.ascontiguousarray(atoms.positions).tobytes() + atoms.cell.array.tobytes()
+        """The prior's energy/forces and node embeddings for `atoms`: one fairchem forward pass, cached per structure."""
+        key = (atoms.numbers.tobytes() + np.ascontiguousarray(atoms.positions).tobytes() + atoms.cell.array.tobytes()
+               + repr((atoms.info.get("charge"), atoms.info.get("spin"))).encode())
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         self.check_elements(atoms.numbers)
-        batch = to_batch([atoms], self.device, self.cutoff)
-        with torch.set_grad_enabled(not self.direct):
-            emb = self.model.backbone(batch)
-            outputs = {name: head(batch, emb) for name, head in self.model.output_heads.items()}
-        feats = Features(emb["node_embedding"].detach(), float(_pick(outputs, "energy").detach().reshape(-1)[0]),
-                         _pick(outputs, "forces").detach().reshape(-1, 3))
+        pred = self.prior.predict(atoms)
+        feats = Features(pred.embedding.to(self.device, torch.float32), pred.energy,
+                         torch.as_tensor(pred.forces, dtype=torch.float32, device=self.device))
         self._cache[key] = feats
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -170,12 +148,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_surrogate(checkpoint: str = "shipped", device: str = "auto", ensemble_size: int = 1, epochs: int = 400,
-                   lr: float = 3e-4, scheduler_factor: float = 0.9, scheduler_patience: int = 3,
+def load_surrogate(checkpoint: str = "shipped", task: str = "oc20", device: str = "auto", ensemble_size: int = 1,
+                   epochs: int = 400, lr: float = 3e-4, scheduler_factor: float = 0.9, scheduler_patience: int = 3,
                    seed: int = 0) -> Surrogate:
-    """The surrogate from a fairchem checkpoint ('shipped' = the package's pretrained model); nothing downloaded."""
+    """The surrogate on a fairchem inference checkpoint ('shipped' = the package's model) for `task`.
+
+    Nothing is downloaded. Raises SurrogateError (one line) when the file or task cannot serve.
+    """
     device = resolve_device(device)
     torch.manual_seed(seed)
-    model, card, path = load_model(checkpoint, device)
-    return Surrogate(model, card, str(path), device, ensemble_size, epochs, lr, scheduler_factor, scheduler_patience,
-                     seed)
+    prior = Prior(checkpoint, task, device)
+    card = ModelCard()
+    if card_path(prior.info.path).is_file():
+        card = ModelCard(**json.loads(card_path(prior.info.path).read_text()))
+    return Surrogate(prior, card, device, ensemble_size, epochs, lr, scheduler_factor, scheduler_patience, seed)

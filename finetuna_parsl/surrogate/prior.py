@@ -1,0 +1,168 @@
+"""The prior: a fairchem checkpoint predicted by fairchem's own inference path, plus its node embeddings.
+
+Energy and forces come from `fairchem.core.calculate.ase_calculator.FAIRChemCalculator` on an
+`MLIPPredictUnit` (`fairchem.core.units.mlip_unit.load_predict_unit`), so normaliser rmsd, element
+references, task/dataset selection, MoLE expert merging and fairchem's inference overrides (otf_graph,
+pbc handling) are fairchem's, not ours. The node embeddings the residual heads train on are taken from
+that same forward pass by a forward hook on the backbone: there is no second, hand-built pass.
+
+UMA (MoLE) checkpoints: fairchem merges the experts for one composition, task, charge and spin
+(`InferenceSettings.merge_mole`) and falls back to the slow unmerged model for good when the input
+changes. A learn worker relaxes many systems, so the prior keeps one merged predict unit per
+composition (copied from one loaded, unmerged unit; least recently used dropped), as fairchem does for
+a fixed-composition run, and never hits the fallback.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import all_changes
+
+from .checkpoint import CheckpointInfo, SurrogateError, inspect_checkpoint
+
+
+@dataclass(frozen=True)
+class PriorPrediction:
+    """fairchem's prediction for one structure and the backbone's node embeddings from the same pass.
+
+    energy: eV (element references added back, as FAIRChemCalculator reports it); forces: (N, 3) eV/A;
+    embedding: (N, (lmax+1)^2, sphere_channels) float tensor, detached.
+    """
+
+    energy: float
+    forces: np.ndarray
+    embedding: torch.Tensor
+
+
+def inference_settings(info: CheckpointInfo, merge_mole: bool):
+    """fairchem InferenceSettings for the prior: full FP32, no compile, forces by autograd where untrained.
+
+    The same as fairchem's "high-precision" preset but uncompiled (torch.compile costs minutes per
+    composition and a C++ toolchain on the worker) and without the default untrained stress tasks
+    (the learner never reads stress; computing it costs a cell gradient per step).
+    """
+    from fairchem.core.units.mlip_unit.api.inference import InferenceSettings
+
+    return InferenceSettings(
+        tf32=False, activation_checkpointing=False, merge_mole=merge_mole, compile=False, external_graph_gen=False,
+        internal_graph_gen_version=2, auto_add_default_untrained_tasks=False,
+        predict_untrained_forces={info.task} if info.forces_by_autograd else set(),
+    )
+
+
+class Prior:
+    """One checkpoint and one task through fairchem's predict unit; `predict(atoms)` -> PriorPrediction.
+
+    Raises SurrogateError (one line) for a checkpoint or task fairchem cannot serve, and for elements
+    beyond the model's embedding table.
+    """
+
+    def __init__(self, checkpoint: str | Path, task: str = "oc20", device: str = "cpu", units_kept: int = 8) -> None:
+        self.info = inspect_checkpoint(checkpoint, task)
+        self.device = device
+        self.merge_mole = self.info.mole
+        self._units_kept = units_kept
+        self._base = self._load_unit()
+        self._units: OrderedDict[tuple, object] = OrderedDict()
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The loaded (unmerged) fairchem HydraModel; frozen: fine-tuning never touches it."""
+        return self._base.model.module
+
+    @property
+    def sphere_channels(self) -> int:
+        return int(self._base.model.module.backbone.sphere_channels)
+
+    def _load_unit(self):
+        from fairchem.core.units.mlip_unit import load_predict_unit
+
+        settings = inference_settings(self.info, self.merge_mole)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # fairchem logs its settings and the direct-force caveat at every load
+        try:
+            return load_predict_unit(str(self.info.path), inference_settings=settings, device=self.device)
+        except Exception as exc:  # noqa: BLE001 - fairchem raises many types for a checkpoint it cannot build
+            raise SurrogateError(f"surrogate checkpoint {self.info.path}: fairchem cannot build it "
+                                 f"({type(exc).__name__}: {_first_line(exc)})") from exc
+        finally:
+            logging.disable(previous)
+
+    def _calculator(self, atoms: Atoms):
+        """The FAIRChemCalculator for this structure's composition (a merged unit per composition for MoLE)."""
+        from fairchem.core.calculate.ase_calculator import FAIRChemCalculator
+
+        key = ()
+        if self.merge_mole:
+            key = (tuple(sorted(Counter(atoms.numbers.tolist()).items())), atoms.info.get("charge"),
+                   atoms.info.get("spin"))
+        if key not in self._units:
+            unit = copy.deepcopy(self._base) if self.merge_mole else self._base
+            self._units[key] = FAIRChemCalculator(unit, task_name=self.task)
+            if len(self._units) > self._units_kept:
+                self._units.popitem(last=False)
+        self._units.move_to_end(key)
+        return self._units[key]
+
+    def check_elements(self, numbers: np.ndarray) -> None:
+        """SurrogateError naming elements beyond the model's embedding table."""
+        from ase.data import chemical_symbols
+
+        beyond = sorted({chemical_symbols[z] for z in np.unique(numbers) if z >= self.info.max_elements})
+        if beyond:
+            raise SurrogateError(f"surrogate checkpoint {self.info.path}: element(s) {', '.join(beyond)} beyond the "
+                                 f"model's {self.info.max_elements} embedded elements")
+
+    def predict(self, atoms: Atoms) -> PriorPrediction:
+        """fairchem's energy (eV) and forces (eV/A) for `atoms` (charge/spin read from atoms.info), and embeddings."""
+        self.check_elements(atoms.numbers)
+        atoms = atoms.copy()
+        atoms.set_constraint()  # forces on every atom, as the parent reports them
+        calc = self._calculator(atoms)
+        for _attempt in range(2):  # a fairchem fallback reloads the model mid-call: hook the new one and redo
+            captured: dict[str, torch.Tensor] = {}
+            handles = []
+
+            def attach(model, _args):
+                def keep(_backbone, _inputs, output):
+                    captured["embedding"] = output["node_embedding"].detach()
+
+                handles.append(model.backbone.register_forward_hook(keep))
+
+            handles.append(calc.predictor.model.module.register_forward_pre_hook(attach))
+            try:
+                calc.calculate(atoms, ["energy", "forces"], all_changes)
+            except SurrogateError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - fairchem's failure, told in one line with the checkpoint
+                raise SurrogateError(f"surrogate checkpoint {self.info.path}: fairchem's prediction for task "
+                                     f"{self.task!r} failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if "embedding" in captured:
+                break
+        else:
+            raise SurrogateError(f"surrogate checkpoint {self.info.path}: no node embedding seen in the forward pass")
+        results = calc.results
+        if "forces" not in results:
+            raise SurrogateError(f"surrogate checkpoint {self.info.path}: task {self.task!r} gives no forces")
+        return PriorPrediction(float(results["energy"]), np.asarray(results["forces"], dtype=float).reshape(-1, 3),
+                               captured["embedding"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
