@@ -104,6 +104,8 @@ def _backbone(widths: dict, *, moe: bool, direct: bool, datasets: list[str], map
 def family_config(family: str, widths: dict = TINY) -> tuple[dict, list[dict]]:
     """(model_config, tasks_config) of one family."""
     hydra_model = "fairchem.core.models.base.HydraModel"
+    if family != "direct-dataset":  # conserving models use max_neighbors 300 (uma_sm_conserve_finetune.yaml): a
+        widths = {**widths, "max_neighbors": 300}  # truncated neighbour list makes the energy jump, not smooth
     if family == "uma-s-1.1":  # uma_sm_conserve_finetune.yaml: MoLE backbone, one EFS head wrapped per dataset
         backbone = _backbone(widths, moe=True, direct=False, datasets=DATASETS, regress_stress=True)
         backbone["model_version"] = 1.1

@@ -43,6 +43,34 @@ class CheckpointInfo:
     model_id: str | None
 
 
+_CUDA_DRIVER_NOTICE = "Could not find or load the NVIDIA CUDA driver"
+
+
+def import_fairchem_quietly() -> None:
+    """Import fairchem's graph code (which starts NVIDIA Warp) with Warp's C-level notice on CPU-only machines
+    ("Warp CUDA warning: Could not find or load the NVIDIA CUDA driver") removed; any other output is kept."""
+    import os
+    import sys
+    import tempfile
+
+    if "fairchem.core.graph.radius_graph_pbc" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import fairchem.core.graph.radius_graph_pbc  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode(errors="replace")
+    for line in text.splitlines():
+        if _CUDA_DRIVER_NOTICE not in line:
+            print(line, file=sys.stderr)
+
+
 def _hub_names() -> dict:
     """fairchem's registered model names -> their Hugging Face file (fairchem/core/calculate/pretrained_models.json)."""
     try:
@@ -99,6 +127,7 @@ def _load(path: Path):
 
 def inspect_checkpoint(checkpoint: str | Path, task: str = "oc20") -> CheckpointInfo:
     """Check that `checkpoint` is a fairchem inference checkpoint with `task`; SurrogateError (one line) if not."""
+    import_fairchem_quietly()
     path = resolve_checkpoint(checkpoint)
     try:
         raw = _load(path)

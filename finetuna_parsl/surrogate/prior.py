@@ -42,7 +42,7 @@ class PriorPrediction:
     embedding: torch.Tensor
 
 
-def inference_settings(info: CheckpointInfo, merge_mole: bool):
+def inference_settings(info: CheckpointInfo, merge_mole: bool, dtype: torch.dtype = torch.float32):
     """fairchem InferenceSettings for the prior: full FP32, no compile, forces by autograd where untrained.
 
     The same as fairchem's "high-precision" preset but uncompiled (torch.compile costs minutes per
@@ -53,7 +53,7 @@ def inference_settings(info: CheckpointInfo, merge_mole: bool):
 
     return InferenceSettings(
         tf32=False, activation_checkpointing=False, merge_mole=merge_mole, compile=False, external_graph_gen=False,
-        internal_graph_gen_version=2, auto_add_default_untrained_tasks=False,
+        internal_graph_gen_version=2, auto_add_default_untrained_tasks=False, base_precision_dtype=dtype,
         predict_untrained_forces={info.task} if info.forces_by_autograd else set(),
     )
 
@@ -65,10 +65,12 @@ class Prior:
     beyond the model's embedding table.
     """
 
-    def __init__(self, checkpoint: str | Path, task: str = "oc20", device: str = "cpu", units_kept: int = 8) -> None:
+    def __init__(self, checkpoint: str | Path, task: str = "oc20", device: str = "cpu", units_kept: int = 8,
+                 dtype: torch.dtype = torch.float32, merge_mole: bool | None = None) -> None:
+        """merge_mole: None = merge for MoLE (UMA) checkpoints; False = fairchem's unmerged general path."""
         self.info = inspect_checkpoint(checkpoint, task)
-        self.device = device
-        self.merge_mole = self.info.mole
+        self.device, self.dtype = device, dtype
+        self.merge_mole = self.info.mole if merge_mole is None else bool(merge_mole and self.info.mole)
         self._units_kept = units_kept
         self._base = self._load_unit()
         self._units: OrderedDict[tuple, object] = OrderedDict()
@@ -82,6 +84,11 @@ class Prior:
         """The loaded (unmerged) fairchem HydraModel; frozen: fine-tuning never touches it."""
         return self._base.model.module
 
+    def models_in_use(self) -> list[torch.nn.Module]:
+        """Every fairchem HydraModel the prior predicts with now (the loaded one, and merged copies for MoLE)."""
+        return [self.model] + [calc.predictor.model.module for calc in self._units.values()
+                               if calc.predictor is not self._base]
+
     @property
     def sphere_channels(self) -> int:
         return int(self._base.model.module.backbone.sphere_channels)
@@ -89,7 +96,7 @@ class Prior:
     def _load_unit(self):
         from fairchem.core.units.mlip_unit import load_predict_unit
 
-        settings = inference_settings(self.info, self.merge_mole)
+        settings = inference_settings(self.info, self.merge_mole, self.dtype)
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # fairchem logs its settings and the direct-force caveat at every load
         try:
