@@ -123,6 +123,9 @@ class CampaignStore:
         g["fixed"] = system.fixed
         g["tags"] = system.tags
         g["initial_positions"] = system.positions
+        for key in ("charge", "spin"):
+            if getattr(system, key) is not None:
+                g.attrs[key] = getattr(system, key)
         n = system.n_atoms
         steps = g.create_group("steps")
         steps.create_dataset("positions", (0, n, 3), maxshape=(None, n, 3), chunks=(16, n, 3), dtype="f8")
@@ -226,6 +229,8 @@ def system_from_group(g: h5py.Group, system_id: str) -> SystemSpec:
         pbc=g["pbc"][()],
         fixed=g["fixed"][()],
         tags=g["tags"][()],
+        charge=int(g.attrs["charge"]) if "charge" in g.attrs else None,
+        spin=int(g.attrs["spin"]) if "spin" in g.attrs else None,
     )
 
 

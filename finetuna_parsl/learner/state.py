@@ -17,6 +17,15 @@ STATUS_SURROGATE_BUDGET = "surrogate_budget"  # surrogate-step budget spent befo
 STATUS_FAILED = "failed"
 
 
+def _optional_int(value: Any, system_id: str, key: str) -> int | None:
+    """atoms.info's charge/spin as an int (None if absent); ValueError naming the system if not a whole number."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not float(value).is_integer():
+        raise ValueError(f"system {system_id}: atoms.info[{key!r}] must be a whole number, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class SystemSpec:
     """One structure to relax, as plain arrays (picklable, storable, no calculator attached)."""
@@ -28,6 +37,8 @@ class SystemSpec:
     pbc: np.ndarray
     fixed: np.ndarray  # bool per atom: True where FixAtoms holds the atom
     tags: np.ndarray
+    charge: int | None = None  # total charge (e), from atoms.info["charge"]; fairchem's omol task reads it
+    spin: int | None = None  # spin multiplicity, from atoms.info["spin"]
 
     @classmethod
     def from_atoms(cls, system_id: str, atoms: Atoms) -> "SystemSpec":
@@ -47,6 +58,8 @@ class SystemSpec:
             pbc=np.asarray(atoms.pbc, dtype=bool).copy(),
             fixed=fixed,
             tags=atoms.get_tags().copy(),
+            charge=_optional_int(atoms.info.get("charge"), system_id, "charge"),
+            spin=_optional_int(atoms.info.get("spin"), system_id, "spin"),
         )
 
     def to_atoms(self, positions: np.ndarray | None = None) -> Atoms:
@@ -60,6 +73,9 @@ class SystemSpec:
         )
         if self.fixed.any():
             atoms.set_constraint(FixAtoms(mask=self.fixed))
+        for key in ("charge", "spin"):
+            if getattr(self, key) is not None:
+                atoms.info[key] = getattr(self, key)
         return atoms
 
     @property
