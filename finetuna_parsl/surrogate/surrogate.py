@@ -7,6 +7,7 @@ MLIPPredictUnit); the residual heads read the node embeddings of that same forwa
 from __future__ import annotations
 
 import json
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -18,7 +19,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixAtoms
 
 from .checkpoint import SurrogateError
-from .head import (Features, GatedForceResidual, HeadState, fine_tune, initial_state, member_heads, residual_forces,
+from .head import (Features, ElementForceResidual, HeadState, fine_tune, initial_state, member_heads, residual_forces,
                    state_from_heads)
 from .model import ModelCard, card_path, unseen_elements
 from .prior import Prior
@@ -47,11 +48,14 @@ class Surrogate:
         self._template = self._residual_template()
         self._cache: OrderedDict[bytes, Features] = OrderedDict()
         self._cache_size = feature_cache
+        # One prediction at a time: the prior's forward hook and fairchem's calculator hold per-call state, and a
+        # learn executor made of threads (tests/threads_site.py) shares this object between tasks.
+        self._lock = threading.RLock()
         self._warned: set[str] = set()
 
     def _residual_template(self) -> torch.nn.Module:
-        """The residual head over the prior's node embeddings, its correction zero (head.GatedForceResidual)."""
-        return GatedForceResidual(self.prior.sphere_channels, seed=self.seed).to(self.device)
+        """The residual head over the prior's node embeddings, its correction zero (head.ElementForceResidual)."""
+        return ElementForceResidual(self.prior.sphere_channels, self.prior.info.max_elements + 1).to(self.device)
 
     # ------------------------------------------------------------------ the prior
     def check_elements(self, numbers: np.ndarray) -> None:
@@ -67,17 +71,19 @@ class Surrogate:
         """The prior's energy/forces and node embeddings for `atoms`: one fairchem forward pass, cached per structure."""
         key = (atoms.numbers.tobytes() + np.ascontiguousarray(atoms.positions).tobytes() + atoms.cell.array.tobytes()
                + repr((atoms.info.get("charge"), atoms.info.get("spin"))).encode())
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        self.check_elements(atoms.numbers)
-        pred = self.prior.predict(atoms)
-        feats = Features(pred.embedding.to(self.device, torch.float32), pred.energy,
-                         torch.as_tensor(pred.forces, dtype=torch.float32, device=self.device))
-        self._cache[key] = feats
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return feats
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            self.check_elements(atoms.numbers)
+            pred = self.prior.predict(atoms)
+            feats = Features(pred.embedding.to(self.device, torch.float32), pred.energy,
+                             torch.as_tensor(pred.forces, dtype=torch.float32, device=self.device),
+                             torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device))
+            self._cache[key] = feats
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return feats
 
     # ------------------------------------------------------------------ the learner's protocol
     def initial_head(self) -> bytes:
@@ -94,8 +100,7 @@ class Surrogate:
             target = torch.as_tensor(atoms.get_forces(apply_constraint=False), dtype=feats.forces.dtype,
                                      device=self.device)
             data.append((feats, target, torch.as_tensor(free_mask(atoms), device=self.device)))
-        bootstrap = None if self.ensemble_size == 1 else self.seed * 100003 + state.trained_points
-        info = fine_tune(heads, data, self.epochs, self.lr, self.scheduler_factor, self.scheduler_patience, bootstrap)
+        info = fine_tune(heads, data, self.epochs, self.lr, self.scheduler_factor, self.scheduler_patience)
         newest = points[-1]
         offset = float(newest.get_potential_energy()) - self.features(newest).energy
         info["seconds"] = time.perf_counter() - t0
@@ -109,7 +114,7 @@ class Surrogate:
     def _predict(self, atoms: Atoms, state: HeadState, heads: list[torch.nn.Module]) -> tuple[float, np.ndarray, float]:
         feats = self.features(atoms)
         with torch.no_grad():
-            members = feats.forces.unsqueeze(0) + residual_forces(heads, feats.embedding)
+            members = feats.forces.unsqueeze(0) + residual_forces(heads, feats)
         forces = members.mean(0).double().cpu().numpy()
         uncertainty = 0.0
         if len(heads) > 1:
