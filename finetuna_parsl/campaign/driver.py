@@ -19,6 +19,7 @@ from ..config import RunConfig
 from ..learner.online import record_parent, settle
 from ..learner.reference import ReferenceResult
 from ..learner.state import STATUS_RUNNING, LearnerState, Proposal, SystemSpec
+from ..parents.base import ParentError
 from ..parents.bridge import ParentServer
 from ..store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow
 
@@ -58,9 +59,20 @@ class CampaignResult:
     parent_calls_this_run: int = 0
 
 
-def _short_error(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+#: Lines of traceback kept in a stored error for exceptions that are not a ParentError (a bug, not a parent).
+TRACEBACK_LINES = 30
+
+
+def describe_error(exc: BaseException) -> str:
+    """The whole reason, for the store: a ParentError's message as written (first line: what happened;
+    then exit code, output tails, command, folder), any other exception as `Type: message` and its traceback."""
+    if isinstance(exc, ParentError):
+        return str(exc).strip() or "ParentError"
+    head = f"{type(exc).__name__}: {exc}".strip()
+    frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip().splitlines() if exc.__traceback__ else []
+    if not frames:
+        return head
+    return head + "\n--- traceback (last lines) ---\n" + "\n".join(frames[-TRACEBACK_LINES:])
 
 
 class Campaign:
@@ -110,11 +122,14 @@ class Campaign:
             if future is None or not future.done():
                 return None
             exc = future.exception()
-            return _short_error(exc) if exc is not None else "session exited"
+            return describe_error(exc) if exc is not None else "session exited"
 
         cfg = self.config.parent
-        r.server = ParentServer(mode=cfg.bridge, timeout_s=cfg.timeout_s, session_alive=session_ended)
-        r.session = parent_session(cfg, r.state.system, r.server.bridge_address)
+        server = ParentServer(mode=cfg.bridge, timeout_s=cfg.timeout_s, session_alive=session_ended)
+        r.server = server
+        r.session = parent_session(cfg, r.state.system, server.bridge_address)
+        # the session's end (its process exiting, its worker lost) wakes a call waiting on it at once
+        r.session.add_done_callback(lambda _future: server.session_ended())
 
     def _close_session(self, r: _Relaxation) -> None:
         if r.server is not None:
@@ -153,7 +168,7 @@ class Campaign:
         except Exception as exc:
             r.learn_failures += 1
             if r.learn_failures > self.config.campaign.learn_retries:
-                self._finish(sid, FAILED, "", f"learn step failed {r.learn_failures} times: {_short_error(exc)}", r=r)
+                self._finish(sid, FAILED, "", f"learn step failed {r.learn_failures} times: {describe_error(exc)}", r=r)
                 return False
             self._submit_learn(r)
             return True
@@ -168,7 +183,7 @@ class Campaign:
             r.parent_failures += 1
             self._close_session(r)  # the retry gets a new, cold session
             if r.parent_failures > self.config.campaign.parent_retries:
-                self._finish(sid, FAILED, "", f"parent call failed {r.parent_failures} times: {_short_error(exc)}")
+                self._finish(sid, FAILED, "", f"parent call failed {r.parent_failures} times: {describe_error(exc)}")
                 return False
             self._submit_parent(r)
             return True
@@ -207,7 +222,7 @@ class Campaign:
         try:
             result: ReferenceResult = r.future.result()
         except Exception as exc:
-            self._finish(sid, FAILED, "", f"{self.method} failed: {_short_error(exc)}")
+            self._finish(sid, FAILED, "", f"{self.method} failed: {describe_error(exc)}")
             return False
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE) for s in result.surrogate_steps]
         rows += [StepRow(p.positions, p.energy, p.forces, KIND_PARENT, 0.0, p.scf_cycles, p.wall_s) for p in result.parent_points]

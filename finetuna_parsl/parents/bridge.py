@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,13 +38,15 @@ class ParentServer(SocketServer):
     """Driver side of one relaxation's bridge: send positions, receive the parent's answer.
 
     `session_alive` is polled while waiting, so a session that died before connecting (or while
-    computing) raises ParentError with its error instead of blocking forever.
+    computing) raises ParentError with its error instead of blocking forever. session_ended() (call it
+    when the session's task finishes, e.g. from its future's done-callback) wakes a waiting call at once.
     """
 
     def __init__(self, mode: str = "unix", timeout_s: float = 3600.0,
                  session_alive: Callable[[], str | None] | None = None) -> None:
         self.timeout_s = timeout_s
         self.session_alive = session_alive or (lambda: None)
+        self._ended = threading.Event()
         if mode == "unix":
             name = f"finetuna-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             super().__init__(unixsocket=name, timeout=timeout_s)
@@ -55,10 +58,15 @@ class ParentServer(SocketServer):
         else:
             raise ValueError(f"bridge mode must be unix or tcp, got {mode!r}")
 
+    def session_ended(self) -> None:
+        """The session's task has finished: a call waiting on it returns now instead of after timeout_s."""
+        self._ended.set()
+        _shutdown(self.clientsocket)
+
     def _accept(self) -> None:
-        """Wait for the session to connect, checking every second that it is still alive."""
+        """Wait for the session to connect, checking five times a second that it is still alive."""
         deadline = time.monotonic() + self.timeout_s
-        self.serversocket.settimeout(1.0)
+        self.serversocket.settimeout(0.2)
         while True:
             try:
                 self.clientsocket, _ = self.serversocket.accept()
@@ -66,6 +74,8 @@ class ParentServer(SocketServer):
                 break
             except socket.timeout:
                 died = self.session_alive()
+                if died is None and self._ended.is_set():
+                    died = self._why_lost(None)
                 if died is not None:
                     raise ParentError(f"parent session ended before connecting: {died}") from None
                 if time.monotonic() > deadline:
@@ -73,6 +83,8 @@ class ParentServer(SocketServer):
         _no_delay(self.clientsocket)
         self.clientsocket.settimeout(self.timeout_s)
         self.protocol = IPIProtocol(self.clientsocket)
+        if self._ended.is_set():  # ended between accept() and here: do not wait on a dead session
+            _shutdown(self.clientsocket)
 
     def call(self, positions: np.ndarray, cell: np.ndarray) -> ParentPoint:
         """One parent evaluation through the bridge."""
@@ -89,14 +101,18 @@ class ParentServer(SocketServer):
             wall_s=float(info.get("wall_s", 0.0)),
         )
 
-    def _why_lost(self, exc: BaseException, grace_s: float = 5.0) -> str:
+    def _why_lost(self, exc: BaseException | None, grace_s: float = 5.0) -> str:
         """The session's own error if it reports one within grace_s (EOF usually arrives first)."""
+        if self._closed:
+            return "the driver closed the bridge"
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             died = self.session_alive()
             if died is not None:
                 return died
             time.sleep(0.05)
+        if exc is None:
+            return "the session ended without an error"
         return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} (connection closed)"
 
     def stop(self) -> None:
@@ -107,6 +123,17 @@ class ParentServer(SocketServer):
         except OSError:
             pass
         self.close()
+        _shutdown(self.clientsocket)  # wakes a call thread still blocked on this socket
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    """Shut a socket down both ways (wakes a recv() blocked on it in another thread); quiet if already gone."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _no_delay(sock: socket.socket) -> None:
@@ -138,9 +165,10 @@ def serve_session(
     timeout_s: float = 86400.0,
     journal: CallJournal | None = None,
 ) -> int:
-    """Session side: start the parent, connect back, answer until told to exit; returns calls served.
+    """Session side: connect back, start the parent, answer until told to exit; returns calls served.
 
-    With a journal, every answer is written to disk before it is sent, and positions already answered
+    Whatever ends the session (a parent that fails to start or crashes included) closes the socket, so the
+    driver learns of it at once. With a journal, every answer is written to disk before it is sent, and positions already answered
     (a call the driver lost in a crash, then re-proposed) are served from it without recomputing.
     """
     if address.unixsocket is not None:
@@ -149,13 +177,13 @@ def serve_session(
     else:
         sock = socket.create_connection((address.host, address.port), timeout=60)
         _no_delay(sock)
-    sock.settimeout(timeout_s)
-    protocol = IPIProtocol(sock)
-    session.start(system)
     served = 0
     state = "READY"
     result = None
     try:
+        sock.settimeout(timeout_s)
+        protocol = IPIProtocol(sock)
+        session.start(system)
         while True:
             try:
                 msg = protocol.recvmsg()
@@ -184,6 +212,9 @@ def serve_session(
             else:
                 raise ParentError(f"bridge: unexpected message {msg!r} from the driver")
     finally:
-        session.close()
-        sock.close()
+        try:
+            session.close()
+        finally:
+            _shutdown(sock)
+            sock.close()
     return served

@@ -12,7 +12,8 @@ from vasprun.xml, or from OUTCAR when vasprun.xml lags or is cut. close() writes
 Every wait has a deadline (a reader thread and a queue, no SIGALRM: sessions run off the main thread).
 A VASP that exits, crashes or goes silent becomes a ParentError naming the system, the exit code and the
 tails of stderr and stdout; the process group is then killed and the session refuses further calls.
-stdout and stderr are also kept in the work folder as vasp.out and vasp.err.
+stdout and stderr are also kept in the work folder as vasp.out and vasp.err; a later session in the same
+folder (a retry, a resumed run) first moves them to vasp.out.N / vasp.err.N, so every attempt's output stays.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ from .vasp_io import (
 )
 
 #: Files of an earlier run in the same folder that would mislead this one (STOPCAR would stop it at once).
-STALE_FILES = ("STOPCAR", "OUTCAR", "vasprun.xml", "OSZICAR", "CONTCAR", "WAVECAR", "CHGCAR", "vasp.out", "vasp.err")
+STALE_FILES = ("STOPCAR", "OUTCAR", "vasprun.xml", "OSZICAR", "CONTCAR", "WAVECAR", "CHGCAR")
+#: VASP's stdout and stderr as kept in the work folder; an earlier attempt's are renamed <name>.N, not deleted.
+LOG_FILES = ("vasp.out", "vasp.err")
 #: Positions closer than this (A) to the step VASP already computed are answered from that step.
 SAME_POSITIONS_A = 1e-6
 #: VASP must report having computed within this distance (A) of the positions sent (OUTCAR prints 5 decimals).
@@ -122,6 +125,7 @@ class VaspInteractiveSession(ParentSession):
         self.tail_lines = tail_lines
         self._proc: subprocess.Popen | None = None
         self._dead: str | None = None
+        self.attempt = 1  # sessions that have run in this work folder, this one included (see keep_earlier_logs)
         self.returncode: int | None = None  # VASP's exit status once close() has stopped it
         self.last_source: str | None = None  # where the last call's numbers were read: vasprun.xml or OUTCAR
 
@@ -137,6 +141,7 @@ class VaspInteractiveSession(ParentSession):
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in STALE_FILES:
             (self.workdir / name).unlink(missing_ok=True)
+        self.attempt = keep_earlier_logs(self.workdir)
         symbols = system.to_atoms().get_chemical_symbols()
         self._order = np.array(species_order(symbols), dtype=int)  # VASP atom i is the caller's atom _order[i]
         self._blocks = species_blocks([symbols[i] for i in self._order])
@@ -389,8 +394,12 @@ class VaspInteractiveSession(ParentSession):
         hint = "" if self._potcar else " (no POTCAR was written: set parent.options.potcar_dir or VASP_PP_PATH)"
         return ParentError(
             f"vasp parent for {self._sid}: VASP exited with code {code} {when}{hint} "
-            f"[command: {self.command}; workdir: {self.workdir}]" + self._tails()
+            f"[command: {self.command}; workdir: {self.workdir}; {self._logs()}]" + self._tails()
         )
+
+    def _logs(self) -> str:
+        earlier = f"; earlier attempts' in {LOG_FILES[0]}.1..{self.attempt - 1}" if self.attempt > 1 else ""
+        return f"output of attempt {self.attempt}: {', '.join(LOG_FILES)}{earlier}"
 
     def _timeout_error(self, started: bool) -> ParentError:
         self._kill()
@@ -402,7 +411,7 @@ class VaspInteractiveSession(ParentSession):
             what = f"ionic step {self._step} did not finish within step_timeout_s = {self.step_timeout_s:g} s"
         return ParentError(
             f"vasp parent for {self._sid}: {what} (silent or hung; its process group was killed) "
-            f"[command: {self.command}; workdir: {self.workdir}]" + self._tails()
+            f"[command: {self.command}; workdir: {self.workdir}; {self._logs()}]" + self._tails()
         )
 
     # ------------------------------------------------------------------------------- pause and stop
@@ -521,6 +530,19 @@ class VaspInteractiveSession(ParentSession):
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def keep_earlier_logs(workdir: Path) -> int:
+    """Move an earlier attempt's vasp.out/vasp.err to vasp.out.N/vasp.err.N (N = 1, 2, ...); returns this attempt's number."""
+    n = 1
+    while any((workdir / f"{name}.{n}").exists() for name in LOG_FILES):
+        n += 1
+    current = [workdir / name for name in LOG_FILES if (workdir / name).exists()]
+    if not current:
+        return n
+    for path in current:
+        path.rename(path.with_name(f"{path.name}.{n}"))
+    return n + 1
 
 
 def _signal_group(pgid: int, sig: int) -> None:
