@@ -15,6 +15,13 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _interrupted(exc) -> None:
+    """One line saying how to resume, then exit 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+    start = "\n" if sys.stderr.isatty() else ""  # after the progress bar's line
+    click.echo(f"{start}{exc}", err=True)
+    sys.exit(128 + exc.signum)
+
+
 @click.group()
 @click.version_option(package_name="finetuna-parsl")
 def main() -> None:
@@ -33,7 +40,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         restart: bool) -> None:
     """Relax the systems of CONFIG with online learning, writing an HDF5 store."""
     config = _load_run_config(config_path, site, output)
-    from .campaign import run_campaign
+    from .campaign import CampaignInterrupted, run_campaign
     from .campaign.progress import ProgressLine
     from .campaign.site import SiteError, site_file
     from .learner.metrics import compare
@@ -51,12 +58,18 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
     click.echo(f"{len(systems)} systems, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
-    path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart)
+    try:
+        path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart)
+    except CampaignInterrupted as exc:
+        _interrupted(exc)
     click.echo(summary_table(result.rows))
     click.echo(f"store: {path}")
     comparisons = []
     for method in references:
-        ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
+        try:
+            ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
+        except CampaignInterrupted as exc:
+            _interrupted(exc)
         click.echo(f"\nreference {method}: store {ref_path}")
         click.echo(summary_table(ref.rows))
         comparisons.append(compare("online", result.rows, method, ref.rows))
@@ -111,7 +124,12 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
         click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
     if not systems:
         _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
-    result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
+    from .campaign import CampaignInterrupted
+
+    try:
+        result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
+    except CampaignInterrupted as exc:
+        _interrupted(exc)
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(result)

@@ -26,6 +26,37 @@ from ..store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow
 DONE = "done"
 FAILED = "failed"
 RUNNING = "running"
+INTERRUPTED = "interrupted"  # stopped by a signal mid-relaxation; the next run resumes it
+#: Seconds the main loop waits on futures before it looks at a stop request again.
+POLL_S = 0.25
+#: On a stop, how long (s) the parent sessions get to close their parents (VASP: STOPCAR) before Parsl goes.
+SESSION_CLOSE_WAIT_S = 5.0
+
+
+class StopRequest:
+    """Set by a signal handler (no locks: safe there); the campaign loop stops at its next look."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+class CampaignInterrupted(BaseException):
+    """The run was stopped by a signal: every stored row is complete, the same command resumes it.
+
+    A BaseException (like KeyboardInterrupt) so no `except Exception` on the way treats it as a failure.
+    """
+
+    def __init__(self, signum: int, path: str | None = None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.path = path  # the store, once known
+
+    def __str__(self) -> str:
+        import signal
+
+        name = signal.Signals(self.signum).name if self.signum in signal.Signals._value2member_map_ else str(self.signum)
+        where = f"store {self.path} closed" if self.path else "store closed"
+        return f"interrupted by {name}: {where}; run the same command again to resume (finished systems are kept)"
 
 
 @dataclass
@@ -85,8 +116,10 @@ class Campaign:
         store: CampaignStore,
         method: str = "online",
         on_progress: Callable[[Progress], None] | None = None,
+        stop: StopRequest | None = None,
     ) -> None:
         self.config = config
+        self.stop = stop or StopRequest()
         self.systems = list(systems)
         self.store = store
         self.method = method
@@ -234,7 +267,11 @@ class Campaign:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> CampaignResult:
-        """Run every system not already done in the store; returns the stored summary rows."""
+        """Run every system not already done in the store; returns the stored summary rows.
+
+        Raises CampaignInterrupted when `stop` is set (a signal): relaxations in flight are marked
+        'interrupted' and their sessions closed; everything stored stays as it is (a new run resumes it).
+        """
         queue: deque[SystemSpec] = deque()
         for system in self.systems:
             if self.store.has_system(system.system_id) and self.store.status(system.system_id) == DONE:
@@ -249,15 +286,22 @@ class Campaign:
         try:
             self._loop(queue, active, slots)
         finally:
+            sessions = [r.session for r in active.values() if r.session is not None]
             for r in active.values():
                 self._close_session(r)
+                if self.stop.signum is not None and self.store.has_system(r.state.system.system_id):
+                    self.store.set_status(r.state.system.system_id, INTERRUPTED)
             self.calls.shutdown(wait=False, cancel_futures=True)
+            if self.stop.signum is not None and sessions:  # let them stop their parents (bounded)
+                cf.wait(sessions, timeout=SESSION_CLOSE_WAIT_S)
         ids = {s.system_id for s in self.systems}
         rows = [row for row in self.store.summary() if row["system_id"] in ids]
         return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)
 
     def _loop(self, queue: deque[SystemSpec], active: dict[cf.Future, _Relaxation], slots: int) -> None:
         while queue or active:
+            if self.stop.signum is not None:
+                raise CampaignInterrupted(self.stop.signum)
             while queue and len(active) < slots:
                 system = queue.popleft()
                 r = self._start_reference(system) if self.method != "online" else self._start_online(system)
@@ -266,7 +310,9 @@ class Campaign:
                 self.progress.running += 1
                 active[r.future] = r
                 self._report()
-            finished, _ = cf.wait(list(active), return_when=cf.FIRST_COMPLETED)
+            if not active:
+                continue
+            finished, _ = cf.wait(list(active), timeout=POLL_S, return_when=cf.FIRST_COMPLETED)
             for future in finished:
                 r = active.pop(future)
                 stage = future.stage
