@@ -58,10 +58,14 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
     click.echo(f"{len(systems)} systems, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
+    from .store import StoreError
+
     try:
         path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart)
     except CampaignInterrupted as exc:
         _interrupted(exc)
+    except StoreError as exc:
+        _fail(str(exc))
     click.echo(summary_table(result.rows))
     click.echo(f"store: {path}")
     comparisons = []
@@ -70,6 +74,8 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
             ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
         except CampaignInterrupted as exc:
             _interrupted(exc)
+        except StoreError as exc:
+            _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
         click.echo(summary_table(ref.rows))
         comparisons.append(compare("online", result.rows, method, ref.rows))
@@ -125,11 +131,14 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     if not systems:
         _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
     from .campaign import CampaignInterrupted
+    from .store import StoreError
 
     try:
         result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
     except CampaignInterrupted as exc:
         _interrupted(exc)
+    except StoreError as exc:
+        _fail(str(exc))
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(result)

@@ -24,7 +24,7 @@ from parsl.executors import HighThroughputExecutor
 
 from ..config import RunConfig, with_overrides
 from ..learner.state import SystemSpec
-from ..store import CampaignStore
+from ..store import CampaignStore, check_not_held
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
 from .site import load_site
 
@@ -123,9 +123,14 @@ def run_campaign(
     on_progress: Callable[[Progress], None] | None = None,
     restart: bool = False,
 ) -> tuple[Path, CampaignResult]:
-    """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`."""
+    """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`.
+
+    Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
+    it: then `restart` deletes nothing), and CampaignInterrupted when a signal stopped the run.
+    """
     path = store_path(config, method)
     if restart and path.exists():
+        check_not_held(path)  # never delete a store another process has open
         path.unlink()
         shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
