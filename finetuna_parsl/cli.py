@@ -45,17 +45,12 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     from .campaign.site import SiteError, site_file
     from .learner.metrics import compare
     from .report import comparison_table, summary_table
-    from .systems import load_systems
 
     try:
         site_file(config.site)
     except SiteError as exc:
         _fail(str(exc))
-    systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
-    for s in skipped:
-        click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
-    if not systems:
-        _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
+    systems, unusable = _load_systems(config_path, config, count)
     click.echo(f"{len(systems)} systems, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
     from .store import StoreError
@@ -82,8 +77,27 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     if comparisons:
         click.echo("\n" + comparison_table(comparisons))
     failed = sum(r["status"] == "failed" for r in result.rows)
-    if failed:
+    if failed or unusable:
         sys.exit(1)
+
+
+def _load_systems(config_path: str, config, count: int | None):
+    """The systems to run and how many the parent cannot do; one stderr line per system left out, and why."""
+    from .parents import ParentError, check_systems
+    from .systems import load_systems
+
+    systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
+    for s in skipped:
+        click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
+    try:
+        systems, unusable = check_systems(config.parent.kind, config.parent.options, systems)
+    except ParentError as exc:
+        _fail(str(exc))
+    for system_id, reason in unusable:
+        click.echo(f"unusable system {system_id}: {config.parent.kind} parent: {reason}", err=True)
+    if not systems:
+        _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
+    return systems, len(unusable)
 
 
 def _load_run_config(config_path: str, site: str | None, output: str | None):
@@ -118,18 +132,13 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     from .bench import ALL_METHODS, markdown_table, run_bench, write_csv
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
-    from .systems import load_systems
 
     config = _load_run_config(config_path, site, output)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in ALL_METHODS]
     if unknown:
         _fail(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
-    systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
-    for s in skipped:
-        click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
-    if not systems:
-        _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
+    systems, unusable = _load_systems(config_path, config, count)
     from .campaign import CampaignInterrupted
     from .store import StoreError
 

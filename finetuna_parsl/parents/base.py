@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,15 @@ class ParentSession(abc.ABC):
     """
 
     kind: str = "abstract"
+
+    @classmethod
+    def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
+        """Why this parent, set up with `options` (the run config's parent.options), cannot compute `system`.
+
+        One line, or None when it can. Checked in the driver when the systems are loaded, before any worker
+        starts, so it must be cheap and must not start the parent. Raises nothing.
+        """
+        return None
 
     def __init__(self, workdir: str | Path | None = None) -> None:
         self.workdir = Path(workdir) if workdir is not None else None
@@ -63,3 +74,19 @@ class ParentSession(abc.ABC):
                 f"({self.system.n_atoms}, 3), got {positions.shape} (a change of composition is not allowed)"
             )
         return positions
+
+
+def cell_problem(system: SystemSpec, periodic: bool, what: str) -> str | None:
+    """Why `system`'s cell does not suit `what` (one line), or None.
+
+    periodic: the parent needs periodic boundaries in every direction (plane waves); otherwise a cell with
+    volume (a box around the atoms) is enough.
+    """
+    pbc = np.asarray(system.pbc, dtype=bool)
+    if periodic and not pbc.all():
+        return (f"not periodic in every direction (pbc = {pbc.astype(int).tolist()}): {what} needs a periodic cell; "
+                "give it a box with vacuum and pbc = True")
+    volume = float(np.linalg.det(np.asarray(system.cell, dtype=float)))
+    if abs(volume) < 1e-6:
+        return f"the cell has no volume: {what} needs a box around the atoms (e.g. ase's atoms.center(vacuum=6))"
+    return None

@@ -12,7 +12,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..learner.state import SystemSpec
-from .base import ParentError, ParentResult, ParentSession
+from .base import ParentError, ParentResult, ParentSession, cell_problem
 
 MODES = ("pw", "lcao", "fd")
 #: GPAW keywords set through the session's own options, so `parameters` may not set them too.
@@ -41,6 +41,13 @@ class GPAWSession(ParentSession):
     """
 
     kind = "gpaw"
+
+    @classmethod
+    def unusable(cls, system: SystemSpec, options: dict) -> str | None:
+        """Plane waves (mode pw, the default) need a periodic cell; lcao and fd a box with volume."""
+        mode = options.get("mode", "pw")
+        what = "GPAW plane waves (mode pw)" if mode == "pw" else f"GPAW (mode {mode})"
+        return cell_problem(system, periodic=mode == "pw", what=what)
 
     def __init__(self, workdir: str | Path | None = None, mode: str = "pw", ecut: float = 350.0,
                  h: float | None = None, basis: str | None = None, xc: str = "PBE",

@@ -38,7 +38,7 @@ from typing import IO, Any, Mapping, Sequence
 import numpy as np
 
 from ..learner.state import SystemSpec
-from .base import ParentError, ParentResult, ParentSession
+from .base import ParentError, ParentResult, ParentSession, cell_problem
 from .vasp_io import (
     PROMPT_POSITIONS,
     OutcarReader,
@@ -89,6 +89,27 @@ class VaspInteractiveSession(ParentSession):
     """
 
     kind = "vasp"
+
+    @classmethod
+    def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
+        """A cell VASP refuses (not periodic, no volume, left-handed), or a species without a POTCAR.
+
+        POTCARs are looked up like start() does (potcar_dir, else $VASP_PP_PATH) when that folder exists here.
+        """
+        problem = cell_problem(system, periodic=True, what="VASP")
+        if problem is not None:
+            return problem
+        if np.linalg.det(np.asarray(system.cell, dtype=float)) < 0:
+            return ("the cell is left-handed (negative triple product of the cell vectors): VASP refuses it; "
+                    "exchange two cell vectors")
+        root = options.get("potcar_dir") or os.environ.get("VASP_PP_PATH")
+        if root and Path(root).is_dir():
+            species = list(dict.fromkeys(system.to_atoms().get_chemical_symbols()))
+            try:
+                potcar_files(species, root, str(options.get("xc", "PBE")), options.get("setups") or {})
+            except (FileNotFoundError, ValueError) as exc:
+                return str(exc)
+        return None
 
     def __init__(
         self,
