@@ -83,13 +83,16 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
 
 def _load_systems(config_path: str, config, count: int | None):
     """The systems to run and how many the parent cannot do; one stderr line per system left out, and why."""
-    from .parents import ParentError, check_systems
+    from .parents import ParentError, check_systems, parent_class
     from .systems import load_systems
 
     systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
     for s in skipped:
         click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
     try:
+        problem = parent_class(config.parent.kind).check_options(config.parent.options)
+        if problem is not None:
+            _fail(f"{config_path}: parent.options: {problem}")
         systems, unusable = check_systems(config.parent.kind, config.parent.options, systems)
     except ParentError as exc:
         _fail(str(exc))

@@ -37,6 +37,14 @@ class ParentSession(abc.ABC):
     kind: str = "abstract"
 
     @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> str | None:
+        """Why `options` cannot be used for any system (one line), or None; checked once when the run starts.
+
+        Per-element settings must be mappings by element, never lists that would apply by position.
+        """
+        return None
+
+    @classmethod
     def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
         """Why this parent, set up with `options` (the run config's parent.options), cannot compute `system`.
 

@@ -43,6 +43,16 @@ class GPAWSession(ParentSession):
     kind = "gpaw"
 
     @classmethod
+    def check_options(cls, options: dict) -> str | None:
+        """GPAW's per-element settings (setups, basis) as a list would apply by position: refused."""
+        for where, values in (("", options), ("parameters.", options.get("parameters") or {})):
+            for key in ("setups", "basis"):
+                if isinstance(values.get(key), (list, tuple)):
+                    return (f"gpaw parent: {where}{key}: {values[key]!r} would apply by position; give one name for "
+                            f"every element or a mapping by element, e.g. {key}: {{Ni: ...}}")
+        return None
+
+    @classmethod
     def unusable(cls, system: SystemSpec, options: dict) -> str | None:
         """Plane waves (mode pw, the default) need a periodic cell; lcao and fd a box with volume."""
         mode = options.get("mode", "pw")

@@ -50,10 +50,12 @@ from .vasp_io import (
     interactive_incar,
     is_scf_line,
     max_displacement,
+    per_species_problem,
     poscar_record,
     positions_record,
     potcar_files,
     species_blocks,
+    species_incar,
     species_order,
 )
 
@@ -75,7 +77,9 @@ class VaspInteractiveSession(ParentSession):
       command          the launch command, one command line: `srun -n 64 vasp_std`, `mpiexec -n 32 vasp_std`,
                        `$PARSL_MPI_PREFIX vasp_std` (shell variables are expanded; the shell `exec`s it, so
                        the launcher is the process this session signals); or an argv list
-      incar            INCAR settings; the interactive keys are forced, with a warning when that changes one
+      incar            INCAR settings; the interactive keys are forced, with a warning when that changes one;
+                       per-species tags (LDAUL/LDAUU/LDAUJ, RWIGS, ...) and MAGMOM as a mapping by element
+                       ({LDAUU: {Ni: 6.0}}), written in each POSCAR's species order; a bare list is refused
       kpoints          [a, b, c] mesh, "gamma" (Gamma point only), or None (Gamma only, or none with KSPACING)
       gamma            Gamma-centred mesh (True) or Monkhorst-Pack (False)
       potcar_dir       folder laid out like ASE's VASP_PP_PATH (potpaw_PBE/<element>/POTCAR); default
@@ -91,6 +95,13 @@ class VaspInteractiveSession(ParentSession):
     kind = "vasp"
 
     @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> str | None:
+        """Per-species INCAR tags given as anything but a mapping by element (see vasp_io.per_species_problem)."""
+        if not isinstance(options.get("setups") or {}, Mapping):
+            return "setups must be a mapping by element, e.g. setups: {Cu: _pv}"
+        return per_species_problem(options.get("incar"))
+
+    @classmethod
     def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
         """A cell VASP refuses (not periodic, no volume, left-handed), or a species without a POTCAR.
 
@@ -102,6 +113,11 @@ class VaspInteractiveSession(ParentSession):
         if np.linalg.det(np.asarray(system.cell, dtype=float)) < 0:
             return ("the cell is left-handed (negative triple product of the cell vectors): VASP refuses it; "
                     "exchange two cell vectors")
+        symbols = list(dict.fromkeys(system.to_atoms().get_chemical_symbols()))
+        try:
+            species_incar(options.get("incar") or {}, [(s, 1) for s in symbols])
+        except ValueError as exc:
+            return str(exc)
         root = options.get("potcar_dir") or os.environ.get("VASP_PP_PATH")
         if root and Path(root).is_dir():
             species = list(dict.fromkeys(system.to_atoms().get_chemical_symbols()))
@@ -131,6 +147,9 @@ class VaspInteractiveSession(ParentSession):
         super().__init__(workdir)
         if not command:
             raise ParentError("vasp parent: option 'command' is empty (e.g. 'srun -n 64 vasp_std')")
+        problem = per_species_problem(incar)
+        if problem is not None:
+            raise ParentError(f"vasp parent: {problem}")
         self.command = command
         self.incar = dict(incar or {})
         self.kpoints = kpoints
@@ -193,6 +212,10 @@ class VaspInteractiveSession(ParentSession):
                 f"vasp parent for {system.system_id}: INCAR {', '.join(overridden)} overridden for interactive mode "
                 f"({', '.join(f'{k} = {settings[k]}' for k in overridden)})", stacklevel=3,
             )
+        try:
+            settings = species_incar(settings, self._blocks)
+        except ValueError as exc:
+            raise ParentError(f"vasp parent for {system.system_id}: {exc}") from None
         (self.workdir / "INCAR").write_text(format_incar(settings))
         scaled = np.asarray(system.positions, dtype=float)[self._order] @ self._inv_cell
         (self.workdir / "POSCAR").write_text(poscar_record(self._cell, self._blocks, scaled))
