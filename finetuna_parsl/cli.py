@@ -84,9 +84,14 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
 def _load_systems(config_path: str, config, count: int | None):
     """The systems to run and how many the parent cannot do; one stderr line per system left out, and why."""
     from .parents import ParentError, check_systems, parent_class
-    from .systems import load_systems
+    from .systems import SystemsError, load_systems
 
-    systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
+    if count is not None and count < 1:
+        _fail(f"--systems must be >= 1, got {count}")
+    try:
+        systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
+    except SystemsError as exc:
+        _fail(str(exc))
     for s in skipped:
         click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
     try:
