@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import sysconfig
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,6 +93,27 @@ def _shutdown_parsl(dfk, limit_s: float | None) -> None:
 
 
 @contextmanager
+def _scripts_on_path() -> Iterator[None]:
+    """This Python's scripts folder (Parsl's process_worker_pool.py and interchange.py) on PATH while Parsl runs.
+
+    Invoked by full path (cron, a batch script, pipx), the environment's bin is not on PATH and Parsl cannot
+    launch its workers; local providers and batch submissions inherit the driver's environment.
+    """
+    folders = [sysconfig.get_path("scripts"), os.path.dirname(sys.executable)]
+    current = os.environ.get("PATH", "")
+    have = current.split(os.pathsep)
+    missing = [f for f in dict.fromkeys(folders) if f and f not in have]
+    if not missing:
+        yield
+        return
+    os.environ["PATH"] = os.pathsep.join(missing + ([current] if current else []))
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = current
+
+
+@contextmanager
 def _signals_stop(stop: StopRequest, on_second: Callable[[int], None]) -> Iterator[None]:
     """The first SIGINT/SIGTERM sets `stop` (the campaign winds down); a second calls on_second (ends the process).
 
@@ -151,7 +173,7 @@ def run_campaign(
         finally:
             os._exit(128 + signum)
 
-    with _signals_stop(stop, end_now):
+    with _signals_stop(stop, end_now), _scripts_on_path():
         store = CampaignStore(path, run_config=config.text, method=method,
                               keep_surrogate_every=config.campaign.keep_surrogate_every)
         try:
