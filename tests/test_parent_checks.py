@@ -58,12 +58,14 @@ def test_vasp_refuses_a_cell_it_cannot_use_and_species_without_a_potcar(tmp_path
     monkeypatch.delenv("VASP_PP_PATH", raising=False)
     left = slab()
     left.set_cell(left.cell[[1, 0, 2]], scale_atoms=False)  # two vectors exchanged: negative triple product
-    systems = [spec("ok", slab()), spec("mol", gas()), spec("left", left), spec("pt", slab("Pt"))]
+    open_z = slab()
+    open_z.pbc = [True, True, False]  # VASP treats the cell as periodic whatever pbc says: usable
+    systems = [spec("ok", open_z), spec("mol", gas()), spec("left", left), spec("pt", slab("Pt"))]
     usable, unusable = check_systems("vasp", {"potcar_dir": potcars(tmp_path, "Cu")}, systems)
     assert [s.system_id for s in usable] == ["ok"]
     reasons = dict(unusable)
     assert list(reasons) == ["mol", "left", "pt"]
-    assert "not periodic" in reasons["mol"] and "pbc" in reasons["mol"]
+    assert "no periodic cell" in reasons["mol"] and "pbc = [0, 0, 0]" in reasons["mol"]
     assert "left-handed" in reasons["left"]
     assert "no POTCAR for Pt" in reasons["pt"]
     # without potcar_dir or VASP_PP_PATH the POTCARs cannot be checked here, and are not
@@ -71,8 +73,10 @@ def test_vasp_refuses_a_cell_it_cannot_use_and_species_without_a_potcar(tmp_path
     assert len(usable) == 1 and not unusable
 
 
-def test_gpaw_plane_waves_need_a_periodic_cell_other_modes_a_box():
-    usable, unusable = check_systems("gpaw", {}, [spec("ok", slab()), spec("mol", gas())])
+def test_gpaw_needs_a_cell_in_every_mode():
+    open_z = slab()
+    open_z.pbc = [True, True, False]  # a slab as ase.build makes it: fine, the cell is the box
+    usable, unusable = check_systems("gpaw", {}, [spec("ok", open_z), spec("mol", gas())])
     assert [s.system_id for s in usable] == ["ok"] and "plane waves" in dict(unusable)["mol"]
     boxed = gas()
     boxed.center(vacuum=4.0)
@@ -111,7 +115,7 @@ def test_the_run_reports_every_unusable_system_before_any_worker_starts_and_runs
     err = proc.stderr.splitlines()
     unusable = [line for line in err if line.startswith("unusable system")]
     assert [line.split()[2].rstrip(":") for line in unusable] == ["mixed-0001", "mixed-0002"], proc.stderr[-3000:]
-    assert "not periodic" in unusable[0] and "no POTCAR for Pt" in unusable[1]
+    assert "no periodic cell" in unusable[0] and "no POTCAR for Pt" in unusable[1]
     started = next(i for i, line in enumerate(err) if "systems, site" in line)
     assert all(err.index(line) < started for line in unusable)  # before the run (and its workers) started
     assert proc.returncode == 1  # some systems could not be run

@@ -84,17 +84,15 @@ class ParentSession(abc.ABC):
         return positions
 
 
-def cell_problem(system: SystemSpec, periodic: bool, what: str) -> str | None:
-    """Why `system`'s cell does not suit `what` (one line), or None.
+def cell_problem(system: SystemSpec, what: str) -> str | None:
+    """Why `system`'s cell does not suit `what`, a plane-wave or grid code (one line), or None.
 
-    periodic: the parent needs periodic boundaries in every direction (plane waves); otherwise a cell with
-    volume (a box around the atoms) is enough.
+    Such codes treat the cell as the periodic box whatever the pbc flags say (a slab with pbc F along its
+    vacuum is fine); a system without a cell (a gas-phase molecule as ase.build.molecule gives it) is not.
     """
-    pbc = np.asarray(system.pbc, dtype=bool)
-    if periodic and not pbc.all():
-        return (f"not periodic in every direction (pbc = {pbc.astype(int).tolist()}): {what} needs a periodic cell; "
-                "give it a box with vacuum and pbc = True")
     volume = float(np.linalg.det(np.asarray(system.cell, dtype=float)))
     if abs(volume) < 1e-6:
-        return f"the cell has no volume: {what} needs a box around the atoms (e.g. ase's atoms.center(vacuum=6))"
+        pbc = np.asarray(system.pbc, dtype=bool).astype(int).tolist()
+        return (f"no periodic cell (zero volume, pbc = {pbc}): {what} needs a box around the atoms, "
+                "e.g. ase's atoms.center(vacuum=6)")
     return None

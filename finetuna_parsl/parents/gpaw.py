@@ -54,10 +54,10 @@ class GPAWSession(ParentSession):
 
     @classmethod
     def unusable(cls, system: SystemSpec, options: dict) -> str | None:
-        """Plane waves (mode pw, the default) need a periodic cell; lcao and fd a box with volume."""
+        """Every mode (plane waves, lcao, fd) needs a cell with volume: the periodic box or the grid's extent."""
         mode = options.get("mode", "pw")
         what = "GPAW plane waves (mode pw)" if mode == "pw" else f"GPAW (mode {mode})"
-        return cell_problem(system, periodic=mode == "pw", what=what)
+        return cell_problem(system, what=what)
 
     def __init__(self, workdir: str | Path | None = None, mode: str = "pw", ecut: float = 350.0,
                  h: float | None = None, basis: str | None = None, xc: str = "PBE",

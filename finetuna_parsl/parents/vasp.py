@@ -103,11 +103,12 @@ class VaspInteractiveSession(ParentSession):
 
     @classmethod
     def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
-        """A cell VASP refuses (not periodic, no volume, left-handed), or a species without a POTCAR.
+        """A cell VASP refuses (none, left-handed), per-species INCAR settings missing a species, a species
+        without a POTCAR.
 
         POTCARs are looked up like start() does (potcar_dir, else $VASP_PP_PATH) when that folder exists here.
         """
-        problem = cell_problem(system, periodic=True, what="VASP")
+        problem = cell_problem(system, what="VASP")
         if problem is not None:
             return problem
         if np.linalg.det(np.asarray(system.cell, dtype=float)) < 0:
