@@ -55,8 +55,10 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
                f"store {config.campaign.output}", err=True)
     from .store import StoreError
 
+    warn_once = WarnOnce()
     try:
-        path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart)
+        path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart,
+                                    on_warning=warn_once)
     except CampaignInterrupted as exc:
         _interrupted(exc)
     except StoreError as exc:
@@ -106,6 +108,22 @@ def _load_systems(config_path: str, config, count: int | None):
     if not systems:
         _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
     return systems, len(unusable)
+
+
+class WarnOnce:
+    """Print a warning raised on a worker once per kind (its text with the system id taken out) on stderr."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, system_id: str, message: str) -> None:
+        kind = message.replace(system_id, "<system>")
+        if kind in self.seen:
+            return
+        self.seen.add(kind)
+        start = "\n" if sys.stderr.isatty() else ""
+        click.echo(f"{start}warning: {message} (shown once; every system it concerns has it in its 'warnings' "
+                   "attribute in the store)", err=True)
 
 
 def _load_run_config(config_path: str, site: str | None, output: str | None):

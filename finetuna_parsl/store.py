@@ -208,6 +208,15 @@ class CampaignStore:
             attrs["outcome"] = outcome
         self.file.flush()
 
+    def add_warnings(self, system_id: str, messages: Sequence[str]) -> None:
+        """Append warnings about the system (attribute 'warnings', one string each; repeats kept once)."""
+        attrs = self.file["systems"][system_id].attrs
+        have = [str(w) for w in attrs.get("warnings", [])]
+        new = [m for m in dict.fromkeys(messages) if m not in have]
+        if new:
+            attrs["warnings"] = have + new
+            self.file.flush()
+
     def status(self, system_id: str) -> str:
         return str(self.file["systems"][system_id].attrs["status"])
 

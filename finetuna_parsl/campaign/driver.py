@@ -117,8 +117,10 @@ class Campaign:
         method: str = "online",
         on_progress: Callable[[Progress], None] | None = None,
         stop: StopRequest | None = None,
+        on_warning: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_warning = on_warning or (lambda system_id, message: None)
         self.stop = stop or StopRequest()
         self.systems = list(systems)
         self.store = store
@@ -169,6 +171,14 @@ class Campaign:
             r.server.stop()
         r.server = None
         r.session = None
+
+    def _warn(self, system_id: str, messages: list[str]) -> None:
+        """Warnings raised on a worker about this system: stored on it, and passed to on_warning."""
+        if not messages:
+            return
+        self.store.add_warnings(system_id, messages)
+        for message in dict.fromkeys(messages):
+            self.on_warning(system_id, message)
 
     def _submit_parent(self, r: _Relaxation) -> None:
         if r.server is None:
@@ -221,6 +231,7 @@ class Campaign:
             self._submit_parent(r)
             return True
         r.parent_failures = 0  # retries count per call
+        self._warn(sid, r.server.take_warnings() if r.server is not None else [])
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE, s.uncertainty, 0, s.wall_s) for s in r.proposal.segment]
         rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles, point.wall_s))
         self.store.append_steps(sid, rows)  # flushed before the learner sees the point

@@ -144,11 +144,13 @@ def run_campaign(
     method: str = "online",
     on_progress: Callable[[Progress], None] | None = None,
     restart: bool = False,
+    on_warning: Callable[[str, str], None] | None = None,
 ) -> tuple[Path, CampaignResult]:
     """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`.
 
     Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
     it: then `restart` deletes nothing), and CampaignInterrupted when a signal stopped the run.
+    on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
     """
     path = store_path(config, method)
     if restart and path.exists():
@@ -180,7 +182,8 @@ def run_campaign(
             if stop.signum is not None:
                 raise CampaignInterrupted(stop.signum)
             dfk = parsl.load(parsl_config)
-            result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop).run()
+            result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop,
+                              on_warning=on_warning).run()
         except CampaignInterrupted as exc:
             exc.path = path
             raise

@@ -2,7 +2,7 @@
 
 The driver serves (ParentServer, one per relaxation); the long-lived session app connects back
 (serve_session) and answers position messages with energy and forces until told to exit. SCF
-cycles and wall time travel in the protocol's extra-bytes field as JSON. Every wait has a timeout,
+cycles, wall time and the warnings the parent raised travel in the protocol's extra-bytes field as JSON. Every wait has a timeout,
 and a session that dies is noticed (EOF, or its Parsl future finishing) instead of hanging.
 """
 
@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class ParentServer(SocketServer):
         self.timeout_s = timeout_s
         self.session_alive = session_alive or (lambda: None)
         self._ended = threading.Event()
+        self.warnings: list[str] = []  # warnings the session raised, in order; the caller takes them (take_warnings)
         if mode == "unix":
             name = f"finetuna-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             super().__init__(unixsocket=name, timeout=timeout_s)
@@ -57,6 +59,11 @@ class ParentServer(SocketServer):
             self.bridge_address = BridgeAddress(host=host, port=self.serversocket.getsockname()[1])
         else:
             raise ValueError(f"bridge mode must be unix or tcp, got {mode!r}")
+
+    def take_warnings(self) -> list[str]:
+        """The warnings the session sent since the last take (raised on its worker: start(), calculate())."""
+        taken, self.warnings = self.warnings, []
+        return taken
 
     def session_ended(self) -> None:
         """The session's task has finished: a call waiting on it returns now instead of after timeout_s."""
@@ -93,6 +100,7 @@ class ParentServer(SocketServer):
         except (SocketClosed, OSError, AssertionError) as exc:
             raise ParentError(f"parent session lost: {self._why_lost(exc)}") from None
         info = _decode_info(result["morebytes"])
+        self.warnings.extend(str(w) for w in info.get("warnings", []))
         return ParentPoint(
             positions=np.array(positions, dtype=float),
             energy=float(result["energy"]),
@@ -148,6 +156,10 @@ class _Geometry:
     cell: np.ndarray
 
 
+def _messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught]
+
+
 def _decode_info(morebytes: np.ndarray) -> dict:
     raw = bytes(np.asarray(morebytes, dtype=np.int8).tobytes()).rstrip(b"\x00")
     if not raw:
@@ -180,10 +192,14 @@ def serve_session(
     served = 0
     state = "READY"
     result = None
+    pending: list[str] = []  # warnings raised here, sent to the driver with the next answer
     try:
         sock.settimeout(timeout_s)
         protocol = IPIProtocol(sock)
-        session.start(system)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session.start(system)
+        pending += _messages(caught)
         while True:
             try:
                 msg = protocol.recvmsg()
@@ -199,13 +215,18 @@ def serve_session(
                 _cell, _icell, positions = protocol.recvposdata()
                 result = journal.lookup(positions) if journal is not None else None
                 if result is None:
-                    result = session.calculate(positions)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        result = session.calculate(positions)
+                    pending += _messages(caught)
                     if journal is not None:
                         journal.record(positions, result)
                 served += 1
                 state = "HAVEDATA"
             elif msg == "GETFORCE":
-                info = json.dumps({"scf_cycles": result.scf_cycles, "wall_s": result.wall_s}).encode()
+                info = json.dumps({"scf_cycles": result.scf_cycles, "wall_s": result.wall_s,
+                                   "warnings": list(dict.fromkeys(pending))}).encode()
+                pending = []
                 protocol.sendforce(result.energy, np.asarray(result.forces), np.zeros((3, 3)),
                                    np.frombuffer(info, dtype=np.byte))
                 state = "READY"
