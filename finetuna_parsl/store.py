@@ -127,10 +127,16 @@ def store_holders(path: str | Path) -> list[tuple[int, str]]:
 
 
 def check_not_held(path: str | Path) -> None:
-    """StoreError (one line) if another process has the store at `path` open; nothing if it is free or absent."""
+    """StoreError (one line) if another process has the store at `path` open; nothing if it is free, absent,
+    or not a store at all (a broken file may still be deleted)."""
     if not Path(path).exists():
         return
-    open_h5(path, "a").close()
+    try:
+        h5py.File(path, "a").close()
+    except (OSError, BlockingIOError) as exc:
+        message = describe_open_failure(path, "a", exc)
+        if "held by another process" in message:
+            raise StoreError(message) from exc
 
 
 class CampaignStore:

@@ -103,3 +103,14 @@ def test_the_locking_advice_is_kept_for_a_filesystem_that_cannot_lock(tmp_path):
                       "'Function not implemented')")
     message = describe_open_failure(tmp_path / "x.h5", "a", exc)
     assert "does not support file locking" in message and "HDF5_USE_FILE_LOCKING=FALSE" in message
+
+
+def test_restart_still_replaces_a_broken_store(tmp_path):
+    """Only a store another process holds is kept: a file that is not a store at all is no reason to refuse."""
+    from finetuna_parsl.store import check_not_held
+
+    broken = tmp_path / "broken.h5"
+    broken.write_text("not hdf5")
+    check_not_held(broken)  # no error: run --restart may delete it
+    with pytest.raises(StoreError, match="broken.h5"):
+        CampaignStore(broken)

@@ -130,8 +130,8 @@ class ParentServer(SocketServer):
                 self.protocol.end()
         except OSError:
             pass
+        _shutdown(self.clientsocket)  # before close(): wakes a call thread still blocked on this socket
         self.close()
-        _shutdown(self.clientsocket)  # wakes a call thread still blocked on this socket
 
 
 def _shutdown(sock: socket.socket | None) -> None:
