@@ -15,6 +15,13 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _interrupted(exc) -> None:
+    """One line saying how to resume, then exit 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+    start = "\n" if sys.stderr.isatty() else ""  # after the progress bar's line
+    click.echo(f"{start}{exc}", err=True)
+    sys.exit(128 + exc.signum)
+
+
 @click.group()
 @click.version_option(package_name="finetuna-parsl")
 def main() -> None:
@@ -33,38 +40,90 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         restart: bool) -> None:
     """Relax the systems of CONFIG with online learning, writing an HDF5 store."""
     config = _load_run_config(config_path, site, output)
-    from .campaign import run_campaign
+    from .campaign import CampaignInterrupted, run_campaign
     from .campaign.progress import ProgressLine
     from .campaign.site import SiteError, site_file
     from .learner.metrics import compare
     from .report import comparison_table, summary_table
-    from .systems import load_systems
 
     try:
         site_file(config.site)
     except SiteError as exc:
         _fail(str(exc))
-    systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
-    for s in skipped:
-        click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
-    if not systems:
-        _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
+    systems, unusable = _load_systems(config_path, config, count)
     click.echo(f"{len(systems)} systems, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
-    path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart)
+    from .store import StoreError
+
+    warn_once = WarnOnce()
+    try:
+        path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart,
+                                    on_warning=warn_once)
+    except CampaignInterrupted as exc:
+        _interrupted(exc)
+    except StoreError as exc:
+        _fail(str(exc))
     click.echo(summary_table(result.rows))
     click.echo(f"store: {path}")
     comparisons = []
     for method in references:
-        ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
+        try:
+            ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
+        except CampaignInterrupted as exc:
+            _interrupted(exc)
+        except StoreError as exc:
+            _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
         click.echo(summary_table(ref.rows))
         comparisons.append(compare("online", result.rows, method, ref.rows))
     if comparisons:
         click.echo("\n" + comparison_table(comparisons))
     failed = sum(r["status"] == "failed" for r in result.rows)
-    if failed:
+    if failed or unusable:
         sys.exit(1)
+
+
+def _load_systems(config_path: str, config, count: int | None):
+    """The systems to run and how many the parent cannot do; one stderr line per system left out, and why."""
+    from .parents import ParentError, check_systems, parent_class
+    from .systems import SystemsError, load_systems
+
+    if count is not None and count < 1:
+        _fail(f"--systems must be >= 1, got {count}")
+    try:
+        systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
+    except SystemsError as exc:
+        _fail(str(exc))
+    for s in skipped:
+        click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
+    try:
+        problem = parent_class(config.parent.kind).check_options(config.parent.options)
+        if problem is not None:
+            _fail(f"{config_path}: parent.options: {problem}")
+        systems, unusable = check_systems(config.parent.kind, config.parent.options, systems)
+    except ParentError as exc:
+        _fail(str(exc))
+    for system_id, reason in unusable:
+        click.echo(f"unusable system {system_id}: {config.parent.kind} parent: {reason}", err=True)
+    if not systems:
+        _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
+    return systems, len(unusable)
+
+
+class WarnOnce:
+    """Print a warning raised on a worker once per kind (its text with the system id taken out) on stderr."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, system_id: str, message: str) -> None:
+        kind = message.replace(system_id, "<system>")
+        if kind in self.seen:
+            return
+        self.seen.add(kind)
+        start = "\n" if sys.stderr.isatty() else ""
+        click.echo(f"{start}warning: {message} (shown once; every system it concerns has it in its 'warnings' "
+                   "attribute in the store)", err=True)
 
 
 def _load_run_config(config_path: str, site: str | None, output: str | None):
@@ -99,19 +158,22 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     from .bench import ALL_METHODS, markdown_table, run_bench, write_csv
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
-    from .systems import load_systems
 
     config = _load_run_config(config_path, site, output)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in ALL_METHODS]
     if unknown:
         _fail(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
-    systems, skipped = load_systems(config.systems.source, count or config.systems.count, config.systems.seed)
-    for s in skipped:
-        click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
-    if not systems:
-        _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
-    result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
+    systems, unusable = _load_systems(config_path, config, count)
+    from .campaign import CampaignInterrupted
+    from .store import StoreError
+
+    try:
+        result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
+    except CampaignInterrupted as exc:
+        _interrupted(exc)
+    except StoreError as exc:
+        _fail(str(exc))
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(result)

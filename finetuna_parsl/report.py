@@ -22,12 +22,23 @@ def summary_table(rows: Sequence[dict]) -> str:
             f"{r['surrogate_steps']:>6} {_num(r['final_energy'], '12.4f'):>12} {_num(r['final_fmax'], '7.3f'):>7}"
         )
         if r.get("error"):
-            lines.append(f"    error: {r['error']}")
+            lines.append(f"    error: {first_line(r['error'])}")
     total_parent = sum(r["parent_calls"] for r in rows)
     converged = sum(r.get("outcome") == "converged" for r in rows)
     lines.append("-" * len(header))
     lines.append(f"{len(rows)} systems, {converged} parent-confirmed relaxed, {total_parent} parent calls")
+    if any("\n" in (r.get("error") or "") for r in rows):
+        lines.append("full reasons (exit code, output tails, command, folder): the 'error' attribute of "
+                     "/systems/<id> in the store")
     return "\n".join(lines)
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of a (possibly multi-line) reason."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> str:

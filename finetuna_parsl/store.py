@@ -8,7 +8,10 @@ the learner is allowed to use the point it holds.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import importlib.metadata
+import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +64,79 @@ def _versions() -> str:
     return " ".join(found)
 
 
+#: errno values of a lock the filesystem cannot take (no locking: the HDF5_USE_FILE_LOCKING case).
+_NO_LOCKING = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: errno values of a lock another process holds.
+_HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
+
+
 def open_h5(path: str | Path, mode: str) -> h5py.File:
-    """h5py.File with the shared-filesystem locking hint attached to any open failure."""
+    """h5py.File(path, mode); any failure is a one-line StoreError saying why.
+
+    A store another process holds (a reader holds a lock too) names that process where /proc tells; the
+    HDF5_USE_FILE_LOCKING advice is given only when the filesystem cannot lock at all.
+    """
     try:
         return h5py.File(path, mode)
     except (OSError, BlockingIOError) as exc:
-        raise StoreError(f"cannot open store {path} (mode {mode}): {exc}; {LOCKING_HINT}") from exc
+        raise StoreError(describe_open_failure(path, mode, exc)) from exc
+
+
+def describe_open_failure(path: str | Path, mode: str, exc: OSError) -> str:
+    """One line: why h5py could not open `path` in `mode`."""
+    text = " ".join(str(exc).split())
+    found = re.search(r"errno = (\d+)", text)
+    code = int(found.group(1)) if found else exc.errno
+    if "lock" in text.lower() and code in _NO_LOCKING:
+        return f"cannot lock store {path}: the filesystem does not support file locking; {LOCKING_HINT}"
+    if "lock" in text.lower() and (code in _HELD or code is None):
+        holders = store_holders(path)
+        who = ", ".join(f"pid {pid}: {cmd}" for pid, cmd in holders) if holders else "the OS does not say which"
+        return (f"store {path} is held by another process ({who}); close it there (an open reader holds it too) "
+                "or give another --output, then run again")
+    return f"cannot open store {path} (mode {mode}): {text}"
+
+
+def store_holders(path: str | Path) -> list[tuple[int, str]]:
+    """(pid, command line) of the other processes that have `path` open, from /proc (empty where there is none)."""
+    try:
+        target = os.path.realpath(path)
+        stat = os.stat(target)
+    except OSError:
+        return []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                try:
+                    st = os.stat(fd)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (stat.st_dev, stat.st_ino):
+                    cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                    found.append((int(entry.name), cmd[:120] or "?"))
+                    break
+        except OSError:  # gone, or not ours to look at
+            continue
+    return sorted(found)
+
+
+def check_not_held(path: str | Path) -> None:
+    """StoreError (one line) if another process has the store at `path` open; nothing if it is free, absent,
+    or not a store at all (a broken file may still be deleted)."""
+    if not Path(path).exists():
+        return
+    try:
+        h5py.File(path, "a").close()
+    except (OSError, BlockingIOError) as exc:
+        message = describe_open_failure(path, "a", exc)
+        if "held by another process" in message:
+            raise StoreError(message) from exc
 
 
 class CampaignStore:
@@ -146,6 +216,15 @@ class CampaignStore:
         if outcome is not None:
             attrs["outcome"] = outcome
         self.file.flush()
+
+    def add_warnings(self, system_id: str, messages: Sequence[str]) -> None:
+        """Append warnings about the system (attribute 'warnings', one string each; repeats kept once)."""
+        attrs = self.file["systems"][system_id].attrs
+        have = [str(w) for w in attrs.get("warnings", [])]
+        new = [m for m in dict.fromkeys(messages) if m not in have]
+        if new:
+            attrs["warnings"] = have + new
+            self.file.flush()
 
     def status(self, system_id: str) -> str:
         return str(self.file["systems"][system_id].attrs["status"])

@@ -28,6 +28,10 @@ _MOLECULE_NAMES = {"CH2": "CH2_s1A1d"}
 STRUCTURE_SUFFIXES = (".traj", ".extxyz", ".xyz", ".cif", ".vasp", ".json")
 
 
+class SystemsError(ValueError):
+    """The systems source as a whole cannot be read (an empty or unreadable file); str() is one line naming it."""
+
+
 @dataclass(frozen=True)
 class SkippedSystem:
     """A row or file that could not become a system, and why."""
@@ -133,8 +137,27 @@ def ood_systems(count: int = 20, seed: int = 0) -> list[SystemSpec]:
 GENERATED_SOURCES = {"demo": demo_systems, "ood": ood_systems}
 
 
+def _read_frames(path: Path) -> list[Atoms]:
+    """Every frame of one structure file; SystemsError (one line naming the file) if it is empty or unreadable."""
+    from ase.io import read
+
+    if path.is_file() and path.stat().st_size == 0:
+        raise SystemsError(f"{path}: no structures in the file (it is empty)")
+    try:
+        frames = read(path, index=":")
+    except Exception as exc:  # ASE raises many kinds for a file it cannot parse
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SystemsError(f"{path}: cannot read structures: {reason}") from None
+    if not frames:
+        raise SystemsError(f"{path}: no structures in the file")
+    return list(frames)
+
+
 def load_systems(source: str, count: int | None = None, seed: int = 0) -> tuple[list[SystemSpec], list[SkippedSystem]]:
-    """Systems from `source` plus the ones skipped (with reasons). `count` caps how many are taken."""
+    """Systems from `source` plus the ones skipped (with reasons). `count` caps how many are taken.
+
+    Raises SystemsError when a single structure file is empty or cannot be read at all.
+    """
     if source in GENERATED_SOURCES:
         return GENERATED_SOURCES[source](count or 20, seed), []
     from ase.io import read
@@ -162,7 +185,7 @@ def load_systems(source: str, count: int | None = None, seed: int = 0) -> tuple[
             except Exception as exc:
                 found.append(SkippedSystem(_safe_id(file.stem), f"unreadable file {file.name}: {exc}"))
     else:
-        for i, atoms in enumerate(read(path, index=":")):
+        for i, atoms in enumerate(_read_frames(path)):
             found.append(_spec_or_skip(f"{_safe_id(path.stem)}-{i:04d}", atoms))
     systems = [s for s in found if isinstance(s, SystemSpec)]
     skipped = [s for s in found if isinstance(s, SkippedSystem)]

@@ -21,7 +21,8 @@ Misbehaviours for tests, from the environment:
   FAKE_VASP_XML_LAG             "1": a step's vasprun.xml block is written only once the next positions arrive
   FAKE_VASP_NO_NEWLINE          "1": the prompt is printed without a trailing newline
   FAKE_VASP_SIGNAL_LOG          file that gets "<pid> TSTP" / "<pid> CONT" on those signals (TSTP then stops us)
-It always writes its pid to fake_vasp.pid in the working directory.
+Like VASP it refuses an INCAR with fewer LDAUL/LDAUU/LDAUJ values than species (LDAU on) or fewer MAGMOM
+values than atoms. It always writes its pid to fake_vasp.pid in the working directory.
 """
 
 from __future__ import annotations
@@ -344,6 +345,13 @@ def main() -> None:
         species = potcar_species(Path("POTCAR"))
         if species != [s for s, _ in blocks]:
             fail(f"POTCAR species {species} do not match POSCAR species {[s for s, _ in blocks]}")
+    for key in ("LDAUL", "LDAUU", "LDAUJ"):  # one value per species, as VASP reads them
+        if is_true(incar.get("LDAU")) and key in incar and len(incar[key].split()) < len(blocks):
+            fail(f"Error reading item '{key}' from file INCAR: {len(blocks)} species, got {incar[key]!r}")
+    if "MAGMOM" in incar:  # one value per atom ("n*value" counts n)
+        given = sum(int(t.split("*")[0]) if "*" in t else 1 for t in incar["MAGMOM"].split())
+        if given < len(atoms):
+            fail(f"Error reading item 'MAGMOM' from file INCAR: {len(atoms)} ions, got {given} values")
     say(f" POSCAR found :  {len(blocks)} types and {len(atoms):7d} ions")
     atoms.calc = EMT()
     out = Outputs(atoms, blocks, kpts, nsw, version)

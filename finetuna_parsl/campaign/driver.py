@@ -19,12 +19,44 @@ from ..config import RunConfig
 from ..learner.online import record_parent, settle
 from ..learner.reference import ReferenceResult
 from ..learner.state import STATUS_RUNNING, LearnerState, Proposal, SystemSpec
+from ..parents.base import ParentError
 from ..parents.bridge import ParentServer
 from ..store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow
 
 DONE = "done"
 FAILED = "failed"
 RUNNING = "running"
+INTERRUPTED = "interrupted"  # stopped by a signal mid-relaxation; the next run resumes it
+#: Seconds the main loop waits on futures before it looks at a stop request again.
+POLL_S = 0.25
+#: On a stop, how long (s) the parent sessions get to close their parents (VASP: STOPCAR) before Parsl goes.
+SESSION_CLOSE_WAIT_S = 5.0
+
+
+class StopRequest:
+    """Set by a signal handler (no locks: safe there); the campaign loop stops at its next look."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+class CampaignInterrupted(BaseException):
+    """The run was stopped by a signal: every stored row is complete, the same command resumes it.
+
+    A BaseException (like KeyboardInterrupt) so no `except Exception` on the way treats it as a failure.
+    """
+
+    def __init__(self, signum: int, path: str | None = None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.path = path  # the store, once known
+
+    def __str__(self) -> str:
+        import signal
+
+        name = signal.Signals(self.signum).name if self.signum in signal.Signals._value2member_map_ else str(self.signum)
+        where = f"store {self.path} closed" if self.path else "store closed"
+        return f"interrupted by {name}: {where}; run the same command again to resume (finished systems are kept)"
 
 
 @dataclass
@@ -58,9 +90,20 @@ class CampaignResult:
     parent_calls_this_run: int = 0
 
 
-def _short_error(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+#: Lines of traceback kept in a stored error for exceptions that are not a ParentError (a bug, not a parent).
+TRACEBACK_LINES = 30
+
+
+def describe_error(exc: BaseException) -> str:
+    """The whole reason, for the store: a ParentError's message as written (first line: what happened;
+    then exit code, output tails, command, folder), any other exception as `Type: message` and its traceback."""
+    if isinstance(exc, ParentError):
+        return str(exc).strip() or "ParentError"
+    head = f"{type(exc).__name__}: {exc}".strip()
+    frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip().splitlines() if exc.__traceback__ else []
+    if not frames:
+        return head
+    return head + "\n--- traceback (last lines) ---\n" + "\n".join(frames[-TRACEBACK_LINES:])
 
 
 class Campaign:
@@ -73,8 +116,12 @@ class Campaign:
         store: CampaignStore,
         method: str = "online",
         on_progress: Callable[[Progress], None] | None = None,
+        stop: StopRequest | None = None,
+        on_warning: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_warning = on_warning or (lambda system_id, message: None)
+        self.stop = stop or StopRequest()
         self.systems = list(systems)
         self.store = store
         self.method = method
@@ -110,17 +157,28 @@ class Campaign:
             if future is None or not future.done():
                 return None
             exc = future.exception()
-            return _short_error(exc) if exc is not None else "session exited"
+            return describe_error(exc) if exc is not None else "session exited"
 
         cfg = self.config.parent
-        r.server = ParentServer(mode=cfg.bridge, timeout_s=cfg.timeout_s, session_alive=session_ended)
-        r.session = parent_session(cfg, r.state.system, r.server.bridge_address)
+        server = ParentServer(mode=cfg.bridge, timeout_s=cfg.timeout_s, session_alive=session_ended)
+        r.server = server
+        r.session = parent_session(cfg, r.state.system, server.bridge_address)
+        # the session's end (its process exiting, its worker lost) wakes a call waiting on it at once
+        r.session.add_done_callback(lambda _future: server.session_ended())
 
     def _close_session(self, r: _Relaxation) -> None:
         if r.server is not None:
             r.server.stop()
         r.server = None
         r.session = None
+
+    def _warn(self, system_id: str, messages: list[str]) -> None:
+        """Warnings raised on a worker about this system: stored on it, and passed to on_warning."""
+        if not messages:
+            return
+        self.store.add_warnings(system_id, messages)
+        for message in dict.fromkeys(messages):
+            self.on_warning(system_id, message)
 
     def _submit_parent(self, r: _Relaxation) -> None:
         if r.server is None:
@@ -153,7 +211,7 @@ class Campaign:
         except Exception as exc:
             r.learn_failures += 1
             if r.learn_failures > self.config.campaign.learn_retries:
-                self._finish(sid, FAILED, "", f"learn step failed {r.learn_failures} times: {_short_error(exc)}", r=r)
+                self._finish(sid, FAILED, "", f"learn step failed {r.learn_failures} times: {describe_error(exc)}", r=r)
                 return False
             self._submit_learn(r)
             return True
@@ -168,11 +226,12 @@ class Campaign:
             r.parent_failures += 1
             self._close_session(r)  # the retry gets a new, cold session
             if r.parent_failures > self.config.campaign.parent_retries:
-                self._finish(sid, FAILED, "", f"parent call failed {r.parent_failures} times: {_short_error(exc)}")
+                self._finish(sid, FAILED, "", f"parent call failed {r.parent_failures} times: {describe_error(exc)}")
                 return False
             self._submit_parent(r)
             return True
         r.parent_failures = 0  # retries count per call
+        self._warn(sid, r.server.take_warnings() if r.server is not None else [])
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE, s.uncertainty, 0, s.wall_s) for s in r.proposal.segment]
         rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles, point.wall_s))
         self.store.append_steps(sid, rows)  # flushed before the learner sees the point
@@ -207,7 +266,7 @@ class Campaign:
         try:
             result: ReferenceResult = r.future.result()
         except Exception as exc:
-            self._finish(sid, FAILED, "", f"{self.method} failed: {_short_error(exc)}")
+            self._finish(sid, FAILED, "", f"{self.method} failed: {describe_error(exc)}")
             return False
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE) for s in result.surrogate_steps]
         rows += [StepRow(p.positions, p.energy, p.forces, KIND_PARENT, 0.0, p.scf_cycles, p.wall_s) for p in result.parent_points]
@@ -219,7 +278,11 @@ class Campaign:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> CampaignResult:
-        """Run every system not already done in the store; returns the stored summary rows."""
+        """Run every system not already done in the store; returns the stored summary rows.
+
+        Raises CampaignInterrupted when `stop` is set (a signal): relaxations in flight are marked
+        'interrupted' and their sessions closed; everything stored stays as it is (a new run resumes it).
+        """
         queue: deque[SystemSpec] = deque()
         for system in self.systems:
             if self.store.has_system(system.system_id) and self.store.status(system.system_id) == DONE:
@@ -234,15 +297,22 @@ class Campaign:
         try:
             self._loop(queue, active, slots)
         finally:
+            sessions = [r.session for r in active.values() if r.session is not None]
             for r in active.values():
                 self._close_session(r)
+                if self.stop.signum is not None and self.store.has_system(r.state.system.system_id):
+                    self.store.set_status(r.state.system.system_id, INTERRUPTED)
             self.calls.shutdown(wait=False, cancel_futures=True)
+            if self.stop.signum is not None and sessions:  # let them stop their parents (bounded)
+                cf.wait(sessions, timeout=SESSION_CLOSE_WAIT_S)
         ids = {s.system_id for s in self.systems}
         rows = [row for row in self.store.summary() if row["system_id"] in ids]
         return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)
 
     def _loop(self, queue: deque[SystemSpec], active: dict[cf.Future, _Relaxation], slots: int) -> None:
         while queue or active:
+            if self.stop.signum is not None:
+                raise CampaignInterrupted(self.stop.signum)
             while queue and len(active) < slots:
                 system = queue.popleft()
                 r = self._start_reference(system) if self.method != "online" else self._start_online(system)
@@ -251,7 +321,9 @@ class Campaign:
                 self.progress.running += 1
                 active[r.future] = r
                 self._report()
-            finished, _ = cf.wait(list(active), return_when=cf.FIRST_COMPLETED)
+            if not active:
+                continue
+            finished, _ = cf.wait(list(active), timeout=POLL_S, return_when=cf.FIRST_COMPLETED)
             for future in finished:
                 r = active.pop(future)
                 stage = future.stage

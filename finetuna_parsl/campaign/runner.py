@@ -1,22 +1,42 @@
-"""One campaign run end to end: systems, Parsl site, store, driver; Parsl is started and stopped here."""
+"""One campaign run end to end: systems, Parsl site, store, driver; Parsl is started and stopped here.
+
+Signals: the first SIGINT or SIGTERM (Ctrl-C, `kill`, `timeout`, a batch job's end; to the driver alone or
+to its whole process group) stops the campaign within seconds: relaxations in flight are marked
+'interrupted', the store is closed, Parsl is shut down (bounded; its worker pools killed if it hangs), and
+CampaignInterrupted is raised. A second signal ends the process at once. The interchanges run in their own
+process group, so a signal to the driver's group reaches the driver only (no tracebacks from Parsl, and
+Parsl's own shutdown still has its interchange to talk to).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
+import sysconfig
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import parsl
+from parsl.executors import HighThroughputExecutor
 
 from ..config import RunConfig, with_overrides
 from ..learner.state import SystemSpec
-from ..store import CampaignStore
-from .driver import Campaign, CampaignResult, Progress
+from ..store import CampaignStore, check_not_held
+from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
 from .site import load_site
+
+#: How long (s) Parsl's shutdown may take after a signal before its worker pools and interchanges are killed.
+SHUTDOWN_LIMIT_S = 10.0
+#: The interchange, started in a process group of its own (Parsl's default is `interchange.py` on PATH).
+ISOLATED_INTERCHANGE = [
+    sys.executable, "-c",
+    "import os, runpy; os.setpgrp(); "
+    "runpy.run_module('parsl.executors.high_throughput.interchange', run_name='__main__', alter_sys=True)",
+]
 
 
 def store_path(config: RunConfig, method: str) -> Path:
@@ -25,20 +45,97 @@ def store_path(config: RunConfig, method: str) -> Path:
     return out if method == "online" else out.with_name(f"{out.stem}.{method}{out.suffix or '.h5'}")
 
 
-@contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM (`kill`, a batch job's end) unwinds like Ctrl-C, so Parsl shuts its worker pools down.
+def _isolate_interchanges(parsl_config) -> None:
+    """Start each HighThroughputExecutor's interchange in its own process group (unless the site chose a command).
 
-    Without it the driver dies on the spot and the pools (learn workers hold the surrogate) outlive it.
+    A terminal's Ctrl-C, `timeout` or Slurm signal the driver's whole process group; an interchange in that
+    group dies with a KeyboardInterrupt traceback and Parsl's shutdown then hangs waiting for it.
+    """
+    from parsl.executors.high_throughput.executor import DEFAULT_INTERCHANGE_LAUNCH_CMD
+
+    for executor in parsl_config.executors:
+        if isinstance(executor, HighThroughputExecutor) and list(executor.interchange_launch_cmd) == list(
+            DEFAULT_INTERCHANGE_LAUNCH_CMD
+        ):
+            executor.interchange_launch_cmd = list(ISOLATED_INTERCHANGE)
+
+
+def _kill_parsl_processes(dfk) -> None:
+    """SIGKILL the interchanges and the local worker pools (their process groups), without waiting on anything."""
+    for executor in dfk.executors.values():
+        proc = getattr(executor, "interchange_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        provider = getattr(executor, "provider", None)  # the DFK's internal thread pool has none
+        for job in list((getattr(provider, "resources", None) or {}).values()):
+            pid = job.get("remote_pid") if isinstance(job, dict) else None
+            if pid:
+                try:
+                    os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, ValueError):
+                    pass
+
+
+def _shutdown_parsl(dfk, limit_s: float | None) -> None:
+    """dfk.cleanup(), given at most limit_s (None: as long as it takes) before the processes are killed."""
+    if limit_s is None:
+        try:
+            dfk.cleanup()
+        finally:
+            parsl.clear()
+        return
+    worker = threading.Thread(target=dfk.cleanup, name="parsl-cleanup", daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    if worker.is_alive():
+        _kill_parsl_processes(dfk)
+    parsl.clear()
+
+
+@contextmanager
+def _scripts_on_path() -> Iterator[None]:
+    """This Python's scripts folder (Parsl's process_worker_pool.py and interchange.py) on PATH while Parsl runs.
+
+    Invoked by full path (cron, a batch script, pipx), the environment's bin is not on PATH and Parsl cannot
+    launch its workers; local providers and batch submissions inherit the driver's environment.
+    """
+    folders = [sysconfig.get_path("scripts"), os.path.dirname(sys.executable)]
+    current = os.environ.get("PATH", "")
+    have = current.split(os.pathsep)
+    missing = [f for f in dict.fromkeys(folders) if f and f not in have]
+    if not missing:
+        yield
+        return
+    os.environ["PATH"] = os.pathsep.join(missing + ([current] if current else []))
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = current
+
+
+@contextmanager
+def _signals_stop(stop: StopRequest, on_second: Callable[[int], None]) -> Iterator[None]:
+    """The first SIGINT/SIGTERM sets `stop` (the campaign winds down); a second calls on_second (ends the process).
+
+    After a stop the handlers stay: a signal while the caller reports and exits also ends the process at once.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    def handler(signum, frame):
+        if stop.signum is None:
+            stop.signum = signum
+            return
+        on_second(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            # once stopped by a signal the process is on its way out: a later one still ends it at once
+            signal.signal(sig, old if stop.signum is None else (lambda signum, frame: on_second(signum)))
 
 
 def run_campaign(
@@ -47,10 +144,17 @@ def run_campaign(
     method: str = "online",
     on_progress: Callable[[Progress], None] | None = None,
     restart: bool = False,
+    on_warning: Callable[[str, str], None] | None = None,
 ) -> tuple[Path, CampaignResult]:
-    """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`."""
+    """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`.
+
+    Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
+    it: then `restart` deletes nothing), and CampaignInterrupted when a signal stopped the run.
+    on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
+    """
     path = store_path(config, method)
     if restart and path.exists():
+        check_not_held(path)  # never delete a store another process has open
         path.unlink()
         shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,13 +162,33 @@ def run_campaign(
     config = with_overrides(config, parent={"workdir": str(workdir)})
     run_dir = str(path.parent / "runinfo")
     parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
-    with CampaignStore(path, run_config=config.text, method=method,
-                       keep_surrogate_every=config.campaign.keep_surrogate_every) as store:
-        with _sigterm_unwinds():
+    _isolate_interchanges(parsl_config)
+    stop = StopRequest()
+    dfk = None
+
+    def end_now(signum: int) -> None:  # the second signal: no more waiting on anything
+        os.write(2, f"\n{signal.Signals(signum).name} again: stopped at once; the store keeps every parent call "
+                    "stored so far, run the same command again to resume\n".encode())
+        try:
+            if dfk is not None:
+                _kill_parsl_processes(dfk)
+        finally:
+            os._exit(128 + signum)
+
+    with _signals_stop(stop, end_now), _scripts_on_path():
+        store = CampaignStore(path, run_config=config.text, method=method,
+                              keep_surrogate_every=config.campaign.keep_surrogate_every)
+        try:
+            if stop.signum is not None:
+                raise CampaignInterrupted(stop.signum)
             dfk = parsl.load(parsl_config)
-            try:
-                result = Campaign(config, systems, store, method=method, on_progress=on_progress).run()
-            finally:
-                dfk.cleanup()
-                parsl.clear()
+            result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop,
+                              on_warning=on_warning).run()
+        except CampaignInterrupted as exc:
+            exc.path = path
+            raise
+        finally:
+            store.close()  # before Parsl's shutdown: the store is complete and unlocked whatever happens next
+            if dfk is not None:
+                _shutdown_parsl(dfk, SHUTDOWN_LIMIT_S if stop.signum is not None else None)
     return path, result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,4 +36,21 @@ def make_parent(kind: str, workdir: str | Path | None = None, **options: Any) ->
     return parent_class(kind)(workdir=workdir, **options)
 
 
-__all__ = ["ParentError", "ParentResult", "ParentSession", "EMTSession", "PARENT_KINDS", "make_parent", "parent_class"]
+def check_systems(kind: str, options: Mapping[str, Any], systems: Sequence[Any]) -> tuple[list, list[tuple[str, str]]]:
+    """Split `systems` (SystemSpec) into those the `kind` parent set up with `options` can compute and the rest.
+
+    Returns (usable, [(system_id, one-line reason), ...]), both in input order. Raises ParentError for an
+    unknown or unavailable kind.
+    """
+    cls = parent_class(kind)
+    usable, unusable = [], []
+    for system in systems:
+        reason = cls.unusable(system, options)
+        if reason is None:
+            usable.append(system)
+        else:
+            unusable.append((system.system_id, " ".join(str(reason).split())))
+    return usable, unusable
+
+
+__all__ = ["check_systems", "ParentError", "ParentResult", "ParentSession", "EMTSession", "PARENT_KINDS", "make_parent", "parent_class"]

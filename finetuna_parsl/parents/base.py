@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,23 @@ class ParentSession(abc.ABC):
     """
 
     kind: str = "abstract"
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> str | None:
+        """Why `options` cannot be used for any system (one line), or None; checked once when the run starts.
+
+        Per-element settings must be mappings by element, never lists that would apply by position.
+        """
+        return None
+
+    @classmethod
+    def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
+        """Why this parent, set up with `options` (the run config's parent.options), cannot compute `system`.
+
+        One line, or None when it can. Checked in the driver when the systems are loaded, before any worker
+        starts, so it must be cheap and must not start the parent. Raises nothing.
+        """
+        return None
 
     def __init__(self, workdir: str | Path | None = None) -> None:
         self.workdir = Path(workdir) if workdir is not None else None
@@ -63,3 +82,17 @@ class ParentSession(abc.ABC):
                 f"({self.system.n_atoms}, 3), got {positions.shape} (a change of composition is not allowed)"
             )
         return positions
+
+
+def cell_problem(system: SystemSpec, what: str) -> str | None:
+    """Why `system`'s cell does not suit `what`, a plane-wave or grid code (one line), or None.
+
+    Such codes treat the cell as the periodic box whatever the pbc flags say (a slab with pbc F along its
+    vacuum is fine); a system without a cell (a gas-phase molecule as ase.build.molecule gives it) is not.
+    """
+    volume = float(np.linalg.det(np.asarray(system.cell, dtype=float)))
+    if abs(volume) < 1e-6:
+        pbc = np.asarray(system.pbc, dtype=bool).astype(int).tolist()
+        return (f"no periodic cell (zero volume, pbc = {pbc}): {what} needs a box around the atoms, "
+                "e.g. ase's atoms.center(vacuum=6)")
+    return None

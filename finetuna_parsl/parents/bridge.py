@@ -2,7 +2,7 @@
 
 The driver serves (ParentServer, one per relaxation); the long-lived session app connects back
 (serve_session) and answers position messages with energy and forces until told to exit. SCF
-cycles and wall time travel in the protocol's extra-bytes field as JSON. Every wait has a timeout,
+cycles, wall time and the warnings the parent raised travel in the protocol's extra-bytes field as JSON. Every wait has a timeout,
 and a session that dies is noticed (EOF, or its Parsl future finishing) instead of hanging.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
+import warnings
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,13 +39,16 @@ class ParentServer(SocketServer):
     """Driver side of one relaxation's bridge: send positions, receive the parent's answer.
 
     `session_alive` is polled while waiting, so a session that died before connecting (or while
-    computing) raises ParentError with its error instead of blocking forever.
+    computing) raises ParentError with its error instead of blocking forever. session_ended() (call it
+    when the session's task finishes, e.g. from its future's done-callback) wakes a waiting call at once.
     """
 
     def __init__(self, mode: str = "unix", timeout_s: float = 3600.0,
                  session_alive: Callable[[], str | None] | None = None) -> None:
         self.timeout_s = timeout_s
         self.session_alive = session_alive or (lambda: None)
+        self._ended = threading.Event()
+        self.warnings: list[str] = []  # warnings the session raised, in order; the caller takes them (take_warnings)
         if mode == "unix":
             name = f"finetuna-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             super().__init__(unixsocket=name, timeout=timeout_s)
@@ -55,10 +60,20 @@ class ParentServer(SocketServer):
         else:
             raise ValueError(f"bridge mode must be unix or tcp, got {mode!r}")
 
+    def take_warnings(self) -> list[str]:
+        """The warnings the session sent since the last take (raised on its worker: start(), calculate())."""
+        taken, self.warnings = self.warnings, []
+        return taken
+
+    def session_ended(self) -> None:
+        """The session's task has finished: a call waiting on it returns now instead of after timeout_s."""
+        self._ended.set()
+        _shutdown(self.clientsocket)
+
     def _accept(self) -> None:
-        """Wait for the session to connect, checking every second that it is still alive."""
+        """Wait for the session to connect, checking five times a second that it is still alive."""
         deadline = time.monotonic() + self.timeout_s
-        self.serversocket.settimeout(1.0)
+        self.serversocket.settimeout(0.2)
         while True:
             try:
                 self.clientsocket, _ = self.serversocket.accept()
@@ -66,6 +81,8 @@ class ParentServer(SocketServer):
                 break
             except socket.timeout:
                 died = self.session_alive()
+                if died is None and self._ended.is_set():
+                    died = self._why_lost(None)
                 if died is not None:
                     raise ParentError(f"parent session ended before connecting: {died}") from None
                 if time.monotonic() > deadline:
@@ -73,6 +90,8 @@ class ParentServer(SocketServer):
         _no_delay(self.clientsocket)
         self.clientsocket.settimeout(self.timeout_s)
         self.protocol = IPIProtocol(self.clientsocket)
+        if self._ended.is_set():  # ended between accept() and here: do not wait on a dead session
+            _shutdown(self.clientsocket)
 
     def call(self, positions: np.ndarray, cell: np.ndarray) -> ParentPoint:
         """One parent evaluation through the bridge."""
@@ -81,6 +100,7 @@ class ParentServer(SocketServer):
         except (SocketClosed, OSError, AssertionError) as exc:
             raise ParentError(f"parent session lost: {self._why_lost(exc)}") from None
         info = _decode_info(result["morebytes"])
+        self.warnings.extend(str(w) for w in info.get("warnings", []))
         return ParentPoint(
             positions=np.array(positions, dtype=float),
             energy=float(result["energy"]),
@@ -89,14 +109,18 @@ class ParentServer(SocketServer):
             wall_s=float(info.get("wall_s", 0.0)),
         )
 
-    def _why_lost(self, exc: BaseException, grace_s: float = 5.0) -> str:
+    def _why_lost(self, exc: BaseException | None, grace_s: float = 5.0) -> str:
         """The session's own error if it reports one within grace_s (EOF usually arrives first)."""
+        if self._closed:
+            return "the driver closed the bridge"
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             died = self.session_alive()
             if died is not None:
                 return died
             time.sleep(0.05)
+        if exc is None:
+            return "the session ended without an error"
         return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} (connection closed)"
 
     def stop(self) -> None:
@@ -106,7 +130,18 @@ class ParentServer(SocketServer):
                 self.protocol.end()
         except OSError:
             pass
+        _shutdown(self.clientsocket)  # before close(): wakes a call thread still blocked on this socket
         self.close()
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    """Shut a socket down both ways (wakes a recv() blocked on it in another thread); quiet if already gone."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _no_delay(sock: socket.socket) -> None:
@@ -119,6 +154,10 @@ def _no_delay(sock: socket.socket) -> None:
 class _Geometry:
     positions: np.ndarray
     cell: np.ndarray
+
+
+def _messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught]
 
 
 def _decode_info(morebytes: np.ndarray) -> dict:
@@ -138,9 +177,10 @@ def serve_session(
     timeout_s: float = 86400.0,
     journal: CallJournal | None = None,
 ) -> int:
-    """Session side: start the parent, connect back, answer until told to exit; returns calls served.
+    """Session side: connect back, start the parent, answer until told to exit; returns calls served.
 
-    With a journal, every answer is written to disk before it is sent, and positions already answered
+    Whatever ends the session (a parent that fails to start or crashes included) closes the socket, so the
+    driver learns of it at once. With a journal, every answer is written to disk before it is sent, and positions already answered
     (a call the driver lost in a crash, then re-proposed) are served from it without recomputing.
     """
     if address.unixsocket is not None:
@@ -149,13 +189,17 @@ def serve_session(
     else:
         sock = socket.create_connection((address.host, address.port), timeout=60)
         _no_delay(sock)
-    sock.settimeout(timeout_s)
-    protocol = IPIProtocol(sock)
-    session.start(system)
     served = 0
     state = "READY"
     result = None
+    pending: list[str] = []  # warnings raised here, sent to the driver with the next answer
     try:
+        sock.settimeout(timeout_s)
+        protocol = IPIProtocol(sock)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session.start(system)
+        pending += _messages(caught)
         while True:
             try:
                 msg = protocol.recvmsg()
@@ -171,19 +215,27 @@ def serve_session(
                 _cell, _icell, positions = protocol.recvposdata()
                 result = journal.lookup(positions) if journal is not None else None
                 if result is None:
-                    result = session.calculate(positions)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        result = session.calculate(positions)
+                    pending += _messages(caught)
                     if journal is not None:
                         journal.record(positions, result)
                 served += 1
                 state = "HAVEDATA"
             elif msg == "GETFORCE":
-                info = json.dumps({"scf_cycles": result.scf_cycles, "wall_s": result.wall_s}).encode()
+                info = json.dumps({"scf_cycles": result.scf_cycles, "wall_s": result.wall_s,
+                                   "warnings": list(dict.fromkeys(pending))}).encode()
+                pending = []
                 protocol.sendforce(result.energy, np.asarray(result.forces), np.zeros((3, 3)),
                                    np.frombuffer(info, dtype=np.byte))
                 state = "READY"
             else:
                 raise ParentError(f"bridge: unexpected message {msg!r} from the driver")
     finally:
-        session.close()
-        sock.close()
+        try:
+            session.close()
+        finally:
+            _shutdown(sock)
+            sock.close()
     return served

@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase.calculators.emt import EMT
+from collections.abc import Mapping
+from typing import Any
+
+from ase.calculators.emt import EMT, parameters as EMT_PARAMETERS
 
 from ..learner.state import SystemSpec
 from .base import ParentError, ParentResult, ParentSession
@@ -22,6 +25,15 @@ class EMTSession(ParentSession):
     """
 
     kind = "emt"
+
+    @classmethod
+    def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
+        """Elements ASE's EMT has no parameters for (it has Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O)."""
+        symbols = list(dict.fromkeys(system.to_atoms().get_chemical_symbols()))
+        missing = [s for s in symbols if s not in EMT_PARAMETERS]
+        if missing:
+            return f"EMT has no potential for {', '.join(missing)} (it has {' '.join(sorted(EMT_PARAMETERS))})"
+        return None
 
     def __init__(self, workdir: str | Path | None = None, call_log: str | None = None,
                  fail_after_calls: int | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..learner.state import SystemSpec
-from .base import ParentError, ParentResult, ParentSession
+from .base import ParentError, ParentResult, ParentSession, cell_problem
 
 MODES = ("pw", "lcao", "fd")
 #: GPAW keywords set through the session's own options, so `parameters` may not set them too.
@@ -41,6 +41,23 @@ class GPAWSession(ParentSession):
     """
 
     kind = "gpaw"
+
+    @classmethod
+    def check_options(cls, options: dict) -> str | None:
+        """GPAW's per-element settings (setups, basis) as a list would apply by position: refused."""
+        for where, values in (("", options), ("parameters.", options.get("parameters") or {})):
+            for key in ("setups", "basis"):
+                if isinstance(values.get(key), (list, tuple)):
+                    return (f"gpaw parent: {where}{key}: {values[key]!r} would apply by position; give one name for "
+                            f"every element or a mapping by element, e.g. {key}: {{Ni: ...}}")
+        return None
+
+    @classmethod
+    def unusable(cls, system: SystemSpec, options: dict) -> str | None:
+        """Every mode (plane waves, lcao, fd) needs a cell with volume: the periodic box or the grid's extent."""
+        mode = options.get("mode", "pw")
+        what = "GPAW plane waves (mode pw)" if mode == "pw" else f"GPAW (mode {mode})"
+        return cell_problem(system, what=what)
 
     def __init__(self, workdir: str | Path | None = None, mode: str = "pw", ecut: float = 350.0,
                  h: float | None = None, basis: str | None = None, xc: str = "PBE",

@@ -12,7 +12,8 @@ from vasprun.xml, or from OUTCAR when vasprun.xml lags or is cut. close() writes
 Every wait has a deadline (a reader thread and a queue, no SIGALRM: sessions run off the main thread).
 A VASP that exits, crashes or goes silent becomes a ParentError naming the system, the exit code and the
 tails of stderr and stdout; the process group is then killed and the session refuses further calls.
-stdout and stderr are also kept in the work folder as vasp.out and vasp.err.
+stdout and stderr are also kept in the work folder as vasp.out and vasp.err; a later session in the same
+folder (a retry, a resumed run) first moves them to vasp.out.N / vasp.err.N, so every attempt's output stays.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import IO, Any, Mapping, Sequence
 import numpy as np
 
 from ..learner.state import SystemSpec
-from .base import ParentError, ParentResult, ParentSession
+from .base import ParentError, ParentResult, ParentSession, cell_problem
 from .vasp_io import (
     PROMPT_POSITIONS,
     OutcarReader,
@@ -49,15 +50,19 @@ from .vasp_io import (
     interactive_incar,
     is_scf_line,
     max_displacement,
+    per_species_problem,
     poscar_record,
     positions_record,
     potcar_files,
     species_blocks,
+    species_incar,
     species_order,
 )
 
 #: Files of an earlier run in the same folder that would mislead this one (STOPCAR would stop it at once).
-STALE_FILES = ("STOPCAR", "OUTCAR", "vasprun.xml", "OSZICAR", "CONTCAR", "WAVECAR", "CHGCAR", "vasp.out", "vasp.err")
+STALE_FILES = ("STOPCAR", "OUTCAR", "vasprun.xml", "OSZICAR", "CONTCAR", "WAVECAR", "CHGCAR")
+#: VASP's stdout and stderr as kept in the work folder; an earlier attempt's are renamed <name>.N, not deleted.
+LOG_FILES = ("vasp.out", "vasp.err")
 #: Positions closer than this (A) to the step VASP already computed are answered from that step.
 SAME_POSITIONS_A = 1e-6
 #: VASP must report having computed within this distance (A) of the positions sent (OUTCAR prints 5 decimals).
@@ -72,7 +77,9 @@ class VaspInteractiveSession(ParentSession):
       command          the launch command, one command line: `srun -n 64 vasp_std`, `mpiexec -n 32 vasp_std`,
                        `$PARSL_MPI_PREFIX vasp_std` (shell variables are expanded; the shell `exec`s it, so
                        the launcher is the process this session signals); or an argv list
-      incar            INCAR settings; the interactive keys are forced, with a warning when that changes one
+      incar            INCAR settings; the interactive keys are forced, with a warning when that changes one;
+                       per-species tags (LDAUL/LDAUU/LDAUJ, RWIGS, ...) and MAGMOM as a mapping by element
+                       ({LDAUU: {Ni: 6.0}}), written in each POSCAR's species order; a bare list is refused
       kpoints          [a, b, c] mesh, "gamma" (Gamma point only), or None (Gamma only, or none with KSPACING)
       gamma            Gamma-centred mesh (True) or Monkhorst-Pack (False)
       potcar_dir       folder laid out like ASE's VASP_PP_PATH (potpaw_PBE/<element>/POTCAR); default
@@ -86,6 +93,40 @@ class VaspInteractiveSession(ParentSession):
     """
 
     kind = "vasp"
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> str | None:
+        """Per-species INCAR tags given as anything but a mapping by element (see vasp_io.per_species_problem)."""
+        if not isinstance(options.get("setups") or {}, Mapping):
+            return "setups must be a mapping by element, e.g. setups: {Cu: _pv}"
+        return per_species_problem(options.get("incar"))
+
+    @classmethod
+    def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
+        """A cell VASP refuses (none, left-handed), per-species INCAR settings missing a species, a species
+        without a POTCAR.
+
+        POTCARs are looked up like start() does (potcar_dir, else $VASP_PP_PATH) when that folder exists here.
+        """
+        problem = cell_problem(system, what="VASP")
+        if problem is not None:
+            return problem
+        if np.linalg.det(np.asarray(system.cell, dtype=float)) < 0:
+            return ("the cell is left-handed (negative triple product of the cell vectors): VASP refuses it; "
+                    "exchange two cell vectors")
+        symbols = list(dict.fromkeys(system.to_atoms().get_chemical_symbols()))
+        try:
+            species_incar(options.get("incar") or {}, [(s, 1) for s in symbols])
+        except ValueError as exc:
+            return str(exc)
+        root = options.get("potcar_dir") or os.environ.get("VASP_PP_PATH")
+        if root and Path(root).is_dir():
+            species = list(dict.fromkeys(system.to_atoms().get_chemical_symbols()))
+            try:
+                potcar_files(species, root, str(options.get("xc", "PBE")), options.get("setups") or {})
+            except (FileNotFoundError, ValueError) as exc:
+                return str(exc)
+        return None
 
     def __init__(
         self,
@@ -107,6 +148,9 @@ class VaspInteractiveSession(ParentSession):
         super().__init__(workdir)
         if not command:
             raise ParentError("vasp parent: option 'command' is empty (e.g. 'srun -n 64 vasp_std')")
+        problem = per_species_problem(incar)
+        if problem is not None:
+            raise ParentError(f"vasp parent: {problem}")
         self.command = command
         self.incar = dict(incar or {})
         self.kpoints = kpoints
@@ -122,6 +166,7 @@ class VaspInteractiveSession(ParentSession):
         self.tail_lines = tail_lines
         self._proc: subprocess.Popen | None = None
         self._dead: str | None = None
+        self.attempt = 1  # sessions that have run in this work folder, this one included (see keep_earlier_logs)
         self.returncode: int | None = None  # VASP's exit status once close() has stopped it
         self.last_source: str | None = None  # where the last call's numbers were read: vasprun.xml or OUTCAR
 
@@ -137,6 +182,7 @@ class VaspInteractiveSession(ParentSession):
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in STALE_FILES:
             (self.workdir / name).unlink(missing_ok=True)
+        self.attempt = keep_earlier_logs(self.workdir)
         symbols = system.to_atoms().get_chemical_symbols()
         self._order = np.array(species_order(symbols), dtype=int)  # VASP atom i is the caller's atom _order[i]
         self._blocks = species_blocks([symbols[i] for i in self._order])
@@ -167,6 +213,10 @@ class VaspInteractiveSession(ParentSession):
                 f"vasp parent for {system.system_id}: INCAR {', '.join(overridden)} overridden for interactive mode "
                 f"({', '.join(f'{k} = {settings[k]}' for k in overridden)})", stacklevel=3,
             )
+        try:
+            settings = species_incar(settings, self._blocks)
+        except ValueError as exc:
+            raise ParentError(f"vasp parent for {system.system_id}: {exc}") from None
         (self.workdir / "INCAR").write_text(format_incar(settings))
         scaled = np.asarray(system.positions, dtype=float)[self._order] @ self._inv_cell
         (self.workdir / "POSCAR").write_text(poscar_record(self._cell, self._blocks, scaled))
@@ -389,8 +439,12 @@ class VaspInteractiveSession(ParentSession):
         hint = "" if self._potcar else " (no POTCAR was written: set parent.options.potcar_dir or VASP_PP_PATH)"
         return ParentError(
             f"vasp parent for {self._sid}: VASP exited with code {code} {when}{hint} "
-            f"[command: {self.command}; workdir: {self.workdir}]" + self._tails()
+            f"[command: {self.command}; workdir: {self.workdir}; {self._logs()}]" + self._tails()
         )
+
+    def _logs(self) -> str:
+        earlier = f"; earlier attempts' in {LOG_FILES[0]}.1..{self.attempt - 1}" if self.attempt > 1 else ""
+        return f"output of attempt {self.attempt}: {', '.join(LOG_FILES)}{earlier}"
 
     def _timeout_error(self, started: bool) -> ParentError:
         self._kill()
@@ -402,7 +456,7 @@ class VaspInteractiveSession(ParentSession):
             what = f"ionic step {self._step} did not finish within step_timeout_s = {self.step_timeout_s:g} s"
         return ParentError(
             f"vasp parent for {self._sid}: {what} (silent or hung; its process group was killed) "
-            f"[command: {self.command}; workdir: {self.workdir}]" + self._tails()
+            f"[command: {self.command}; workdir: {self.workdir}; {self._logs()}]" + self._tails()
         )
 
     # ------------------------------------------------------------------------------- pause and stop
@@ -521,6 +575,19 @@ class VaspInteractiveSession(ParentSession):
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def keep_earlier_logs(workdir: Path) -> int:
+    """Move an earlier attempt's vasp.out/vasp.err to vasp.out.N/vasp.err.N (N = 1, 2, ...); returns this attempt's number."""
+    n = 1
+    while any((workdir / f"{name}.{n}").exists() for name in LOG_FILES):
+        n += 1
+    current = [workdir / name for name in LOG_FILES if (workdir / name).exists()]
+    if not current:
+        return n
+    for path in current:
+        path.rename(path.with_name(f"{path.name}.{n}"))
+    return n + 1
 
 
 def _signal_group(pgid: int, sig: int) -> None:

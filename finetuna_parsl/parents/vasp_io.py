@@ -76,6 +76,69 @@ def interactive_incar(user: Mapping[str, Any] | None) -> tuple[dict[str, Any], l
     return settings, overridden
 
 
+#: INCAR tags with one value per species (POSCAR order) -> the value for a species a mapping leaves out
+#: (None: every species must be named).
+PER_SPECIES_INCAR: dict[str, Any] = {"LDAUL": -1, "LDAUU": 0.0, "LDAUJ": 0.0, "RWIGS": None, "ROPT": None,
+                                     "POMASS": None, "ZVAL": None, "VCA": 1.0}
+#: INCAR tags with one value per atom that may be given per species (a mapping) or as one number for all atoms.
+PER_ATOM_INCAR: dict[str, Any] = {"MAGMOM": 0.0}
+
+def _is_symbol(name: Any) -> bool:
+    from ase.data import chemical_symbols
+
+    return isinstance(name, str) and name in chemical_symbols[1:]
+
+
+def per_species_problem(user: Mapping[str, Any] | None) -> str | None:
+    """Why the per-species INCAR tags of `user` cannot be used (one line), or None.
+
+    They must be a mapping by element ({Ni: 6.0}); MAGMOM may also be one number for every atom. A list
+    or VASP's own string form is refused: it would apply by position to each POSCAR's own species order.
+    """
+    for key, value in (user or {}).items():
+        tag = str(key).upper()
+        if tag not in PER_SPECIES_INCAR and tag not in PER_ATOM_INCAR:
+            continue
+        if tag in PER_ATOM_INCAR and isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue
+        how = (f"give a mapping by element, e.g. {tag}: {{Ni: {6.0 if tag == 'LDAUU' else 2 if tag == 'LDAUL' else 1.0}}}"
+               f" (written in each POSCAR's species order")
+        how += ", species not named get 0)" if tag in PER_ATOM_INCAR else (
+            f", species not named get {PER_SPECIES_INCAR[tag]})" if PER_SPECIES_INCAR[tag] is not None
+            else ", every species must be named)")
+        if not isinstance(value, Mapping):
+            return (f"INCAR {tag}: {value!r} would apply by position, and each system's POSCAR orders its species "
+                    f"differently; {how}")
+        wrong = [k for k in value if not _is_symbol(k)]
+        if wrong:
+            return f"INCAR {tag}: {', '.join(map(repr, wrong))} is not an element symbol; {how}"
+    return None
+
+
+def species_incar(settings: Mapping[str, Any], blocks: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """`settings` with per-species mappings written as VASP wants them for this POSCAR's `blocks`.
+
+    Per-species tags get one value per species in POSCAR order; MAGMOM one per atom ("n*value" per species).
+    Raises ValueError (one line) for a form per_species_problem refuses or a species a tag must name but does not.
+    """
+    problem = per_species_problem(settings)
+    if problem is not None:
+        raise ValueError(problem)
+    out = dict(settings)
+    for key, value in settings.items():
+        tag = str(key).upper()
+        if tag in PER_SPECIES_INCAR:
+            default = PER_SPECIES_INCAR[tag]
+            missing = [s for s, _ in blocks if s not in value and default is None]
+            if missing:
+                raise ValueError(f"INCAR {tag}: no value for {', '.join(missing)} (every species must be named)")
+            out[key] = [value.get(s, default) for s, _ in blocks]
+        elif tag in PER_ATOM_INCAR and isinstance(value, Mapping):
+            default = PER_ATOM_INCAR[tag]
+            out[key] = " ".join(f"{n}*{_incar_value(float(value.get(s, default)))}" for s, n in blocks)
+    return out
+
+
 def _same_value(a: Any, b: Any) -> bool:
     if isinstance(b, bool) or isinstance(a, bool):
         return _incar_value(a) == _incar_value(b)
