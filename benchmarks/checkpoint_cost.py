@@ -109,7 +109,7 @@ def main(repeats: int, threads: int, output: str) -> None:
     params = sum(v.numel() for v in torch.load(path, map_location="cpu", weights_only=False).model_state_dict.values())
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     systems = {"Cu(111) 3x3x4 + CO (38 atoms)": slab((3, 3, 4)), "Cu(111) 4x4x4 + CO (66 atoms)": slab((4, 4, 4))}
-    rows = []
+    rows, memory = [], {}
     for device in devices:
         for label, checkpoint, task_name in (("UMA-S widths, MoLE merged per composition", path, task),
                                              ("UMA-S widths, MoLE unmerged", path, task),
@@ -119,6 +119,9 @@ def main(repeats: int, threads: int, output: str) -> None:
                 surrogate.prior = Prior(checkpoint, task_name, device, merge_mole=False)
             for name, atoms in systems.items():
                 step = step_cost(surrogate, atoms, repeats)
+                if device == "cpu" and "UMA" in label:  # parameters of the model the steps ran on
+                    used = surrogate.prior.models_in_use()[-1]
+                    memory[label] = sum(p.numel() for p in used.parameters())
                 cold, warm = fine_tune_cost(surrogate, atoms, max(2, repeats // 2))
                 rows.append((device, label, name, step, cold, warm))
                 print(rows[-1], flush=True)
@@ -146,6 +149,9 @@ def main(repeats: int, threads: int, output: str) -> None:
               "one merge per composition and then saves, per surrogate step: "
               + "; ".join(f"{name}: {unmerged[name]:.3f} -> {merged[name]:.3f} s ({merged[name] / unmerged[name]:.2f}x)"
                           for name in merged) + ".",
+              f"Parameters held per model: {memory.get('UMA-S widths, MoLE unmerged', 0) / 1e6:.1f} M unmerged, "
+              f"{memory.get('UMA-S widths, MoLE merged per composition', 0) / 1e6:.1f} M merged (one merged copy per "
+              "composition in a learn worker, beside the one unmerged model it is copied from).",
               "Cold fine-tune = one forward pass for the new parent point's embeddings + 400 epochs of the residual "
               "heads; cached = the epochs alone (a parent point's embeddings never change: the backbone is frozen)."]
     if not torch.cuda.is_available():
