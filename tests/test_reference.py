@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ase.calculators.emt import EMT
-from ase.optimize import BFGS
+from ase.optimize import BFGS, GPMin
 
 from finetuna_parsl.learner import LearnerSettings, ParentPoint, free_fmax
 from finetuna_parsl.learner.reference import run_reference
@@ -60,3 +60,33 @@ def test_budget_stops_a_reference():
     calls = []
     result = run_reference("bfgs", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(max_parent_calls=4))
     assert result.status == "parent_budget" and result.parent_calls == 4 == len(calls)
+
+
+class CountingEMT(EMT):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def calculate(self, *args, **kwargs):
+        self.calls += 1
+        super().calculate(*args, **kwargs)
+
+
+def test_parent_only_gpmin_is_ase_gpmin():
+    calls = []
+    result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings())
+    atoms = SYSTEM.to_atoms()
+    atoms.calc = CountingEMT()
+    GPMin(atoms, logfile=None).run(fmax=0.03, steps=100)
+    assert result.method == "gpmin" and result.status == "converged"
+    assert result.parent_calls == len(calls) == atoms.calc.calls
+    assert free_fmax(result.parent_points[-1].forces, SYSTEM.fixed) <= 0.03
+    assert abs(result.parent_points[-1].energy - atoms.get_potential_energy()) < 1e-9
+    bfgs = run_reference("bfgs", SYSTEM, emt_call(SYSTEM, []), LearnerSettings())
+    assert result.parent_calls < bfgs.parent_calls  # the no-prior GP baseline beats parent-only BFGS here
+
+
+def test_budget_stops_gpmin():
+    calls = []
+    result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(max_parent_calls=3))
+    assert result.status == "parent_budget" and result.parent_calls == 3 == len(calls)
