@@ -90,3 +90,36 @@ def test_budget_stops_gpmin():
     calls = []
     result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(max_parent_calls=3))
     assert result.status == "parent_budget" and result.parent_calls == 3 == len(calls)
+
+
+def give_up(self, r0):  # as GPMin.relax_model does when L-BFGS-B fails on the model
+    raise RuntimeError("The minimization of the acquisition function has not converged")
+
+
+def test_gpmin_giving_up_keeps_its_parent_calls(monkeypatch):
+    monkeypatch.setattr(GPMin, "relax_model", give_up)
+    calls = []
+    result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings())
+    assert result.status == "failed" and result.parent_calls == 1 == len(calls)
+    assert "GPMin gave up after 1 parent calls" in result.error and "acquisition function" in result.error
+
+
+def test_gpmin_giving_up_in_a_campaign_is_a_failed_system_with_its_calls_stored(monkeypatch, tmp_path):
+    """Through the campaign driver and a real store (Parsl's executors as threads, so the patch applies)."""
+    import h5py
+
+    from conftest import TESTS_DIR
+    from finetuna_parsl.campaign import run_campaign
+    from finetuna_parsl.config import parse_config
+
+    monkeypatch.setattr(GPMin, "relax_model", give_up)
+    config = parse_config(
+        "systems: {source: demo, count: 1}\nparent: {kind: emt}\nsurrogate: {factory: 'toy_surrogate:make'}\n"
+        f"campaign: {{output: '{tmp_path / 'g.h5'}'}}\nsite: {TESTS_DIR / 'threads_site.py'}\n", where="g.yaml")
+    path, result = run_campaign(config, demo_systems(1), "gpmin")
+    assert path == tmp_path / "g.gpmin.h5"
+    [row] = result.rows
+    assert row["status"] == "failed" and row["parent_calls"] == 1 and "GPMin gave up" in row["error"]
+    with h5py.File(path, "r") as f:
+        steps = f["systems"][row["system_id"]]["steps"]
+        assert list(steps["kind"][()]) == [1] and list(steps["reason"].asstr()[()]) == ["gpmin"]
