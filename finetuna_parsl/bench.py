@@ -88,14 +88,14 @@ def breakdown_table(result: BenchResult) -> str:
     reasons += [""] if "" in seen else []
     names = [r or "unrecorded" for r in reasons]
     threshold = result.breakdown[0].threshold if result.breakdown else SETTLED_FMAX
+    columns = ["method", "systems", "parent calls", *names, f"after fmax < {threshold:g} eV/A"]
     lines = [
-        f"| method | systems | parent calls | {' | '.join(names)}{' | ' if names else ''}after fmax < {threshold:g} eV/A |",
+        f"| {' | '.join(columns)} |",
         "|---|" + "---:|" * (3 + len(names)),
     ]
     for b in result.breakdown:
-        cells = [str(b.by_reason.get(r, 0)) for r in reasons]
-        lines.append(f"| {b.method} | {b.systems} | {b.parent_calls} | {' | '.join(cells)}{' | ' if cells else ''}"
-                     f"{b.after_settled} |")
+        cells = [b.method, b.systems, b.parent_calls, *(b.by_reason.get(r, 0) for r in reasons), b.after_settled]
+        lines.append(f"| {' | '.join(map(str, cells))} |")
     return "\n".join(lines)
 
 

@@ -94,8 +94,9 @@ def test_bench_and_plot_commands(tmp_path):
     assert float(table["gpmin"]["relaxed"]) == 1.0  # ASE's GPMin, on the same parent, store and budget
 
     # where the parent calls went, per method: by the query rule's reason, and after fmax first fell below 0.1
-    breakdown = parse_markdown(proc.stdout, "method | systems | parent calls | initial")
-    assert breakdown == parse_markdown((out / "paper_table.md").read_text(), "method | systems | parent calls | initial")
+    header = "method | systems | parent calls | initial"
+    breakdown = parse_markdown(proc.stdout, header)
+    assert breakdown == parse_markdown((out / "paper_table.md").read_text(), header)
     assert list(breakdown) == ["bfgs", "warm-start", "k-steps", "gpmin"]
     for method, r in breakdown.items():
         assert int(r["parent calls"]) == int(table[method]["parent_calls"]) > 0

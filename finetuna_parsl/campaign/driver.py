@@ -233,8 +233,8 @@ class Campaign:
         r.parent_failures = 0  # retries count per call
         self._warn(sid, r.server.take_warnings() if r.server is not None else [])
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE, s.uncertainty, 0, s.wall_s) for s in r.proposal.segment]
-        rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles, point.wall_s,
-                            reason=r.proposal.reason))
+        rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles,
+                            point.wall_s, reason=r.proposal.reason))
         self.store.append_steps(sid, rows)  # flushed before the learner sees the point
         self.store.save_head(sid, r.proposal.head, r.proposal.head_points)
         self.parent_calls_this_run += 1
