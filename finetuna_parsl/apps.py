@@ -64,7 +64,7 @@ def parent_session(parent: ParentConfig, system: SystemSpec, address) -> int:
 def reference_relaxation(
     method: str, system: SystemSpec, parent: ParentConfig, settings: LearnerSettings, surrogate: SurrogateConfig
 ) -> ReferenceResult:
-    """A whole reference relaxation (parent-only BFGS/CG, or warm start) on one parent session."""
+    """A whole reference relaxation (parent-only BFGS/CG/GPMin, or warm start) on one parent session."""
     from finetuna_parsl.apps import surrogate_for
     from finetuna_parsl.learner.state import ParentPoint
     from finetuna_parsl.parents import make_parent

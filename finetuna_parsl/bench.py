@@ -1,8 +1,10 @@
 """The paper's speed/accuracy benchmark: the same systems relaxed by several methods, one table.
 
-Methods: parent-only references (bfgs, cg), warm-start, and the online learner with each query rule
-(relaxed-only, k-steps, uncertainty). Each method writes its own store '<output stem>.<method>.h5',
-so a bench can be resumed and every number in the table traced to stored parent calls.
+Methods: parent-only references (bfgs, cg), warm-start, ASE's GPMin (gpmin: the no-prior machine-learning
+baseline), and the online learner with each query rule (relaxed-only, k-steps, uncertainty). Each method
+writes its own store '<output stem>.<method>.h5', so a bench can be resumed and every number in the table
+traced to stored parent calls. A second table says where each method's parent calls went: by the reason
+stored with each call, and how many came after the parent fmax first fell below 0.1 eV/A.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from pathlib import Path
 from .campaign import run_campaign
 from .campaign.driver import Progress
 from .config import RunConfig, with_overrides
-from .learner.metrics import MethodRow, table_row
+from .learner.metrics import SETTLED_FMAX, CallBreakdown, MethodRow, call_breakdown, table_row
 from .learner.reference import REFERENCE_METHODS
 from .learner.state import SystemSpec
+from .store import load_parent_calls
 
 QUERY_METHODS = ("relaxed-only", "k-steps", "uncertainty")
 ALL_METHODS = (*REFERENCE_METHODS, *QUERY_METHODS)
+#: Column order of the breakdown: the query rule's reasons (Proposal.reason), then reference method names.
+REASON_ORDER = ("initial", "k-steps", "relaxed", "uncertainty", "backoff", "stalled", "budget", *REFERENCE_METHODS)
 
 
 @dataclass
@@ -32,6 +37,7 @@ class BenchResult:
     rows: dict[str, list[dict]] = field(default_factory=dict)
     stores: dict[str, Path] = field(default_factory=dict)
     table: list[MethodRow] = field(default_factory=list)
+    breakdown: list[CallBreakdown] = field(default_factory=list)
 
 
 def method_config(config: RunConfig, method: str) -> tuple[RunConfig, str]:
@@ -64,7 +70,33 @@ def run_bench(
         result.stores[method] = path
         result.rows[method] = run.rows
     result.table = [table_row(m, result.rows[m], result.rows[reference]) for m in order]
+    result.breakdown = [breakdown(m, result.stores[m], result.rows[m]) for m in order]
     return result
+
+
+def breakdown(method: str, store: str | Path, rows: Sequence[dict]) -> CallBreakdown:
+    """Where `method`'s parent calls went, on the systems of `rows` (its store may hold others too)."""
+    ids = {r["system_id"] for r in rows}
+    calls = {sid: c for sid, c in load_parent_calls(store).items() if sid in ids}
+    return call_breakdown(method, calls)
+
+
+def breakdown_table(result: BenchResult) -> str:
+    """Parent calls per method by the reason each was made, and those after fmax first fell below 0.1 eV/A."""
+    seen = {reason for b in result.breakdown for reason in b.by_reason}
+    reasons = [r for r in REASON_ORDER if r in seen] + sorted(seen - set(REASON_ORDER) - {""})
+    reasons += [""] if "" in seen else []
+    names = [r or "unrecorded" for r in reasons]
+    threshold = result.breakdown[0].threshold if result.breakdown else SETTLED_FMAX
+    columns = ["method", "systems", "parent calls", *names, f"after fmax < {threshold:g} eV/A"]
+    lines = [
+        f"| {' | '.join(columns)} |",
+        "|---|" + "---:|" * (3 + len(names)),
+    ]
+    for b in result.breakdown:
+        cells = [b.method, b.systems, b.parent_calls, *(b.by_reason.get(r, 0) for r in reasons), b.after_settled]
+        lines.append(f"| {' | '.join(map(str, cells))} |")
+    return "\n".join(lines)
 
 
 def _pm(mean: float, sem: float) -> str:

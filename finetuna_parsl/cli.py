@@ -140,7 +140,7 @@ def _load_run_config(config_path: str, site: str | None, output: str | None):
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--methods", default="bfgs,cg,warm-start,relaxed-only,k-steps,uncertainty", show_default=True,
+@click.option("--methods", default="bfgs,cg,warm-start,gpmin,relaxed-only,k-steps,uncertainty", show_default=True,
               help="Comma-separated methods to compare.")
 @click.option("--reference", default="bfgs", type=click.Choice(REFERENCE_METHODS), show_default=True,
               help="The reference optimizer that speed and accuracy are measured against.")
@@ -155,7 +155,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     """Compare methods on the same systems: the paper's Table 1 (Markdown + CSV) and figures."""
     from pathlib import Path
 
-    from .bench import ALL_METHODS, markdown_table, run_bench, write_csv
+    from .bench import ALL_METHODS, breakdown_table, markdown_table, run_bench, write_csv
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
 
@@ -177,12 +177,15 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(result)
+    calls = breakdown_table(result)
+    calls_note = ("Parent calls by the reason each was made (the query rule's; a reference method's name for its "
+                  "calls), and how many came after the parent fmax first fell below 0.1 eV/A.")
     command = " ".join(["finetuna-parsl", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "finetuna-parsl bench"
     (folder / "paper_table.md").write_text(
         f"# Speed and accuracy against {reference}\n\n{len(systems)} systems from `{config.systems.source}`, "
         f"parent `{config.parent.kind}`, site `{config.site}`.\n\nMade by: `{command}`\n\n{table}\n\n"
         "dE = final parent energy minus the reference's; accurate = parent-confirmed fmax <= "
-        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n"
+        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n\n## Where the parent calls went\n\n{calls_note}\n\n{calls}\n"
     )
     write_csv(result, folder / "paper_table.csv")
     accuracy_vs_speed(result.table, reference, folder / "accuracy_vs_speed.png")
@@ -190,6 +193,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     sid = trajectory_system or systems[0].system_id
     energy_trajectories(result.stores, sid, folder / "energy_trajectory.png")
     click.echo(table)
+    click.echo(f"\n{calls_note}\n\n{calls}")
     click.echo(f"\nwrote {folder / 'paper_table.md'}, paper_table.csv and figures accuracy_vs_speed.png, "
                f"per_system.png, energy_trajectory.png ({sid}) in {folder}")
 

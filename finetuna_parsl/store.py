@@ -1,8 +1,8 @@
 """The campaign's HDF5 store: one file, one writer (the driver), readable with plain h5py.
 
 Layout (DESIGN.md): /systems/<id>/ with the system as given, resizable steps/* datasets (one row
-per surrogate or parent evaluation) and head/weights for resume. Every append is flushed before
-the learner is allowed to use the point it holds.
+per surrogate or parent evaluation; steps/reason says why each parent call was made) and head/weights
+for resume. Every append is flushed before the learner is allowed to use the point it holds.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ FORMAT_VERSION = 1
 KIND_SURROGATE = 0
 KIND_PARENT = 1
 PENDING = "pending"
+#: steps/reason: a UTF-8 string per row, "" on surrogate rows (and on parent rows stored before reasons were kept).
+REASON_DTYPE = h5py.string_dtype("utf-8")
 LOCKING_HINT = (
     "if this file is on a shared filesystem without file locking (Lustre, NFS, GPFS), "
     "set HDF5_USE_FILE_LOCKING=FALSE and try again"
@@ -42,7 +44,11 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class StepRow:
-    """One evaluation as stored: kind 0 = surrogate, 1 = parent."""
+    """One evaluation as stored: kind 0 = surrogate, 1 = parent.
+
+    reason: why a parent call was made (the query rule's Proposal.reason: initial, k-steps, relaxed, backoff,
+    stalled, uncertainty, budget; a reference method's name for its calls); "" for surrogate rows.
+    """
 
     positions: np.ndarray
     energy: float
@@ -51,6 +57,7 @@ class StepRow:
     uncertainty: float = 0.0
     scf_cycles: int = 0
     wall_s: float = 0.0
+    reason: str = ""
 
 
 def _versions() -> str:
@@ -202,6 +209,7 @@ class CampaignStore:
         steps.create_dataset("forces", (0, n, 3), maxshape=(None, n, 3), chunks=(16, n, 3), dtype="f8")
         for name, dtype in (("energy", "f8"), ("kind", "i1"), ("uncertainty", "f8"), ("scf_cycles", "i4"), ("wall_s", "f8")):
             steps.create_dataset(name, (0,), maxshape=(None,), chunks=(256,), dtype=dtype)
+        _require_reason(steps)
         g.attrs.update(
             status=PENDING, formula=system.formula, n_atoms=n, parent_calls=0, surrogate_steps=0,
             final_energy=np.nan, final_fmax=np.nan, error="", outcome="",
@@ -254,6 +262,7 @@ class CampaignStore:
             kept.append(row)
         if kept:
             steps = g["steps"]
+            _require_reason(steps)  # a store written before reasons were kept gets them from here on
             start = steps["energy"].shape[0]
             stop = start + len(kept)
             columns = {
@@ -264,6 +273,7 @@ class CampaignStore:
                 "uncertainty": np.array([r.uncertainty for r in kept]),
                 "scf_cycles": np.array([r.scf_cycles for r in kept]),
                 "wall_s": np.array([r.wall_s for r in kept]),
+                "reason": np.array([r.reason for r in kept], dtype=object),
             }
             for name, values in columns.items():
                 steps[name].resize(stop, axis=0)
@@ -297,6 +307,17 @@ class CampaignStore:
     def load_state(self, system_id: str, settings: LearnerSettings) -> LearnerState:
         """The learner state of a stored relaxation: its parent points and latest head (for resume)."""
         return state_from_group(self.file["systems"][system_id], system_id, settings)
+
+
+def _require_reason(steps: h5py.Group) -> h5py.Dataset:
+    """steps/reason, created as long as the other columns ("" for rows stored before it existed)."""
+    if "reason" in steps:
+        return steps["reason"]
+    n = steps["energy"].shape[0]
+    ds = steps.create_dataset("reason", (n,), maxshape=(None,), chunks=(256,), dtype=REASON_DTYPE)
+    if n:
+        ds[:] = np.array([""] * n, dtype=object)
+    return ds
 
 
 def system_from_group(g: h5py.Group, system_id: str) -> SystemSpec:
@@ -372,6 +393,26 @@ def load_summary(path: str | Path) -> list[dict]:
     """Read-only per-system summary of a store on disk."""
     with open_h5(path, "r") as f:
         return read_summary(f)
+
+
+def read_parent_calls(f: h5py.File) -> dict[str, tuple[list[str], list[float]]]:
+    """Per system, in call order: why each parent call was made ("" where not recorded) and the parent's
+    fmax over free atoms there (eV/A)."""
+    calls = {}
+    for system_id, g in f["systems"].items():
+        steps = g["steps"]
+        idx = np.flatnonzero(steps["kind"][()] == KIND_PARENT)
+        reasons = steps["reason"].asstr()[()][idx].tolist() if "reason" in steps else [""] * len(idx)
+        fixed = g["fixed"][()]
+        forces = steps["forces"][()][idx] if len(idx) else []
+        calls[system_id] = (reasons, [free_fmax(row, fixed) for row in forces])
+    return calls
+
+
+def load_parent_calls(path: str | Path) -> dict[str, tuple[list[str], list[float]]]:
+    """read_parent_calls of a store on disk (read-only)."""
+    with open_h5(path, "r") as f:
+        return read_parent_calls(f)
 
 
 def load_parent_energies(path: str | Path) -> dict[str, np.ndarray]:

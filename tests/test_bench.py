@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import TESTS_DIR
-from finetuna_parsl.learner.metrics import compare, table_row
+from finetuna_parsl.learner.metrics import call_breakdown, calls_after_settled, compare, table_row
 
 
 def row(sid, calls, energy, outcome="converged", scf=0):
@@ -36,6 +36,37 @@ def test_table_row_matches_hand_computed_figures():
     assert c.ratio == pytest.approx(30 / 180) and c.accurate == 2
 
 
+def test_call_breakdown_counts_reasons_and_calls_after_fmax_first_fell_below_0_1():
+    assert calls_after_settled([0.9, 0.5, 0.08, 0.2, 0.05, 0.02]) == 3  # the 0.08 call, then three more
+    assert calls_after_settled([0.9, 0.02]) == 0
+    assert calls_after_settled([0.9, 0.5]) == 0  # never below: none spent settling
+    assert calls_after_settled([]) == 0
+    calls = {
+        "a": (["initial", "k-steps", "k-steps", "relaxed"], [1.0, 0.5, 0.09, 0.01]),
+        "b": (["initial", "backoff", "relaxed"], [0.05, 0.2, 0.02]),
+        "c": ([], []),
+    }
+    b = call_breakdown("k-steps", calls)
+    assert b.method == "k-steps" and b.systems == 3 and b.parent_calls == 7
+    assert b.by_reason == {"initial": 2, "k-steps": 2, "relaxed": 2, "backoff": 1}
+    assert b.after_settled == 1 + 2
+    assert call_breakdown("x", calls, threshold=0.6).after_settled == 2 + 2
+
+
+def parse_markdown(text: str, first_header: str) -> dict[str, dict[str, str]]:
+    """Rows of the Markdown table whose header starts with `first_header`, by their first cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
 def test_bench_and_plot_commands(tmp_path):
     cfg = tmp_path / "bench.yaml"
     cfg.write_text(
@@ -45,7 +76,7 @@ def test_bench_and_plot_commands(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     run = lambda *args: subprocess.run([sys.executable, "-m", "finetuna_parsl.cli", *args], cwd=tmp_path, env=env,
                                        capture_output=True, text=True, timeout=600)
-    proc = run("bench", str(cfg), "--methods", "bfgs,warm-start,k-steps", "--out", str(tmp_path / "out"))
+    proc = run("bench", str(cfg), "--methods", "bfgs,warm-start,k-steps,gpmin", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
     for name in ("paper_table.md", "paper_table.csv", "accuracy_vs_speed.png", "per_system.png",
@@ -53,13 +84,30 @@ def test_bench_and_plot_commands(tmp_path):
         assert (out / name).stat().st_size > 0, name
     with open(out / "paper_table.csv") as handle:
         table = {r["method"]: r for r in csv.DictReader(handle)}
-    assert list(table) == ["bfgs", "warm-start", "k-steps"]
+    assert list(table) == ["bfgs", "warm-start", "k-steps", "gpmin"]
     assert float(table["bfgs"]["percent_of_reference_mean"]) == 100.0
     assert float(table["k-steps"]["percent_of_reference_mean"]) < 100.0
     assert float(table["k-steps"]["accurate"]) == 1.0
     assert "Made by: `finetuna-parsl bench" in (out / "paper_table.md").read_text()
-    for method in ("bfgs", "warm-start", "k-steps"):
+    for method in ("bfgs", "warm-start", "k-steps", "gpmin"):
         assert (tmp_path / f"b.{method}.h5").exists()
+    assert float(table["gpmin"]["relaxed"]) == 1.0  # ASE's GPMin, on the same parent, store and budget
+
+    # where the parent calls went, per method: by the query rule's reason, and after fmax first fell below 0.1
+    header = "method | systems | parent calls | initial"
+    breakdown = parse_markdown(proc.stdout, header)
+    assert breakdown == parse_markdown((out / "paper_table.md").read_text(), header)
+    assert list(breakdown) == ["bfgs", "warm-start", "k-steps", "gpmin"]
+    for method, r in breakdown.items():
+        assert int(r["parent calls"]) == int(table[method]["parent_calls"]) > 0
+        by_reason = {k: int(v) for k, v in r.items() if k not in ("method", "systems", "parent calls") and
+                     not k.startswith("after")}
+        assert sum(by_reason.values()) == int(r["parent calls"]), r
+        assert 0 <= int(r["after fmax < 0.1 eV/A"]) < int(r["parent calls"])
+    assert int(breakdown["k-steps"]["initial"]) == 2  # one per system
+    assert int(breakdown["bfgs"]["bfgs"]) == int(breakdown["bfgs"]["parent calls"])
+    assert int(breakdown["gpmin"]["gpmin"]) == int(breakdown["gpmin"]["parent calls"])
+    assert int(breakdown["bfgs"]["after fmax < 0.1 eV/A"]) > 0
 
     proc = run("plot", str(tmp_path / "b.k-steps.h5"), "--out", str(tmp_path / "plots"))
     assert proc.returncode == 0, proc.stderr[-3000:]

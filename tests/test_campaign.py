@@ -48,6 +48,11 @@ def test_three_system_campaign_through_parsl_reads_back_with_plain_h5py(tmp_path
             kind = steps["kind"][()]
             assert set(np.unique(kind)) == {0, 1}
             assert kind[0] == 1 and kind[-1] == 1  # starts and ends with a parent call
+            reasons = steps["reason"].asstr()[()]  # why each parent call was made, the query rule's word
+            parent_reasons = list(reasons[kind == 1])
+            assert parent_reasons[0] == "initial" and len(parent_reasons) > 1
+            assert set(parent_reasons[1:]) <= {"k-steps", "relaxed", "backoff", "stalled"}, parent_reasons
+            assert set(reasons[kind == 0]) == {""}
             parent_rows = int((kind == 1).sum())
             row = summary[system.system_id]
             assert parent_rows == g.attrs["parent_calls"] == row["parent_calls"]
@@ -84,4 +89,7 @@ def test_cli_run_with_bfgs_comparison(tmp_path, toy_on_workers):
     with h5py.File(tmp_path / "two.bfgs.h5", "r") as f:
         assert sum(int(g.attrs["parent_calls"]) for g in f["systems"].values()) == bfgs_calls
         assert f.attrs["method"] == "bfgs"
+        for g in f["systems"].values():  # a reference method's calls carry its name as their reason
+            kind = g["steps/kind"][()]
+            assert set(g["steps/reason"].asstr()[()][kind == 1]) == {"bfgs"}
     assert Path(tmp_path / "two.h5").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ase.calculators.emt import EMT
-from ase.optimize import BFGS
+from ase.optimize import BFGS, GPMin
 
 from finetuna_parsl.learner import LearnerSettings, ParentPoint, free_fmax
 from finetuna_parsl.learner.reference import run_reference
@@ -60,3 +60,66 @@ def test_budget_stops_a_reference():
     calls = []
     result = run_reference("bfgs", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(max_parent_calls=4))
     assert result.status == "parent_budget" and result.parent_calls == 4 == len(calls)
+
+
+class CountingEMT(EMT):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def calculate(self, *args, **kwargs):
+        self.calls += 1
+        super().calculate(*args, **kwargs)
+
+
+def test_parent_only_gpmin_is_ase_gpmin():
+    calls = []
+    result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings())
+    atoms = SYSTEM.to_atoms()
+    atoms.calc = CountingEMT()
+    GPMin(atoms, logfile=None).run(fmax=0.03, steps=100)
+    assert result.method == "gpmin" and result.status == "converged"
+    assert result.parent_calls == len(calls) == atoms.calc.calls
+    assert free_fmax(result.parent_points[-1].forces, SYSTEM.fixed) <= 0.03
+    assert abs(result.parent_points[-1].energy - atoms.get_potential_energy()) < 1e-9
+    bfgs = run_reference("bfgs", SYSTEM, emt_call(SYSTEM, []), LearnerSettings())
+    assert result.parent_calls < bfgs.parent_calls  # the no-prior GP baseline beats parent-only BFGS here
+
+
+def test_budget_stops_gpmin():
+    calls = []
+    result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(max_parent_calls=3))
+    assert result.status == "parent_budget" and result.parent_calls == 3 == len(calls)
+
+
+def give_up(self, r0):  # as GPMin.relax_model does when L-BFGS-B fails on the model
+    raise RuntimeError("The minimization of the acquisition function has not converged")
+
+
+def test_gpmin_giving_up_keeps_its_parent_calls(monkeypatch):
+    monkeypatch.setattr(GPMin, "relax_model", give_up)
+    calls = []
+    result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings())
+    assert result.status == "failed" and result.parent_calls == 1 == len(calls)
+    assert "GPMin gave up after 1 parent calls" in result.error and "acquisition function" in result.error
+
+
+def test_gpmin_giving_up_in_a_campaign_is_a_failed_system_with_its_calls_stored(monkeypatch, tmp_path):
+    """Through the campaign driver and a real store (Parsl's executors as threads, so the patch applies)."""
+    import h5py
+
+    from conftest import TESTS_DIR
+    from finetuna_parsl.campaign import run_campaign
+    from finetuna_parsl.config import parse_config
+
+    monkeypatch.setattr(GPMin, "relax_model", give_up)
+    config = parse_config(
+        "systems: {source: demo, count: 1}\nparent: {kind: emt}\nsurrogate: {factory: 'toy_surrogate:make'}\n"
+        f"campaign: {{output: '{tmp_path / 'g.h5'}'}}\nsite: {TESTS_DIR / 'threads_site.py'}\n", where="g.yaml")
+    path, result = run_campaign(config, demo_systems(1), "gpmin")
+    assert path == tmp_path / "g.gpmin.h5"
+    [row] = result.rows
+    assert row["status"] == "failed" and row["parent_calls"] == 1 and "GPMin gave up" in row["error"]
+    with h5py.File(path, "r") as f:
+        steps = f["systems"][row["system_id"]]["steps"]
+        assert list(steps["kind"][()]) == [1] and list(steps["reason"].asstr()[()]) == ["gpmin"]

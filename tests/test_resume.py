@@ -67,6 +67,8 @@ def test_sigkill_of_the_driver_loses_no_parent_call(tmp_path):
             parents = g["steps/positions"][()][kind == 1]
             stored[sid] = len(parents)
             assert g.attrs["parent_calls"] == len(parents) and g.attrs["outcome"] == "converged"
+            reasons = list(g["steps/reason"].asstr()[()][kind == 1])  # written with each row, across the kill
+            assert reasons[0] == "initial" and all(reasons[1:]) and "initial" not in reasons[1:], reasons
             flat = parents.reshape(len(parents), -1)
             distances = np.abs(flat[:, None, :] - flat[None, :, :]).max(axis=2) + np.eye(len(parents))
             assert distances.min() > 1e-8, f"{sid}: a parent point is stored twice"

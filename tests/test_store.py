@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from finetuna_parsl.learner import LearnerSettings
-from finetuna_parsl.store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow, StoreError
+from finetuna_parsl.store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow, StoreError, load_parent_calls
 from finetuna_parsl.systems import demo_systems
 
 SYSTEM = demo_systems(1)[0]
 
 
-def rows(n_surrogate: int, n: int = SYSTEM.n_atoms, start: float = 0.0) -> list[StepRow]:
+def rows(n_surrogate: int, n: int = SYSTEM.n_atoms, start: float = 0.0, reason: str = "k-steps") -> list[StepRow]:
     out = [StepRow(np.full((n, 3), start + i), start + i, np.full((n, 3), 0.1 * i), KIND_SURROGATE, 0.01 * i)
            for i in range(n_surrogate)]
-    out.append(StepRow(np.full((n, 3), start + 99.0), -1.5, np.zeros((n, 3)), KIND_PARENT, 0.0, 7, 0.25))
+    out.append(StepRow(np.full((n, 3), start + 99.0), -1.5, np.zeros((n, 3)), KIND_PARENT, 0.0, 7, 0.25, reason))
     return out
 
 
@@ -27,7 +27,7 @@ def test_layout_is_plain_h5py(tmp_path):
     path = tmp_path / "c.h5"
     with CampaignStore(path, run_config="learner: {k: 3}\n") as store:
         store.add_system(SYSTEM)
-        store.append_steps(SYSTEM.system_id, rows(3))
+        store.append_steps(SYSTEM.system_id, rows(3, reason="initial"))
         store.append_steps(SYSTEM.system_id, rows(2, start=10))
         store.save_head(SYSTEM.system_id, b"\x00head-bytes\xff", head_points=1)
         store.set_status(SYSTEM.system_id, "done", outcome="converged")
@@ -40,6 +40,8 @@ def test_layout_is_plain_h5py(tmp_path):
         assert g["steps/positions"].chunks is not None and g["steps/positions"].maxshape[0] is None
         np.testing.assert_array_equal(g["steps/kind"][()], [0, 0, 0, 1, 0, 0, 1])
         np.testing.assert_array_equal(g["steps/scf_cycles"][()], [0, 0, 0, 7, 0, 0, 7])
+        # why each parent call was made, beside kind (empty for surrogate rows)
+        assert list(g["steps/reason"].asstr()[()]) == ["", "", "", "initial", "", "", "k-steps"]
         np.testing.assert_array_equal(g["numbers"][()], SYSTEM.numbers)
         np.testing.assert_array_equal(g["fixed"][()], SYSTEM.fixed)
         assert g.attrs["parent_calls"] == 2 and g.attrs["surrogate_steps"] == 5
@@ -75,6 +77,34 @@ def test_load_state_gives_parent_points_and_head_for_resume(tmp_path):
     assert state.head == b"h2" and state.head_points == 1
     np.testing.assert_array_equal(state.parent_points[0].positions, np.full((SYSTEM.n_atoms, 3), 99.0))
     np.testing.assert_array_equal(state.system.positions, SYSTEM.positions)
+
+
+def test_reasons_resume_and_read_back_per_parent_call(tmp_path):
+    path = tmp_path / "c.h5"
+    with CampaignStore(path) as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(0, reason="initial"))
+    with CampaignStore(path) as store:  # resumed: the next rows carry on beside the first
+        store.append_steps(SYSTEM.system_id, rows(2, start=5, reason="relaxed"))
+    calls = load_parent_calls(path)
+    reasons, fmax = calls[SYSTEM.system_id]
+    assert reasons == ["initial", "relaxed"]
+    np.testing.assert_allclose(fmax, [0.0, 0.0])
+
+
+def test_a_store_written_before_reasons_gets_them_on_resume(tmp_path):
+    path = tmp_path / "old.h5"
+    with CampaignStore(path) as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(1))
+    with h5py.File(path, "a") as f:  # as a store written before parent-call reasons were kept
+        del f["systems"][SYSTEM.system_id]["steps/reason"]
+    assert load_parent_calls(path)[SYSTEM.system_id][0] == [""]
+    with CampaignStore(path) as store:
+        store.append_steps(SYSTEM.system_id, rows(1, start=3, reason="backoff"))
+    with h5py.File(path, "r") as f:
+        assert list(f["systems"][SYSTEM.system_id]["steps/reason"].asstr()[()]) == ["", "", "", "backoff"]
+    assert load_parent_calls(path)[SYSTEM.system_id][0] == ["", "backoff"]
 
 
 def test_open_failure_names_the_file_and_the_process_holding_it(tmp_path):

@@ -233,7 +233,8 @@ class Campaign:
         r.parent_failures = 0  # retries count per call
         self._warn(sid, r.server.take_warnings() if r.server is not None else [])
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE, s.uncertainty, 0, s.wall_s) for s in r.proposal.segment]
-        rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles, point.wall_s))
+        rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles,
+                            point.wall_s, reason=r.proposal.reason))
         self.store.append_steps(sid, rows)  # flushed before the learner sees the point
         self.store.save_head(sid, r.proposal.head, r.proposal.head_points)
         self.parent_calls_this_run += 1
@@ -269,10 +270,14 @@ class Campaign:
             self._finish(sid, FAILED, "", f"{self.method} failed: {describe_error(exc)}")
             return False
         rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE) for s in result.surrogate_steps]
-        rows += [StepRow(p.positions, p.energy, p.forces, KIND_PARENT, 0.0, p.scf_cycles, p.wall_s) for p in result.parent_points]
+        rows += [StepRow(p.positions, p.energy, p.forces, KIND_PARENT, 0.0, p.scf_cycles, p.wall_s, reason=self.method)
+                 for p in result.parent_points]
         self.store.append_steps(sid, rows)
         self.parent_calls_this_run += result.parent_calls
         self.progress.parent_calls += result.parent_calls
+        if result.error:  # the optimizer gave up (GPMin: no descent model); its parent calls are kept and counted
+            self._finish(sid, FAILED, "", f"{self.method} failed: {result.error}")
+            return False
         self._finish(sid, DONE, result.status)
         return False
 

@@ -1,12 +1,15 @@
-"""Speed and accuracy of a method against a reference (the paper's measures), from summary rows."""
+"""Speed and accuracy of a method against a reference (the paper's measures), from summary rows; and where
+a method's parent calls went (by query reason, and after the parent fmax first fell below 0.1 eV/A)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 ENERGY_TOLERANCE = 0.02  # eV: no worse than the reference + 0.02 eV counts as accurate
+SETTLED_FMAX = 0.1  # eV/A: parent calls after the parent fmax first fell below this are spent on the last stretch
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,36 @@ def table_row(method: str, rows: Sequence[dict], reference_rows: Sequence[dict],
         scf_cycles=sum(int(r.get("scf_cycles", 0)) for r, _ in matched),
         parent_wall_s=sum(float(r.get("parent_wall_s", 0.0)) for r, _ in matched),
     )
+
+
+@dataclass(frozen=True)
+class CallBreakdown:
+    """Where one method's parent calls went, summed over systems."""
+
+    method: str
+    systems: int
+    parent_calls: int
+    by_reason: dict[str, int]  # query reason (a reference method's name for its calls; "" unrecorded) -> calls
+    after_settled: int  # calls made after the parent fmax first fell below the threshold (SETTLED_FMAX)
+    threshold: float = SETTLED_FMAX
+
+
+def calls_after_settled(fmax: Sequence[float], threshold: float = SETTLED_FMAX) -> int:
+    """Parent calls made after the first one whose fmax was below `threshold` (0 if none was)."""
+    for i, value in enumerate(fmax):
+        if value < threshold:
+            return len(fmax) - i - 1
+    return 0
+
+
+def call_breakdown(method: str, calls: Mapping[str, tuple[Sequence[str], Sequence[float]]],
+                   threshold: float = SETTLED_FMAX) -> CallBreakdown:
+    """Breakdown of `calls`: per system, (reason, parent fmax) of every parent call in call order."""
+    by_reason: Counter[str] = Counter()
+    total = after = 0
+    for reasons, fmax in calls.values():
+        by_reason.update(reasons)
+        total += len(reasons)
+        after += calls_after_settled(fmax, threshold)
+    return CallBreakdown(method=method, systems=len(calls), parent_calls=total, by_reason=dict(by_reason),
+                         after_settled=after, threshold=threshold)

@@ -1,4 +1,5 @@
-"""Reference optimizers run on the same parent, for comparison: parent-only BFGS, parent-only CG, warm start.
+"""Reference optimizers run on the same parent, for comparison: parent-only BFGS, parent-only CG, warm start,
+and ASE's GPMin (a Gaussian process on parent data alone: the no-prior machine-learning baseline).
 
 Each takes the parent as a plain call (positions -> ParentPoint), so it runs wherever the parent lives.
 """
@@ -10,12 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
-from ase.optimize import BFGS
+from ase.optimize import BFGS, GPMin
 from ase.optimize.sciopt import SciPyFminCG
 
 from .bfgs import free_fmax
 from .state import (
     STATUS_CONVERGED,
+    STATUS_FAILED,
     STATUS_PARENT_BUDGET,
     LearnerSettings,
     ParentPoint,
@@ -24,7 +26,7 @@ from .state import (
 )
 
 ParentCall = Callable[[np.ndarray], ParentPoint]
-REFERENCE_METHODS = ("bfgs", "cg", "warm-start")
+REFERENCE_METHODS = ("bfgs", "cg", "warm-start", "gpmin")
 
 
 class _BudgetSpent(Exception):
@@ -53,12 +55,17 @@ class _RecordingParent(Calculator):
 
 @dataclass
 class ReferenceResult:
-    """A finished reference relaxation: every parent point and (warm start) the surrogate pre-relaxation."""
+    """A finished reference relaxation: every parent point and (warm start) the surrogate pre-relaxation.
+
+    error: why the optimizer gave up before convergence or the budget (GPMin cannot always build a descent
+    model); its parent points are kept all the same, they were paid for.
+    """
 
     method: str
     status: str
     parent_points: list[ParentPoint]
     surrogate_steps: list[SurrogateStep] = field(default_factory=list)
+    error: str = ""
 
     @property
     def parent_calls(self) -> int:
@@ -94,18 +101,27 @@ def run_reference(
     atoms.calc = recorder
     if method == "cg":
         optimizer = SciPyFminCG(atoms, logfile=None)
+    elif method == "gpmin":
+        optimizer = GPMin(atoms, logfile=None)  # ASE's defaults: no prior beyond a constant, fixed hyperparameters
     else:
         optimizer = BFGS(atoms, logfile=None, maxstep=settings.maxstep)
+    error = ""
     try:
         optimizer.run(fmax=settings.fmax, steps=settings.max_parent_calls)
     except _BudgetSpent:
         pass
+    except RuntimeError as exc:  # GPMin: "could not build a descent model", L-BFGS-B failed on the model
+        if method != "gpmin":
+            raise
+        error = f"ASE GPMin gave up after {len(recorder.points)} parent calls: {exc}"
     points = recorder.points
-    # CG's line search may probe past the minimum: converged means some parent call confirmed fmax.
+    # CG's line search (GPMin's model minimum) may probe past the minimum: converged means some parent call
+    # confirmed fmax.
     converged = any(free_fmax(p.forces, system.fixed) <= settings.fmax for p in points)
     return ReferenceResult(
         method=method,
-        status=STATUS_CONVERGED if converged else STATUS_PARENT_BUDGET,
+        status=STATUS_CONVERGED if converged else (STATUS_FAILED if error else STATUS_PARENT_BUDGET),
         parent_points=points,
         surrogate_steps=surrogate_steps,
+        error="" if converged else error,
     )
