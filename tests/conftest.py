@@ -31,3 +31,15 @@ def toy_on_workers(monkeypatch):
     path = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", f"{TESTS_DIR}{os.pathsep}{path}" if path else str(TESTS_DIR))
     return "toy_surrogate:make"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text` (a run's folder appears in its Parsl worker pools' command lines)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import TESTS_DIR
+from conftest import TESTS_DIR, processes_mentioning
 
 CONFIG = """
 systems: {{source: demo, count: 6}}
@@ -51,17 +51,6 @@ def finish(proc: subprocess.Popen, within: float) -> tuple[str, str, float]:
         out, err = proc.communicate()
         pytest.fail(f"still running {within:.0f} s after the signal\n{err[-3000:]}")
     return out, err, time.monotonic() - t0
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                pids.append(int(proc.name))
-        except OSError:
-            pass
-    return pids
 
 
 def wait_gone(text: str, timeout: float = 20) -> list[int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from conftest import TESTS_DIR
+from conftest import TESTS_DIR, processes_mentioning
 
 CONFIG = """
 systems: {{source: demo, count: 10}}
@@ -76,18 +76,6 @@ def test_sigkill_of_the_driver_loses_no_parent_call(tmp_path):
     assert made == Counter(stored)  # every call the parent made is in the store, none made twice
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains `text` (the run's folder appears in its worker pools' command lines)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                pids.append(int(proc.name))
-        except OSError:
-            pass
-    return pids
-
-
 def test_sigterm_of_the_driver_shuts_its_parsl_workers_down(tmp_path):
     log = tmp_path / "calls.log"
     cfg = tmp_path / "term.yaml"
@@ -97,13 +85,13 @@ def test_sigterm_of_the_driver_shuts_its_parsl_workers_down(tmp_path):
     while not (log.exists() and len(log.read_text().splitlines()) >= 10):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1][-3000:]
         time.sleep(0.05)
-    assert _processes_mentioning(str(tmp_path / "runinfo"))  # the worker pools are running
+    assert processes_mentioning(str(tmp_path / "runinfo"))  # the worker pools are running
     os.kill(driver.pid, signal.SIGTERM)  # the driver only, as `kill` or a batch system would
     driver.wait(timeout=60)
     deadline = time.monotonic() + 60
-    while _processes_mentioning(str(tmp_path / "runinfo")) and time.monotonic() < deadline:
+    while processes_mentioning(str(tmp_path / "runinfo")) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = _processes_mentioning(str(tmp_path / "runinfo"))
+    left = processes_mentioning(str(tmp_path / "runinfo"))
     try:
         os.killpg(driver.pid, signal.SIGKILL)
     except ProcessLookupError:
