@@ -149,17 +149,6 @@ def family_config(family: str, widths: dict = TINY) -> tuple[dict, list[dict]]:
     raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
 
 
-def save_inference_checkpoint(model: torch.nn.Module, model_config: dict, tasks_config: list, path: Path) -> None:
-    """Save as fairchem does: model and EMA (AveragedModel) state dicts in an MLIPInferenceCheckpoint."""
-    from fairchem.core.units.mlip_unit.api.inference import MLIPInferenceCheckpoint
-
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ema = torch.optim.swa_utils.AveragedModel(model).state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(MLIPInferenceCheckpoint(model_config=model_config, model_state_dict=state, ema_state_dict=ema,
-                                       tasks_config=tasks_config), path)
-
-
 def build(family: str, folder: Path, widths: dict = TINY, seed: int = 0) -> tuple[Path, str]:
     """Write the family's checkpoint into `folder`; returns (path, the task to predict with)."""
     folder = Path(folder)
@@ -173,6 +162,8 @@ def build(family: str, folder: Path, widths: dict = TINY, seed: int = 0) -> tupl
     import copy
 
     import hydra
+
+    from finetuna_parsl.surrogate.model import save_inference_checkpoint
 
     config, tasks = family_config(family, widths)
     torch.manual_seed(seed)

@@ -73,17 +73,24 @@ def card_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
 
 
-def save_checkpoint(model: torch.nn.Module, config: dict[str, Any], path: Path, card: ModelCard) -> None:
-    """Write `model` as a fairchem MLIPInferenceCheckpoint (+ its model card JSON)."""
+def save_inference_checkpoint(model: torch.nn.Module, config: dict[str, Any], tasks_config: list[dict[str, Any]],
+                              path: Path) -> None:
+    """Write `model` as fairchem saves inference checkpoints: an MLIPInferenceCheckpoint with the model and
+    EMA state dicts (fairchem's predict unit loads the EMA one: an AveragedModel state, "module." keys +
+    n_averaged), as in fairchem's convert_train_checkpoint_to_inference_checkpoint."""
     from fairchem.core.units.mlip_unit.api.inference import MLIPInferenceCheckpoint
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    # fairchem's predict unit loads the EMA weights (an AveragedModel state dict: "module." keys + n_averaged).
     ema = torch.optim.swa_utils.AveragedModel(model.cpu()).state_dict()
     ckpt = MLIPInferenceCheckpoint(model_config=config, model_state_dict=state, ema_state_dict=ema,
-                                   tasks_config=_tasks_config())
+                                   tasks_config=tasks_config)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
+
+
+def save_checkpoint(model: torch.nn.Module, config: dict[str, Any], path: Path, card: ModelCard) -> None:
+    """Write the shipped model's checkpoint (its two oc20 tasks) and its model card JSON."""
+    save_inference_checkpoint(model, config, _tasks_config(), path)
     card_path(path).write_text(json.dumps(card.__dict__, indent=1) + "\n")
 
 
