@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SystemsConfig:
-    """Where the systems come from: a file or folder, or 'demo' / 'ood' (seeded sets built with ase.build)."""
+    """Where the systems come from: a file or folder, 'demo' / 'ood' (seeded sets built with ase.build), or
+    'oc20-ood30' (the paper's 30 OC20 systems, shipped with the package)."""
 
     source: str = "demo"
     count: int = 20
@@ -169,10 +170,10 @@ def _section(where: str, name: str, raw: Any) -> Any:
 
 
 def _check_files(where: str, config: RunConfig) -> None:
-    from .systems import GENERATED_SOURCES
+    from .systems import NAMED_SOURCES
 
     source = config.systems.source
-    if source not in GENERATED_SOURCES and not Path(source).exists():
+    if source not in NAMED_SOURCES and not Path(source).exists():
         raise ConfigError(f"{where}: systems.source: no such file or folder: {source}")
     if config.surrogate.factory is None:
         # Opened once here, before any worker starts: a file fairchem cannot serve, or a task it lacks, is one line.

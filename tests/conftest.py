@@ -9,7 +9,6 @@ import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_addoption(parser):

@@ -27,7 +27,6 @@ from finetuna_parsl.surrogate import SurrogateError, inspect_checkpoint, load_su
 from finetuna_parsl.surrogate.prior import Prior
 from finetuna_parsl.surrogate.surrogate import free_mask
 
-OC20 = TESTS_DIR / "data" / "oc20_ood30_row5.extxyz"  # one system of ../shared/data/oc20_ood30.db (tests/data/README.md)
 TOL = 1e-4  # eV and eV/A: the bound on the prior's difference to fairchem's calculator
 
 
@@ -47,9 +46,11 @@ def cu111_co() -> Atoms:
 
 
 def oc20_system() -> Atoms:
-    from ase.io import read
+    from finetuna_parsl.systems import load_systems
 
-    return read(OC20)  # Al8Y24CHO, 35 atoms: elements the Cu test never touches
+    systems, _ = load_systems("oc20-ood30")  # the paper's 30 OC20 systems, shipped with the package
+    return next(s for s in systems if s.system_id == "1176297").to_atoms()  # Al8Y24CHO, 35 atoms: elements
+    # the Cu test never touches
 
 
 def structures() -> list[tuple[str, Atoms]]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO
 from finetuna_parsl.surrogate import SHIPPED, SurrogateError, load_surrogate
 from finetuna_parsl.surrogate.head import HeadState
 from finetuna_parsl.surrogate.pretrain import labelled
@@ -128,9 +128,8 @@ def test_ensemble_mean_starts_at_the_prior_and_spread_grows_away_from_data():
     assert away > at_point
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "oc20_ood30.db").exists(), reason="../shared/data/oc20_ood30.db not present")
 def test_an_oc20_system_with_unseen_elements_runs_and_names_them(shipped):
-    systems, skipped = load_systems(str(SHARED_DATA / "oc20_ood30.db"))
+    systems, skipped = load_systems("oc20-ood30")
     assert systems and not skipped
     spec = next(s for s in systems if any(z in s.numbers for z in (40, 34, 22, 31)))  # Zr Se Ti Ga: never pretrained
     atoms = spec.to_atoms()
