@@ -1,7 +1,10 @@
-"""Systems to relax: the seeded demo set built with ase.build, or the user's own structures.
+"""Systems to relax: the seeded demo and out-of-domain sets built with ase.build, the paper's 30 OC20 systems,
+or the user's own structures.
 
-Sources: "demo"; an ASE database (.db); a folder of structure files (.traj/.extxyz/.xyz/.cif/POSCAR);
-or a single structure file (every frame is a system). Rows that cannot be used are reported by id.
+Sources: "demo"; "ood"; "oc20-ood30" (the FINETUNA paper's 30 out-of-domain OC20 systems, shipped in
+finetuna_parsl/data with their CC-BY-4.0 attribution); an ASE database (.db); a folder of structure files
+(.traj/.extxyz/.xyz/.cif/POSCAR); or a single structure file (every frame is a system). Rows that cannot be
+used are reported by id.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.build import add_adsorbate, fcc100, fcc111, fcc211, molecule
+from ase.build import add_adsorbate, fcc100, fcc110, fcc111, fcc211, molecule
 from ase.constraints import FixAtoms
 
 from .learner.state import SystemSpec
@@ -19,12 +22,30 @@ from .learner.state import SystemSpec
 DEMO_METALS = ("Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
 DEMO_ADSORBATES = ("H", "O", "C", "N", "OH", "CO", "CH", "NH")
 DEMO_FACETS = ("fcc111", "fcc100", "fcc211")
-_SITES = {"fcc111": ("ontop", "bridge", "fcc", "hcp"), "fcc100": ("ontop", "bridge", "hollow")}
+_SITES = {"fcc111": ("ontop", "bridge", "fcc", "hcp"), "fcc100": ("ontop", "bridge", "hollow"),
+          "fcc110": ("ontop", "longbridge", "shortbridge", "hollow")}
 _HEIGHT = {"H": 1.6, "O": 1.4, "C": 1.4, "N": 1.4, "OH": 1.6, "CO": 1.8, "CH": 1.5, "NH": 1.5,
-           "CH2": 1.6, "NH2": 1.6, "HCO": 1.7}
-#: Out of the shipped surrogate's pretraining domain: stepped bimetallic slabs and unseen adsorbates.
-OOD_ADSORBATES = ("CH2", "NH2", "HCO")
+           "CH2": 1.6, "NH2": 1.6, "HCO": 1.7, "COH": 1.5, "NO": 1.6, "H2O": 2.2}
+
+# The shipped prior's OC20-style split (issue 12): what pretraining saw, and what it never saw.
+#: Every facet the split uses, in and out of domain.
+FACETS = ("fcc111", "fcc100", "fcc110", "fcc211")
+#: Pretraining alloys only pairs of these metals; every alloy holding Al or Au is out of domain.
+ALLOY_METALS = ("Ni", "Cu", "Pd", "Ag", "Pt")
+HELD_OUT_ALLOY_METALS = ("Al", "Au")
+#: Adsorbates of C, H, N, O with up to four atoms that pretraining saw.
+TRAIN_ADSORBATES = ("H", "O", "C", "N", "OH", "CO", "CH", "NH", "CH3", "NH3", "CN", "N2", "O2", "CO2", "HCN",
+                    "OOH")
+#: Adsorbates pretraining never saw; the "ood" systems source draws only from these.
+OOD_ADSORBATES = ("CH2", "NH2", "HCO", "COH", "NO", "H2O")
 _MOLECULE_NAMES = {"CH2": "CH2_s1A1d"}
+#: Binding atom (index in the molecule) where it is not atom 0: molecule("CO") is (O, C); HCN through N; CO2 through O.
+_BIND_INDEX = {"CO": 1, "HCN": 1, "CO2": 1}
+#: Adsorbates ase.build.molecule does not have: symbols and positions (A), binding atom first.
+_BUILT = {
+    "COH": ("COH", [(0.0, 0.0, 0.0), (0.0, 0.0, 1.33), (0.0, 0.93, 1.62)]),
+    "OOH": ("OOH", [(0.0, 0.0, 0.0), (0.0, 0.0, 1.45), (0.0, 0.94, 1.70)]),
+}
 STRUCTURE_SUFFIXES = (".traj", ".extxyz", ".xyz", ".cif", ".vasp", ".json")
 
 
@@ -41,13 +62,24 @@ class SkippedSystem:
 
 
 def _adsorbate(name: str) -> tuple[Atoms, int]:
-    """The adsorbate upright with its binding atom (C of CO, O of OH, ...) lowest, and that atom's index."""
+    """The adsorbate upright with its binding atom (C of CO, O of OH, ...) lowest, and that atom's index.
+
+    Linear molecules along z are flipped; others are rotated so the rest of the molecule sits above the
+    binding atom. Raises KeyError for a name neither ase.build.molecule nor this module knows.
+    """
     if len(name) == 1:
         return Atoms(name), 0
+    if name in _BUILT:
+        symbols, positions = _BUILT[name]
+        return Atoms(symbols, positions=positions), 0
     mol = molecule(_MOLECULE_NAMES.get(name, name))
-    bind = 1 if name in ("CO", "HCO") else 0  # molecule("CO") lists O first; HCO binds through C (index 1) too
-    if mol.positions[1 - bind, 2] < mol.positions[bind, 2]:
-        mol.positions[:, 2] *= -1
+    bind = _BIND_INDEX.get(name, 0)
+    rest = np.delete(mol.positions, bind, axis=0).mean(axis=0) - mol.positions[bind]
+    if np.allclose(rest[:2], 0.0):  # linear along z (CO, OH, ...) or symmetric about z (NH2, H2O, NH3)
+        if rest[2] < 0:
+            mol.positions[:, 2] *= -1
+    else:  # HCO, CH3: turn the rest of the molecule to point up
+        mol.rotate(rest, "z", center=mol.positions[bind])
     return mol, bind
 
 
@@ -68,6 +100,8 @@ def build_demo_system(facet: str, metal: str, adsorbate: str, rng: np.random.Gen
         slab = fcc111(metal, size=(3, 3, 3), vacuum=7.0)
     elif facet == "fcc100":
         slab = fcc100(metal, size=(3, 3, 3), vacuum=7.0)
+    elif facet == "fcc110":
+        slab = fcc110(metal, size=(3, 2, 4), vacuum=7.0)
     else:
         slab = fcc211(metal, size=(3, 2, 3), vacuum=7.0)
     if alloy is not None:
@@ -122,19 +156,39 @@ def _safe_id(text: str) -> str:
 
 
 def ood_systems(count: int = 20, seed: int = 0) -> list[SystemSpec]:
-    """The seeded out-of-domain set: bimetallic slabs (stepped fcc211 first) with CH2, NH2 or HCO."""
+    """The seeded out-of-domain set: an adsorbate the shipped prior never saw (OOD_ADSORBATES) on an alloy it
+    never saw (one metal Al or Au, the other any EMT metal), facets fcc111/fcc100/fcc110/fcc211 in turn."""
     rng = np.random.default_rng(seed)
     systems = []
     for i in range(count):
-        facet = ("fcc211", "fcc211", "fcc111", "fcc100")[i % 4]
-        host, guest = rng.choice(DEMO_METALS, size=2, replace=False)
+        facet = FACETS[i % len(FACETS)]
+        held = str(rng.choice(HELD_OUT_ALLOY_METALS))
+        other = str(rng.choice([m for m in DEMO_METALS if m != held]))
+        host, guest = (held, other) if rng.random() < 0.5 else (other, held)
         adsorbate = OOD_ADSORBATES[i % len(OOD_ADSORBATES)]
-        atoms = build_demo_system(facet, str(host), adsorbate, rng, alloy=str(guest))
+        atoms = build_demo_system(facet, host, adsorbate, rng, alloy=guest)
         systems.append(SystemSpec.from_atoms(f"ood-{i:03d}-{adsorbate}-{host}{guest}-{facet}", atoms))
     return systems
 
 
 GENERATED_SOURCES = {"demo": demo_systems, "ood": ood_systems}
+_DATA = Path(__file__).parent / "data"
+#: Systems sources shipped as files with the package (name -> file).
+PACKAGED_SOURCES = {"oc20-ood30": _DATA / "oc20_ood30.db"}
+#: Every source name that is not a path.
+NAMED_SOURCES = (*GENERATED_SOURCES, *PACKAGED_SOURCES)
+
+
+def paper_counts() -> dict[str, dict[str, float]]:
+    """Per-system figures of the FINETUNA paper for "oc20-ood30", by system id (OC20 sid): DFT calls of ASE BFGS
+    (vasp_bfgs_calls), ASE GPMin (vasp_gpmin_calls), GemNet warm start (gws_vasp_calls), FINETUNA k-steps
+    (ksteps_parent_calls) and OC20's own VASP CG relaxation (oc20_frames); energies in eV. Empty where the
+    paper published none (that key is absent)."""
+    import csv
+
+    with open(_DATA / "oc20_ood30_paper_counts.csv", newline="") as handle:
+        return {row["sid"]: {k: float(v) for k, v in row.items() if k not in ("sid", "formula") and v != ""}
+                for row in csv.DictReader(handle)}
 
 
 def _read_frames(path: Path) -> list[Atoms]:
@@ -162,7 +216,7 @@ def load_systems(source: str, count: int | None = None, seed: int = 0) -> tuple[
         return GENERATED_SOURCES[source](count or 20, seed), []
     from ase.io import read
 
-    path = Path(source)
+    path = PACKAGED_SOURCES.get(source, Path(source))
     found: list[SystemSpec | SkippedSystem] = []
     if path.suffix == ".db":
         from ase.db import connect

@@ -10,7 +10,7 @@ from ase.build import fcc111
 from ase.constraints import FixAtoms, FixBondLength
 from ase.io import write
 
-from conftest import SHARED_DATA
+
 from finetuna_parsl.systems import DEMO_ADSORBATES, demo_systems, load_systems
 
 
@@ -38,9 +38,8 @@ def test_demo_adsorbates_bind_through_the_heavy_atom():
             assert bind < other, s.system_id
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "oc20_ood30.db").exists(), reason="../shared/data/oc20_ood30.db not present")
 def test_oc20_database_gives_the_30_initial_structures():
-    systems, skipped = load_systems(str(SHARED_DATA / "oc20_ood30.db"))
+    systems, skipped = load_systems("oc20-ood30")
     assert skipped == []
     assert len(systems) == 30 and len({s.system_id for s in systems}) == 30
     for s in systems:
@@ -62,3 +61,40 @@ def test_folder_source_reports_bad_files_by_name(tmp_path):
     assert set(reasons) == {"broken", "odd"}
     assert "unreadable file broken.cif" in reasons["broken"]
     assert "only FixAtoms" in reasons["odd"]
+
+
+def _adsorbate_formula(atoms) -> str:
+    from ase import Atoms
+
+    return Atoms([a.symbol for a in atoms if a.symbol in "CHNO"]).get_chemical_formula()
+
+
+def test_ood_source_draws_only_from_the_held_out_space_and_pretraining_never_sees_it():
+    from finetuna_parsl.surrogate.pretrain import in_domain_system
+    from finetuna_parsl.systems import (
+        ALLOY_METALS, FACETS, HELD_OUT_ALLOY_METALS, OOD_ADSORBATES, TRAIN_ADSORBATES, _adsorbate, ood_systems,
+    )
+
+    held_out_formulas = {_adsorbate_formula(_adsorbate(a)[0]) for a in OOD_ADSORBATES}
+    assert not held_out_formulas & {_adsorbate_formula(_adsorbate(a)[0]) for a in TRAIN_ADSORBATES}
+    ood = ood_systems(24, seed=0)
+    assert {s.system_id.rsplit("-", 1)[1] for s in ood} == set(FACETS)
+    for spec in ood:
+        atoms = spec.to_atoms()
+        metals = {a.symbol for a in atoms if a.symbol not in "CHNO"}
+        assert len(metals) == 2 and metals & set(HELD_OUT_ALLOY_METALS), spec.system_id
+        assert _adsorbate_formula(atoms) in held_out_formulas, spec.system_id
+    for i in range(400):  # the in-domain draw (building only; labelling is pretraining's job)
+        system_id, atoms = in_domain_system(i, seed=0)
+        metals = {a.symbol for a in atoms if a.symbol not in "CHNO"}
+        assert len(metals) == 1 or metals <= set(ALLOY_METALS), system_id
+        assert _adsorbate_formula(atoms) not in held_out_formulas, system_id
+
+
+def test_paper_counts_ship_with_the_oc20_systems():
+    from finetuna_parsl.systems import paper_counts
+
+    counts = paper_counts()
+    systems, _ = load_systems("oc20-ood30")
+    assert set(counts) == {s.system_id for s in systems}
+    assert all(c["vasp_bfgs_calls"] > 0 for c in counts.values())
