@@ -26,7 +26,8 @@ from .store import load_parent_calls
 QUERY_METHODS = ("relaxed-only", "k-steps", "uncertainty")
 ALL_METHODS = (*REFERENCE_METHODS, *QUERY_METHODS)
 #: Column order of the breakdown: the query rule's reasons (Proposal.reason), then reference method names.
-REASON_ORDER = ("initial", "k-steps", "relaxed", "uncertainty", "backoff", "stalled", "budget", *REFERENCE_METHODS)
+REASON_ORDER = ("initial", "k-steps", "relaxed", "uncertainty", "backoff", "trust", "stalled", "budget",
+                *REFERENCE_METHODS)
 
 
 @dataclass

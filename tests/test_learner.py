@@ -333,3 +333,66 @@ def test_non_finite_surrogate_is_reported():
     state = LearnerState.from_dict({**state.to_dict(), "settings": vars(LearnerSettings())})
     with pytest.raises(SurrogateDiverged, match=system.system_id):
         propose(state, Broken())
+
+
+# --- levers: trust radius, exact at the newest parent point ----------------------------------------
+def test_trust_radius_calls_the_parent_once_an_atom_moved_too_far():
+    settings = LearnerSettings(query="relaxed-only", trust_radius=0.3)
+    assert query_reason(settings, 0.5, 2, 0.0, moved=0.29) == ""
+    assert query_reason(settings, 0.5, 2, 0.0, moved=0.31) == "trust"
+    assert query_reason(LearnerSettings(query="relaxed-only"), 0.5, 2, 0.0, moved=9.0) == ""
+    with pytest.raises(ValueError, match="trust_radius"):
+        LearnerSettings(trust_radius=0.0)
+    state, proposals = relax(SYSTEMS[1], LearnerSettings(query="relaxed-only", trust_radius=0.05))
+    assert state.status == STATUS_CONVERGED
+    trusted = [p for p in proposals if p.reason == "trust"]
+    assert trusted
+    for p, before in zip(proposals[1:], state.parent_points):
+        if p.reason == "trust":  # stopped at the first step beyond the radius (a step is at most maxstep)
+            moved = np.linalg.norm(p.positions - before.positions, axis=1).max()
+            assert 0.05 < moved <= 0.05 + state.settings.maxstep
+
+
+def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservative():
+    from finetuna_parsl.learner.residual import NewestPointResidual
+
+    system = SYSTEMS[2]
+    point = system.to_atoms()
+    point.calc = EMT()
+    energy, forces = point.get_potential_energy(), point.get_forces(apply_constraint=False)
+    surrogate = ToySurrogate().calculator(ToySurrogate().initial_head())  # EMT plus a smooth error
+    calc = NewestPointResidual(surrogate, system.to_atoms(), energy, forces)
+    atoms = system.to_atoms()
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-9)
+    np.testing.assert_allclose(atoms.get_forces(apply_constraint=False), forces, atol=1e-9)
+    # Elsewhere: forces are -dE/dx of the corrected energy (central differences), not the raw surrogate's.
+    rng = np.random.default_rng(0)
+    moved = system.positions + rng.normal(0, 0.05, system.positions.shape)
+    atoms.positions = moved
+    f = atoms.get_forces(apply_constraint=False)
+    i, h = len(moved) - 1, 1e-4
+    for axis in range(3):
+        plus, minus = moved.copy(), moved.copy()
+        plus[i, axis] += h
+        minus[i, axis] -= h
+        atoms.positions = plus
+        e_plus = atoms.get_potential_energy()
+        atoms.positions = minus
+        e_minus = atoms.get_potential_energy()
+        assert -(e_plus - e_minus) / (2 * h) == pytest.approx(f[i, axis], abs=1e-5)
+
+
+def test_exact_residual_learner_converges_with_fewer_calls_than_bfgs():
+    settings = LearnerSettings(query="k-steps", k=10, exact_at_newest=True)
+    online = bfgs = 0
+    for system in SYSTEMS[:3]:
+        state, _ = relax(system, settings)
+        assert state.status == STATUS_CONVERGED, system.system_id
+        online += state.parent_calls
+        atoms = system.to_atoms()
+        atoms.calc = EMT()
+        opt = BFGS(atoms, logfile=None)
+        opt.run(fmax=0.03, steps=500)
+        bfgs += opt.nsteps + 1
+    assert online < 0.6 * bfgs, (online, bfgs)

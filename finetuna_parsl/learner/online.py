@@ -18,6 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from .bfgs import HessianBFGS, constrain, free_fmax
 from .query import query_reason, segment_cap
+from .residual import NewestPointResidual
 from .state import (
     STATUS_CONVERGED,
     STATUS_PARENT_BUDGET,
@@ -86,6 +87,8 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     positions = opt.step(newest.positions, constrain(newest.forces, fixed))
 
     calc = surrogate.calculator(head)
+    if settings.exact_at_newest:
+        calc = NewestPointResidual(calc, state.system.to_atoms(newest.positions), newest.energy, newest.forces)
     atoms = state.system.to_atoms(positions)
     atoms.calc = calc
     budget_left = settings.max_surrogate_steps - state.surrogate_steps
@@ -108,6 +111,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
             settings, free_fmax(forces, fixed), len(segment), uncertainty,
             [step.positions for step in segment[-settings.stall_steps - 1:]],
             cap,
+            moved=float(np.linalg.norm(positions - newest.positions, axis=1).max()),
         )
         if not reason:
             positions = opt.step(positions, constrain(forces, fixed))

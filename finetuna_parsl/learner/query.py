@@ -58,12 +58,14 @@ def query_reason(
     uncertainty: float,
     recent_positions: Sequence[np.ndarray] = (),
     cap: int | None = None,
+    moved: float = 0.0,
 ) -> str:
     """Why the parent should be called now, or "" to keep stepping on the surrogate.
 
     Every rule calls the parent when the surrogate says the structure is relaxed (or its optimizer has
     stalled); k-steps also after k surrogate steps since the last parent call; uncertainty also when the
-    ensemble disagrees more than the threshold. Any rule stops at `cap` steps (segment_cap's backoff).
+    ensemble disagrees more than the threshold. Any rule stops at `cap` steps (segment_cap's backoff), and
+    once an atom has `moved` (A) farther than settings.trust_radius from the newest parent point.
     """
     if surrogate_fmax <= settings.relaxed_fmax:
         return "relaxed"
@@ -75,4 +77,6 @@ def query_reason(
         return "uncertainty"
     if cap is not None and steps_in_segment >= cap:
         return "backoff"
+    if settings.trust_radius is not None and moved > settings.trust_radius:
+        return "trust"
     return ""

@@ -127,6 +127,10 @@ class LearnerSettings:
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
     backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, double
     # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
+    trust_radius: float | None = None  # any rule: call the parent once an atom is farther than this (A) from
+    # where it was at the newest parent point (None: no limit)
+    exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
+    # forces exactly (learner/residual.py)
 
     def __post_init__(self) -> None:
         if self.query not in ("relaxed-only", "k-steps", "uncertainty"):
@@ -139,6 +143,8 @@ class LearnerSettings:
         for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.trust_radius is not None and not self.trust_radius > 0:
+            raise ValueError(f"trust_radius must be > 0 (or null for no limit), got {self.trust_radius}")
 
     @property
     def relaxed_fmax(self) -> float:
@@ -227,6 +233,7 @@ class Proposal:
     segment: list[SurrogateStep]
     head: bytes | None
     head_points: int
-    reason: str  # why the parent is called: initial | relaxed | stalled | k-steps | backoff | uncertainty | budget
+    reason: str  # why the parent is called: initial | relaxed | stalled | k-steps | backoff | uncertainty | trust
+    # | budget
     fine_tune_s: float = 0.0
     surrogate_budget_spent: bool = False

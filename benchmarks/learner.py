@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Learner ablation -> benchmarks/learner.md: one row per lever of the online learner, on the same systems.
+
+Usage: python benchmarks/learner.py [--checkpoint shipped] [--ood 10] [--demo 6] [--workers 2]
+                                    [--output benchmarks/learner.md]
+
+Every row relaxes the same systems (the first --ood systems of the "ood" source, seed 0, and the first --demo
+of the "demo" source) with the EMT parent and the online learner's pure functions (learner.online.propose /
+record_parent, exactly what a campaign's learn task runs, without Parsl), and compares its parent calls with
+parent-only ASE BFGS on the same system (learner.reference, measured in the same run). Ratio: the mean over
+systems of (online parent calls / BFGS parent calls), as the paper reports; worst: the largest per-system
+ratio; accurate: parent-confirmed fmax <= 0.03 eV/A and final energy <= BFGS's + 0.02 eV.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+#: (row name, what changes from the baseline). The baseline is configs/ood-bench.yaml's learner.
+VARIANTS: list[tuple[str, dict]] = [
+    ("baseline: k-steps k=10, newest point, backoff", {}),
+    ("k=3", {"k": 3}),
+    ("k=20", {"k": 20}),
+    ("fine-tune on all parent points", {"train_on": "all"}),
+    ("trust radius 0.25 A", {"trust_radius": 0.25}),
+    ("exact at the newest parent point", {"exact_at_newest": True}),
+    ("no backoff", {"backoff": False}),
+    ("all points + exact at newest", {"train_on": "all", "exact_at_newest": True}),
+]
+BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000}
+
+_SURROGATE = None
+
+
+def _init(checkpoint: str) -> None:
+    global _SURROGATE
+    import torch
+
+    from finetuna_parsl.surrogate import load_surrogate
+
+    torch.set_num_threads(1)
+    _SURROGATE = load_surrogate(checkpoint, device="cpu")
+
+
+def _emt_parent(spec):
+    from ase.calculators.emt import EMT
+
+    from finetuna_parsl.learner.state import ParentPoint
+
+    def call(positions: np.ndarray) -> ParentPoint:
+        atoms = spec.to_atoms(positions)
+        atoms.calc = EMT()
+        return ParentPoint(positions.copy(), float(atoms.get_potential_energy()),
+                           np.array(atoms.get_forces(apply_constraint=False)))
+    return call
+
+
+def _run(job: tuple[str, dict, object]) -> dict:
+    """One (variant, system): parent calls, converged, final energy; 'bfgs' runs the reference."""
+    from finetuna_parsl.learner.online import propose, record_parent
+    from finetuna_parsl.learner.reference import run_reference
+    from finetuna_parsl.learner.state import STATUS_CONVERGED, LearnerSettings, LearnerState
+
+    name, change, spec = job
+    settings = replace(LearnerSettings(**BASELINE), **change)
+    parent = _emt_parent(spec)
+    t0 = time.perf_counter()
+    if name == "bfgs":
+        ref = run_reference("bfgs", spec, parent, settings)
+        points, converged, reasons = ref.parent_points, ref.status == STATUS_CONVERGED, {}
+    else:
+        state = LearnerState(spec, settings)
+        reasons: dict[str, int] = {}
+        while not state.done:
+            proposal = propose(state, _SURROGATE)
+            reasons[proposal.reason] = reasons.get(proposal.reason, 0) + 1
+            state = record_parent(state, proposal, parent(proposal.positions))
+        points, converged = state.parent_points, state.status == STATUS_CONVERGED
+    return {"variant": name, "system": spec.system_id, "calls": len(points), "converged": converged,
+            "energy": points[-1].energy, "reasons": reasons, "seconds": time.perf_counter() - t0}
+
+
+@click.command()
+@click.option("--checkpoint", default="shipped", show_default=True)
+@click.option("--ood", "n_ood", default=10, show_default=True, help="systems from the 'ood' source")
+@click.option("--demo", "n_demo", default=6, show_default=True, help="systems from the 'demo' source")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=Path(__file__).with_name("learner.md"))
+def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, output: Path) -> None:
+    from finetuna_parsl.systems import demo_systems, ood_systems
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    systems = ood_systems(n_ood, seed=0) + demo_systems(n_demo, seed=0)
+    jobs = [("bfgs", {}, s) for s in systems] + [(name, change, s) for name, change in VARIANTS for s in systems]
+    t0 = time.perf_counter()
+    results = []
+    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(checkpoint,)) as pool:
+        for i, r in enumerate(pool.imap_unordered(_run, jobs), start=1):
+            results.append(r)
+            print(f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f} s] {r['variant']} {r['system']}: "
+                  f"{r['calls']} calls, converged {r['converged']}", flush=True)
+    ref = {r["system"]: r for r in results if r["variant"] == "bfgs"}
+    command = "python benchmarks/learner.py " + " ".join(sys.argv[1:])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = ["# Learner ablation", "",
+             f"Made by `{command.strip()}` on {platform.platform()} ({os.cpu_count()} cores), commit `{commit}`, "
+             f"checkpoint `{checkpoint}`, in {time.perf_counter() - t0:.0f} s.", "",
+             f"Systems: {n_ood} out-of-domain (`ood` source, seed 0) and {n_demo} in-domain (`demo`, seed 0); EMT "
+             "parent; baseline learner = configs/ood-bench.yaml's (k-steps, k=10, fine-tune on the newest point, "
+             "backoff on). Each row changes one lever. Ratio = mean over systems of online / BFGS parent calls "
+             "(the paper's measure); worst = largest per-system ratio; accurate = parent-confirmed relaxed and "
+             "final energy <= BFGS's + 0.02 eV.", "",
+             f"BFGS: {sum(r['calls'] for r in ref.values())} parent calls in all.", "",
+             "| lever | parent calls | ratio ood | ratio demo | ratio all | worst (system) | accurate | calls by reason |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, _ in VARIANTS:
+        rows = [r for r in results if r["variant"] == name]
+        ratios = {r["system"]: r["calls"] / ref[r["system"]]["calls"] for r in rows}
+        ood = [v for k, v in ratios.items() if k.startswith("ood")]
+        demo = [v for k, v in ratios.items() if k.startswith("demo")]
+        worst = max(ratios, key=ratios.get)
+        accurate = sum(r["converged"] and r["energy"] <= ref[r["system"]]["energy"] + 0.02 for r in rows)
+        reasons: dict[str, int] = {}
+        for r in rows:
+            for k, v in r["reasons"].items():
+                reasons[k] = reasons.get(k, 0) + v
+        mean = (lambda v: f"{statistics.mean(v):.2f}" if v else "-")
+        lines.append(f"| {name} | {sum(r['calls'] for r in rows)} | {mean(ood)} | {mean(demo)} | "
+                     f"{mean(list(ratios.values()))} | {ratios[worst]:.2f} ({worst}) | {accurate}/{len(rows)} | "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])) + " |")
+    lines.append("")
+    output.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
