@@ -66,6 +66,10 @@ def _emt_parent(spec):
     return call
 
 
+def mean(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f}" if values else "-"
+
+
 def _run(job: tuple[str, dict, object]) -> dict:
     """One (variant, system): parent calls, converged, final energy; 'bfgs' runs the reference."""
     from finetuna_parsl.learner.online import propose, record_parent
@@ -122,7 +126,8 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, output: Path) -
              "(the paper's measure); worst = largest per-system ratio; accurate = parent-confirmed relaxed and "
              "final energy <= BFGS's + 0.02 eV.", "",
              f"BFGS: {sum(r['calls'] for r in ref.values())} parent calls in all.", "",
-             "| lever | parent calls | ratio ood | ratio demo | ratio all | worst (system) | accurate | calls by reason |",
+             "| lever | parent calls | ratio ood | ratio demo | ratio all | worst (system) | accurate "
+             "| calls by reason |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, _ in VARIANTS:
         rows = [r for r in results if r["variant"] == name]
@@ -135,7 +140,6 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, output: Path) -
         for r in rows:
             for k, v in r["reasons"].items():
                 reasons[k] = reasons.get(k, 0) + v
-        mean = (lambda v: f"{statistics.mean(v):.2f}" if v else "-")
         lines.append(f"| {name} | {sum(r['calls'] for r in rows)} | {mean(ood)} | {mean(demo)} | "
                      f"{mean(list(ratios.values()))} | {ratios[worst]:.2f} ({worst}) | {accurate}/{len(rows)} | "
                      + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])) + " |")

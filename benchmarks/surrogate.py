@@ -6,9 +6,9 @@ Usage: python benchmarks/surrogate.py [--checkpoint shipped] [--systems 6] [--da
 
 1. Pretrained force MAE on held-out in-domain frames and on out-of-domain frames (the pretraining script's split
    and frames: --data is its work folder; frames not there are labelled again, which takes a while).
-2. The paper's Fig. S1 effect: for out-of-domain systems (the "ood" source: unseen adsorbates on unseen alloys), force MAE on
-   the frames of the system's own EMT relaxation path before and after head-only fine-tuning on 1, 3 and 5 parent
-   points taken from that path, one at a time as the online learner does (newest point only).
+2. The paper's Fig. S1 effect: for out-of-domain systems (the "ood" source: unseen adsorbates on unseen alloys),
+   force MAE on the frames of the system's own EMT relaxation path before and after head-only fine-tuning on 1,
+   3 and 5 parent points taken from that path, one at a time as the online learner does (newest point only).
 3. Seconds per fine-tune (400 epochs) on a 62-atom system: first call (backbone features computed) and cached.
 """
 

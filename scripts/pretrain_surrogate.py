@@ -63,8 +63,8 @@ def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int,
                     log=log)
     log(f"free-atom force MAE in-domain {metrics['valid_in_force_mae']:.4f} eV/A, "
         f"out-of-domain {metrics['valid_out_force_mae']:.4f} eV/A after {metrics['epochs']} epochs")
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, " \
-        f"{threads} torch threads)"
+    where = (torch.cuda.get_device_name() if device == "cuda"
+             else f"CPU ({platform.processor() or platform.machine()}, {threads} torch threads)")
     card = ModelCard(
         elements=sorted(set(METALS) | {"H", "C", "N", "O"}),
         description=(

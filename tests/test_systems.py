@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import pytest
 from ase.build import fcc111
 from ase.constraints import FixAtoms, FixBondLength
 from ase.io import write

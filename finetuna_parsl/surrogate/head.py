@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,18 +31,18 @@ class HeadState:
     members: list[dict[str, np.ndarray]]
     energy_offset: float = 0.0
     trained_points: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         torch.save({"members": self.members, "energy_offset": self.energy_offset,
-                    "trained_points": self.trained_points, "history": self.history}, buffer)
+                    "trained_points": self.trained_points}, buffer)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "HeadState":
         raw = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
-        return cls(raw["members"], float(raw["energy_offset"]), int(raw["trained_points"]), list(raw["history"]))
+        return cls(raw["members"], float(raw["energy_offset"]), int(raw["trained_points"]))  # older blobs also
+        # carry a "history" list (losses of every fine-tune, never read): ignored
 
 
 @dataclass
@@ -142,8 +142,7 @@ def fine_tune(heads: list[torch.nn.Module], points: list[tuple[Features, torch.T
     return {"initial_loss": first, "final_loss": last, "epochs": float(epochs)}
 
 
-def state_from_heads(heads: list[torch.nn.Module], previous: HeadState, energy_offset: float, trained_points: int,
-                     info: dict[str, float]) -> HeadState:
+def state_from_heads(heads: list[torch.nn.Module], energy_offset: float, trained_points: int) -> HeadState:
     """A new HeadState holding the trained heads' weights (on CPU, as numpy)."""
     members = [{k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()} for head in heads]
-    return HeadState(members, energy_offset, trained_points, previous.history + [info])
+    return HeadState(members, energy_offset, trained_points)

@@ -104,7 +104,7 @@ class Surrogate:
         newest = points[-1]
         offset = float(newest.get_potential_energy()) - self.features(newest).energy
         info["seconds"] = time.perf_counter() - t0
-        return state_from_heads(heads, state, offset, state.trained_points + len(points), info).to_bytes(), info
+        return state_from_heads(heads, offset, state.trained_points + len(points)).to_bytes(), info
 
     def predict(self, atoms: Atoms, head: bytes | HeadState) -> tuple[float, np.ndarray, float]:
         """Energy, ensemble-mean forces and uncertainty (max over free atoms of the force std's norm, eV/A)."""
