@@ -100,13 +100,15 @@ def _run(job: tuple[str, dict, object]) -> dict:
 @click.option("--ood", "n_ood", default=10, show_default=True, help="systems from the 'ood' source")
 @click.option("--demo", "n_demo", default=6, show_default=True, help="systems from the 'demo' source")
 @click.option("--workers", default=2, show_default=True)
+@click.option("--rows", default="", help="only these rows of the table, by number from 1 (default: all)")
 @click.option("--output", type=click.Path(path_type=Path), default=Path(__file__).with_name("learner.md"))
-def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, output: Path) -> None:
+def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, output: Path) -> None:
     from finetuna_parsl.systems import demo_systems, ood_systems
 
+    variants = [VARIANTS[int(i) - 1] for i in rows.split(",")] if rows else VARIANTS
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     systems = ood_systems(n_ood, seed=0) + demo_systems(n_demo, seed=0)
-    jobs = [("bfgs", {}, s) for s in systems] + [(name, change, s) for name, change in VARIANTS for s in systems]
+    jobs = [("bfgs", {}, s) for s in systems] + [(name, change, s) for name, change in variants for s in systems]
     t0 = time.perf_counter()
     results = []
     with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(checkpoint,)) as pool:
@@ -129,19 +131,19 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, output: Path) -
              "| lever | parent calls | ratio ood | ratio demo | ratio all | worst (system) | accurate "
              "| calls by reason |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for name, _ in VARIANTS:
-        rows = [r for r in results if r["variant"] == name]
-        ratios = {r["system"]: r["calls"] / ref[r["system"]]["calls"] for r in rows}
+    for name, _ in variants:
+        done = [r for r in results if r["variant"] == name]
+        ratios = {r["system"]: r["calls"] / ref[r["system"]]["calls"] for r in done}
         ood = [v for k, v in ratios.items() if k.startswith("ood")]
         demo = [v for k, v in ratios.items() if k.startswith("demo")]
         worst = max(ratios, key=ratios.get)
-        accurate = sum(r["converged"] and r["energy"] <= ref[r["system"]]["energy"] + 0.02 for r in rows)
+        accurate = sum(r["converged"] and r["energy"] <= ref[r["system"]]["energy"] + 0.02 for r in done)
         reasons: dict[str, int] = {}
-        for r in rows:
+        for r in done:
             for k, v in r["reasons"].items():
                 reasons[k] = reasons.get(k, 0) + v
-        lines.append(f"| {name} | {sum(r['calls'] for r in rows)} | {mean(ood)} | {mean(demo)} | "
-                     f"{mean(list(ratios.values()))} | {ratios[worst]:.2f} ({worst}) | {accurate}/{len(rows)} | "
+        lines.append(f"| {name} | {sum(r['calls'] for r in done)} | {mean(ood)} | {mean(demo)} | "
+                     f"{mean(list(ratios.values()))} | {ratios[worst]:.2f} ({worst}) | {accurate}/{len(done)} | "
                      + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])) + " |")
     lines.append("")
     output.write_text("\n".join(lines) + "\n")
