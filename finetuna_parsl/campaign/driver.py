@@ -127,6 +127,7 @@ class Campaign:
         self.method = method
         self.on_progress = on_progress or (lambda p: None)
         self.progress = Progress(total=len(self.systems))
+        self._order = {s.system_id: i for i, s in enumerate(self.systems)}
         self.parent_calls_this_run = 0
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -329,7 +330,8 @@ class Campaign:
             if not active:
                 continue
             finished, _ = cf.wait(list(active), timeout=POLL_S, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
+            # in the systems' order, not completion order (a set's): the store is written the same way every run
+            for future in sorted(finished, key=lambda f: self._order[active[f].state.system.system_id]):
                 r = active.pop(future)
                 stage = future.stage
                 if stage == "learn":
