@@ -217,6 +217,31 @@ def plot(store_path: str, out_dir: str | None) -> None:
 
 
 @main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the rows and totals as JSON instead of a table.")
+def inspect(store_path: str, as_json: bool) -> None:
+    """Per-system status, outcome, parent calls by reason, surrogate steps, final energy (eV) and fmax (eV/A),
+    errors in full, and campaign totals; also of a store a running campaign is writing (from its live summary)."""
+    import json
+    from pathlib import Path
+
+    from .inspection import inspect_store, report, totals
+    from .store import StoreError
+
+    if not Path(store_path).exists() and not Path(store_path).with_suffix(".summary.json").exists():
+        _fail(f"no such store: {store_path}")
+    try:
+        ins = inspect_store(store_path)
+    except StoreError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"store": str(ins.store), "source": ins.source, "note": ins.note, "method": ins.method,
+                               "systems": ins.rows, "totals": totals(ins.rows)}, indent=1, default=str))
+    else:
+        click.echo(report(ins))
+
+
+@main.command()
 @click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["extxyz", "traj", "db"]), default="extxyz", show_default=True)
 @click.option("--out", "out", help="Output file (default: STORE with the format's suffix).")

@@ -12,6 +12,7 @@ import errno
 import importlib.metadata
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,8 @@ class CampaignStore:
             raise StoreError(f"{self.path}: store format {root['format_version']} is not {FORMAT_VERSION}")
         self.file.require_group("systems")
         self._surrogate_seen: dict[str, int] = {}
+        self._rows: dict[str, dict] = {}  # live_rows' cache, re-read only for systems changed since
+        self._changed: set[str] = set(self.file["systems"].keys())
 
     def __enter__(self) -> "CampaignStore":
         return self
@@ -214,6 +217,7 @@ class CampaignStore:
             status=PENDING, formula=system.formula, n_atoms=n, parent_calls=0, surrogate_steps=0,
             final_energy=np.nan, final_fmax=np.nan, error="", outcome="",
         )
+        self._changed.add(system.system_id)
         self.file.flush()
 
     def set_status(self, system_id: str, status: str, error: str = "", outcome: str | None = None) -> None:
@@ -223,6 +227,7 @@ class CampaignStore:
         attrs["error"] = error
         if outcome is not None:
             attrs["outcome"] = outcome
+        self._changed.add(system_id)
         self.file.flush()
 
     def add_warnings(self, system_id: str, messages: Sequence[str]) -> None:
@@ -232,6 +237,7 @@ class CampaignStore:
         new = [m for m in dict.fromkeys(messages) if m not in have]
         if new:
             attrs["warnings"] = have + new
+            self._changed.add(system_id)
             self.file.flush()
 
     def status(self, system_id: str) -> str:
@@ -247,6 +253,7 @@ class CampaignStore:
             ds.resize(0, axis=0)
         g.attrs.update(parent_calls=0, surrogate_steps=0, final_energy=np.nan, final_fmax=np.nan)
         self._surrogate_seen.pop(system_id, None)
+        self._changed.add(system_id)
         self.file.flush()
 
     def append_steps(self, system_id: str, rows: Sequence[StepRow]) -> None:
@@ -287,6 +294,7 @@ class CampaignStore:
             last = parents[-1]
             g.attrs["final_energy"] = last.energy
             g.attrs["final_fmax"] = free_fmax(last.forces, g["fixed"][()])
+        self._changed.add(system_id)
         self.file.flush()
 
     def save_head(self, system_id: str, head: bytes | None, head_points: int) -> None:
@@ -303,6 +311,19 @@ class CampaignStore:
     # --- reading -----------------------------------------------------------------------------
     def summary(self) -> list[dict]:
         return read_summary(self.file)
+
+    def has_changes(self) -> bool:
+        """Whether a system changed since the last live_rows() call."""
+        return bool(self._changed)
+
+    def live_rows(self) -> list[dict]:
+        """read_summary's rows of every system, re-reading only the systems changed since the last call
+        (cheap enough to call after every parent call of a large campaign)."""
+        systems = self.file["systems"]
+        for system_id in self._changed:
+            self._rows[system_id] = read_system_row(system_id, systems[system_id])
+        self._changed.clear()
+        return [self._rows[system_id] for system_id in systems.keys()]
 
     def load_state(self, system_id: str, settings: LearnerSettings) -> LearnerState:
         """The learner state of a stored relaxation: its parent points and latest head (for resume)."""
@@ -363,30 +384,35 @@ def state_from_group(g: h5py.Group, system_id: str, settings: LearnerSettings) -
     )
 
 
+def read_system_row(system_id: str, g: h5py.Group) -> dict:
+    """One system's summary row: status, outcome, parent calls (total and by reason; "" = not recorded),
+    surrogate steps, final parent energy (eV) and fmax over free atoms (eV/A), error and warnings in full,
+    SCF cycles and parent wall time (s)."""
+    a = g.attrs
+    steps = g["steps"]
+    parent = steps["kind"][()] == KIND_PARENT
+    reasons = steps["reason"].asstr()[()][parent].tolist() if "reason" in steps else [""] * int(parent.sum())
+    return {
+        "system_id": system_id,
+        "status": str(a["status"]),
+        "outcome": str(a.get("outcome", "")),
+        "formula": str(a["formula"]),
+        "n_atoms": int(a["n_atoms"]),
+        "parent_calls": int(a["parent_calls"]),
+        "parent_calls_by_reason": dict(Counter(reasons)),
+        "surrogate_steps": int(a["surrogate_steps"]),
+        "final_energy": float(a["final_energy"]),
+        "final_fmax": float(a["final_fmax"]),
+        "error": str(a["error"]),
+        "warnings": [str(w) for w in a.get("warnings", [])],
+        "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
+        "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
+    }
+
+
 def read_summary(f: h5py.File) -> list[dict]:
-    """Per-system summary rows from an open store (any mode)."""
-    rows = []
-    for system_id, g in f["systems"].items():
-        a = g.attrs
-        steps = g["steps"]
-        parent = steps["kind"][()] == KIND_PARENT
-        rows.append(
-            {
-                "system_id": system_id,
-                "status": str(a["status"]),
-                "outcome": str(a.get("outcome", "")),
-                "formula": str(a["formula"]),
-                "n_atoms": int(a["n_atoms"]),
-                "parent_calls": int(a["parent_calls"]),
-                "surrogate_steps": int(a["surrogate_steps"]),
-                "final_energy": float(a["final_energy"]),
-                "final_fmax": float(a["final_fmax"]),
-                "error": str(a["error"]),
-                "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
-                "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
-            }
-        )
-    return rows
+    """Per-system summary rows (read_system_row) from an open store (any mode)."""
+    return [read_system_row(system_id, g) for system_id, g in f["systems"].items()]
 
 
 def load_summary(path: str | Path) -> list[dict]:

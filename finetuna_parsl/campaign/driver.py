@@ -9,11 +9,14 @@ sees the point, so a killed driver loses at most the parent call in flight.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .. import live
 from ..apps import learn_and_propose, parent_session, reference_relaxation
 from ..config import RunConfig
 from ..learner.online import record_parent, settle
@@ -29,6 +32,8 @@ RUNNING = "running"
 INTERRUPTED = "interrupted"  # stopped by a signal mid-relaxation; the next run resumes it
 #: Seconds the main loop waits on futures before it looks at a stop request again.
 POLL_S = 0.25
+#: Seconds between rewrites of the live summary beside the store (live.py) while something changed.
+PUBLISH_INTERVAL_S = 1.0
 #: On a stop, how long (s) the parent sessions get to close their parents (VASP: STOPCAR) before Parsl goes.
 SESSION_CLOSE_WAIT_S = 5.0
 
@@ -128,11 +133,32 @@ class Campaign:
         self.on_progress = on_progress or (lambda p: None)
         self.progress = Progress(total=len(self.systems))
         self._order = {s.system_id: i for i, s in enumerate(self.systems)}
+        self._published = -float("inf")  # monotonic time of the last live summary
+        self._publish_failed = False
         self.parent_calls_this_run = 0
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _report(self) -> None:
         self.on_progress(self.progress)
+        self._publish()
+
+    def _publish(self, state: str = live.RUNNING, force: bool = False) -> None:
+        """Rewrite the live summary beside the store (at most every PUBLISH_INTERVAL_S unless forced).
+
+        What `finetuna-parsl inspect` reads while this run holds the store; a folder that cannot take it
+        costs one warning, never the campaign.
+        """
+        now = time.monotonic()
+        if not force and (now - self._published < PUBLISH_INTERVAL_S or not self.store.has_changes()):
+            return
+        self._published = now
+        try:
+            live.publish(self.store.path, self.method, state, self.store.live_rows())
+        except OSError as exc:
+            if not self._publish_failed:
+                self._publish_failed = True
+                warnings.warn(f"cannot write the live summary beside {self.store.path} ({exc}); "
+                              "inspect can read the store once this run ends", stacklevel=2)
 
     def _finish(self, system_id: str, status: str, outcome: str, error: str = "", r: _Relaxation | None = None) -> None:
         if r is not None:
@@ -300,8 +326,10 @@ class Campaign:
         active: dict[cf.Future, _Relaxation] = {}
         slots = self.config.campaign.max_concurrent
         self.calls = cf.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="parent-call")
+        ended = "stopped"  # an exception on the way out (the store keeps everything written)
         try:
             self._loop(queue, active, slots)
+            ended = "finished"
         finally:
             sessions = [r.session for r in active.values() if r.session is not None]
             for r in active.values():
@@ -311,6 +339,7 @@ class Campaign:
             self.calls.shutdown(wait=False, cancel_futures=True)
             if self.stop.signum is not None and sessions:  # let them stop their parents (bounded)
                 cf.wait(sessions, timeout=SESSION_CLOSE_WAIT_S)
+            self._publish("interrupted" if self.stop.signum is not None else ended, force=True)
         ids = {s.system_id for s in self.systems}
         rows = [row for row in self.store.summary() if row["system_id"] in ids]
         return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)
