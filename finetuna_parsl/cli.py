@@ -243,23 +243,29 @@ def inspect(store_path: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["extxyz", "traj", "db"]), default="extxyz", show_default=True)
-@click.option("--out", "out", help="Output file (default: STORE with the format's suffix).")
+@click.option("--format", "fmt", type=click.Choice(["extxyz", "traj", "db", "aselmdb"]), default="extxyz",
+              show_default=True, help="aselmdb: ASE's LMDB database, which fairchem's AseDBDataset trains on.")
+@click.option("--out", "out", help="Output file (default: STORE with the format's suffix; '.final' added with --final).")
 @click.option("--parent-only/--all-frames", default=True, show_default=True,
               help="Only parent-labelled frames (the training data), or surrogate frames too.")
-def export(store_path: str, fmt: str, out: str | None, parent_only: bool) -> None:
-    """Write a campaign store's frames to an ASE format, with energies and forces."""
+@click.option("--final", is_flag=True,
+              help="Only the last parent-confirmed structure of each system, with its parent energy and forces.")
+def export(store_path: str, fmt: str, out: str | None, parent_only: bool, final: bool) -> None:
+    """Write a campaign store's frames to an ASE format, with energies (eV), forces (eV/A) and metadata
+    (system_id, parent_call, reason, status, outcome, source, method, parent)."""
     from pathlib import Path
 
     from .store import StoreError
     from .store import export as export_store
 
-    target = out or str(Path(store_path).with_suffix("." + fmt))
+    store = Path(store_path)
+    target = out or str(store.with_name(f"{store.stem}{'.final' if final else ''}.{fmt}"))
     try:
-        count = export_store(store_path, target, fmt, parent_only=parent_only)
+        count = export_store(store_path, target, fmt, parent_only=parent_only, final=final)
     except StoreError as exc:
         _fail(str(exc))
-    click.echo(f"wrote {count} {'parent' if parent_only else ''} frames to {target}".replace("  ", " "))
+    what = "final parent-confirmed" if final else ("parent" if parent_only else "")
+    click.echo(f"wrote {count} {what} frames to {target}".replace("  ", " "))
 
 
 if __name__ == "__main__":

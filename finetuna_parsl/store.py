@@ -447,57 +447,102 @@ def load_parent_energies(path: str | Path) -> dict[str, np.ndarray]:
         return {sid: g["steps/energy"][()][g["steps/kind"][()] == KIND_PARENT] for sid, g in f["systems"].items()}
 
 
-EXPORT_FORMATS = {"extxyz": "extxyz", "traj": "traj", "db": "db"}
+#: format -> what it is. aselmdb: ASE's LMDB backend (the ase_db_backends package fairchem installs), which
+#: fairchem's AseDBDataset reads directly for training.
+EXPORT_FORMATS = {"extxyz": "extended XYZ", "traj": "ASE trajectory", "db": "ASE database (SQLite)",
+                  "aselmdb": "ASE LMDB database, fairchem's AseDBDataset"}
 
 
-def iter_frames(path: str | Path, parent_only: bool = True) -> Iterator["Atoms"]:
-    """Every stored frame as ASE Atoms with a SinglePointCalculator (energy, forces) and info tags."""
+def _parent_kind(run_config: str) -> str:
+    import yaml
+
+    try:
+        parent = (yaml.safe_load(run_config) or {}).get("parent") or {}
+        return str(parent.get("kind", "emt"))
+    except (yaml.YAMLError, AttributeError):
+        return ""
+
+
+def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False) -> Iterator["Atoms"]:
+    """Stored frames as ASE Atoms with a SinglePointCalculator (energy in eV, forces in eV/A, as the parent or
+    surrogate gave them) and FixAtoms and tags as stored.
+
+    final: only the last parent-labelled frame of each system (its last parent-confirmed structure; a system
+    without parent calls gives none). atoms.info carries the metadata: system_id, step (row in steps/),
+    kind (parent|surrogate), parent_call (0-based index among the system's parent calls, -1 for surrogate
+    frames), reason, status and outcome of the system, source (the store file), method, parent (kind), and
+    charge/spin where the system has them. Raises StoreError when the store cannot be opened.
+    """
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixAtoms
 
     with open_h5(path, "r") as f:
+        method = str(f.attrs.get("method", "online"))
+        parent = _parent_kind(str(f.attrs.get("run_config", "")))
         for system_id, g in f["systems"].items():
             steps = g["steps"]
             kind = steps["kind"][()]
             fixed = g["fixed"][()]
-            for i in np.flatnonzero(kind == KIND_PARENT) if parent_only else range(len(kind)):
+            reasons = steps["reason"].asstr()[()] if "reason" in steps else np.array([""] * len(kind), dtype=object)
+            parent_index = np.cumsum(kind == KIND_PARENT) - 1
+            rows = np.flatnonzero(kind == KIND_PARENT) if (parent_only or final) else np.arange(len(kind))
+            if final:
+                rows = rows[-1:]
+            extra = {key: int(g.attrs[key]) for key in ("charge", "spin") if key in g.attrs}
+            for i in rows:
                 atoms = Atoms(numbers=g["numbers"][()], positions=steps["positions"][i], cell=g["cell"][()],
                               pbc=g["pbc"][()], tags=g["tags"][()])
                 if fixed.any():
                     atoms.set_constraint(FixAtoms(mask=fixed))
                 atoms.calc = SinglePointCalculator(atoms, energy=float(steps["energy"][i]), forces=steps["forces"][i])
-                atoms.info.update(system_id=system_id, step=int(i), kind="parent" if kind[i] == KIND_PARENT else "surrogate")
+                is_parent = kind[i] == KIND_PARENT
+                atoms.info.update(
+                    system_id=system_id, step=int(i), kind="parent" if is_parent else "surrogate",
+                    parent_call=int(parent_index[i]) if is_parent else -1, reason=str(reasons[i]),
+                    status=str(g.attrs["status"]), outcome=str(g.attrs.get("outcome", "")),
+                    source=Path(path).name, method=method, parent=parent, **extra,
+                )
                 yield atoms
 
 
-def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True) -> int:
-    """Write the store's frames to an ASE format (extxyz, traj or an ASE database); returns the frame count."""
+def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True, final: bool = False) -> int:
+    """Write the store's frames (iter_frames) to `out` in `fmt` (EXPORT_FORMATS); returns the frame count.
+
+    db and aselmdb rows carry the metadata as key-value pairs (for `ase db` queries) and in row.data, with
+    fairchem's sid (system id) and fid (parent call index), which AseDBDataset puts in atoms.info and the
+    data's sid. Raises StoreError for an unknown format, an existing `out`, or a store that cannot be opened.
+    """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
     if out.exists():
         raise StoreError(f"{out} exists; remove it or choose another name")
+    if fmt == "aselmdb" and "aselmdb" not in out.name:
+        raise StoreError(f"{out}: an aselmdb export's file name must contain 'aselmdb' (ase.db and fairchem "
+                         f"pick the LMDB backend by it), e.g. {out.stem}.aselmdb")
+    frames = iter_frames(path, parent_only, final)
     count = 0
-    if fmt == "db":
+    if fmt in ("db", "aselmdb"):
         from ase.db import connect
 
         with connect(str(out)) as db:
-            for atoms in iter_frames(path, parent_only):
+            for atoms in frames:
                 info = dict(atoms.info)
-                db.write(atoms, system_id=info["system_id"], step=info["step"], kind=info["kind"])
+                data = {"sid": info["system_id"], "fid": info["parent_call"], **info}
+                db.write(atoms, key_value_pairs=info, data=data)
                 count += 1
         return count
     from ase.io import Trajectory, write
 
     if fmt == "traj":
         with Trajectory(str(out), "w") as traj:
-            for atoms in iter_frames(path, parent_only):
+            for atoms in frames:
                 traj.write(atoms)
                 count += 1
         return count
     with open(out, "w") as handle:
-        for atoms in iter_frames(path, parent_only):
+        for atoms in frames:
             write(handle, atoms, format="extxyz")
             count += 1
     return count
