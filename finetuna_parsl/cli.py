@@ -150,12 +150,14 @@ def _load_run_config(config_path: str, site: str | None, output: str | None):
 @click.option("--systems", "count", type=int, help="Use only the first N systems.")
 @click.option("--trajectory-system", help="System for the energy-vs-parent-call figure (default: the first).")
 @click.option("--restart", is_flag=True, help="Delete existing stores and start over (default: resume them).")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Run every method this many times and report the spread of parent-call totals (for GPUs).")
 def bench(config_path: str, methods: str, reference: str, out_dir: str | None, site: str | None,
-          output: str | None, count: int | None, trajectory_system: str | None, restart: bool) -> None:
+          output: str | None, count: int | None, trajectory_system: str | None, restart: bool, repeats: int) -> None:
     """Compare methods on the same systems: the paper's Table 1 (Markdown + CSV) and figures."""
     from pathlib import Path
 
-    from .bench import ALL_METHODS, breakdown_table, markdown_table, run_bench, write_csv
+    from .bench import ALL_METHODS, breakdown_table, markdown_table, missed_text, repeatability_text, run_bench, write_csv
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
 
@@ -169,7 +171,8 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     from .store import StoreError
 
     try:
-        result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
+        result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart,
+                           repeats=repeats)
     except CampaignInterrupted as exc:
         _interrupted(exc)
     except StoreError as exc:
@@ -181,11 +184,15 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     calls_note = ("Parent calls by the reason each was made (the query rule's; a reference method's name for its "
                   "calls), and how many came after the parent fmax first fell below 0.1 eV/A.")
     command = " ".join(["finetuna-parsl", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "finetuna-parsl bench"
+    missed = missed_text(result)
+    repeatable = repeatability_text(result)
     (folder / "paper_table.md").write_text(
         f"# Speed and accuracy against {reference}\n\n{len(systems)} systems from `{config.systems.source}`, "
-        f"parent `{config.parent.kind}`, site `{config.site}`.\n\nMade by: `{command}`\n\n{table}\n\n"
+        f"parent `{config.parent.kind}`, site `{config.site}`, seed {config.surrogate.seed}.\n\n"
+        f"Made by: `{command}`\n\n{table}\n\n"
         "dE = final parent energy minus the reference's; accurate = parent-confirmed fmax <= "
-        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n\n## Where the parent calls went\n\n{calls_note}\n\n{calls}\n"
+        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n\nNot accurate:\n\n{missed}\n\n"
+        f"## Where the parent calls went\n\n{calls_note}\n\n{calls}\n\n## Repeatability\n\n{repeatable}\n"
     )
     write_csv(result, folder / "paper_table.csv")
     accuracy_vs_speed(result.table, reference, folder / "accuracy_vs_speed.png")
@@ -193,7 +200,9 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     sid = trajectory_system or systems[0].system_id
     energy_trajectories(result.stores, sid, folder / "energy_trajectory.png")
     click.echo(table)
+    click.echo(f"\nNot accurate:\n{missed}")
     click.echo(f"\n{calls_note}\n\n{calls}")
+    click.echo(f"\n{repeatable}")
     click.echo(f"\nwrote {folder / 'paper_table.md'}, paper_table.csv and figures accuracy_vs_speed.png, "
                f"per_system.png, energy_trajectory.png ({sid}) in {folder}")
 
@@ -202,14 +211,18 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
 @click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", default=None, help="Folder for the figures (default: beside the store).")
 def plot(store_path: str, out_dir: str | None) -> None:
-    """Per-system figures of a finished campaign: parent calls and parent-energy trajectories."""
+    """Per-system figures of a campaign: parent calls (beside the reference stores `run --compare` or `bench`
+    wrote next to it) and parent-energy trajectories."""
     from pathlib import Path
 
-    from .plots import plot_store
+    from .plots import plot_store, reference_stores
     from .store import StoreError
 
+    references = reference_stores(store_path)
+    if references:
+        click.echo(f"beside reference stores: {', '.join(p.name for p in references.values())}")
     try:
-        made = plot_store(store_path, out_dir or Path(store_path).parent)
+        made = plot_store(store_path, out_dir or Path(store_path).parent, references)
     except StoreError as exc:
         _fail(str(exc))
     for path in made:

@@ -73,7 +73,8 @@ class Progress:
     failed: int = 0
     running: int = 0
     skipped: int = 0
-    parent_calls: int = 0
+    parent_calls: int = 0  # every stored parent call of these systems, resumed work included
+    resumed_parent_calls: int = 0  # of those, made by earlier runs
 
 
 @dataclass
@@ -317,11 +318,15 @@ class Campaign:
         """
         queue: deque[SystemSpec] = deque()
         for system in self.systems:
-            if self.store.has_system(system.system_id) and self.store.status(system.system_id) == DONE:
+            stored = self.store.has_system(system.system_id)
+            done = stored and self.store.status(system.system_id) == DONE
+            if stored and (done or self.method == "online"):  # a reference relaxation not done is redone whole
+                self.progress.resumed_parent_calls += self.store.parent_calls(system.system_id)
+            if done:
                 self.progress.done += 1
-                self.progress.parent_calls += self.store.parent_calls(system.system_id)
             else:
                 queue.append(system)
+        self.progress.parent_calls = self.progress.resumed_parent_calls
         self._report()
         active: dict[cf.Future, _Relaxation] = {}
         slots = self.config.campaign.max_concurrent
