@@ -160,6 +160,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     from .bench import ALL_METHODS, breakdown_table, markdown_table, missed_text, repeatability_text, run_bench, write_csv
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
+    from .reproducible import HOW
 
     config = _load_run_config(config_path, site, output)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -189,7 +190,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     (folder / "paper_table.md").write_text(
         f"# Speed and accuracy against {reference}\n\n{len(systems)} systems from `{config.systems.source}`, "
         f"parent `{config.parent.kind}`, site `{config.site}`, seed {config.surrogate.seed}.\n\n"
-        f"Made by: `{command}`\n\n{table}\n\n"
+        f"Made by: `{command}`; {HOW} (see Repeatability).\n\n{table}\n\n"
         "dE = final parent energy minus the reference's; accurate = parent-confirmed fmax <= "
         f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n\nNot accurate:\n\n{missed}\n\n"
         f"## Where the parent calls went\n\n{calls_note}\n\n{calls}\n\n## Repeatability\n\n{repeatable}\n"
