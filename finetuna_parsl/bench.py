@@ -77,7 +77,8 @@ def run_bench(
         base = config
         if k > 1:
             out = Path(config.campaign.output)
-            base = with_overrides(config, campaign={"output": str(out.with_name(f"{out.stem}.repeat{k}{out.suffix or '.h5'}"))})
+            repeat_store = out.with_name(f"{out.stem}.repeat{k}{out.suffix or '.h5'}")
+            base = with_overrides(config, campaign={"output": str(repeat_store)})
         for method in order:
             cfg, campaign_method = method_config(base, method)
             label = method if k == 1 else f"{method} (repeat {k})"
@@ -104,7 +105,8 @@ def repeatability_text(result: BenchResult) -> str:
     for method, totals in result.repeats.items():
         spread = max(totals) - min(totals)
         mean = sum(totals) / len(totals)
-        lines.append(f"| {method} | {', '.join(map(str, totals))} | {spread} | {100 * spread / mean if mean else 0:.1f}% |")
+        percent = 100 * spread / mean if mean else 0.0
+        lines.append(f"| {method} | {', '.join(map(str, totals))} | {spread} | {percent:.1f}% |")
     return "\n".join(lines)
 
 

@@ -157,7 +157,8 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     """Compare methods on the same systems: the paper's Table 1 (Markdown + CSV) and figures."""
     from pathlib import Path
 
-    from .bench import ALL_METHODS, breakdown_table, markdown_table, missed_text, repeatability_text, run_bench, write_csv
+    from .bench import (ALL_METHODS, breakdown_table, markdown_table, missed_text, repeatability_text, run_bench,
+                        write_csv)
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
     from .reproducible import HOW
@@ -259,7 +260,8 @@ def inspect(store_path: str, as_json: bool) -> None:
 @click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["extxyz", "traj", "db", "aselmdb"]), default="extxyz",
               show_default=True, help="aselmdb: ASE's LMDB database, which fairchem's AseDBDataset trains on.")
-@click.option("--out", "out", help="Output file (default: STORE with the format's suffix; '.final' added with --final).")
+@click.option("--out", "out",
+              help="Output file (default: STORE with the format's suffix; '.final' added with --final).")
 @click.option("--parent-only/--all-frames", default=True, show_default=True,
               help="Only parent-labelled frames (the training data), or surrogate frames too.")
 @click.option("--final", is_flag=True,

@@ -110,7 +110,8 @@ def report(ins: Inspection) -> str:
         "-" * len(header),
         f"{t['systems']} systems: {status}; outcomes: {outcome}",
         f"{t['parent_calls']} parent calls ({_reasons(t['parent_calls_by_reason'])}), "
-        f"{t['surrogate_steps']} surrogate steps, {t['scf_cycles']} SCF cycles, {t['parent_wall_s']:.1f} s in the parent",
+        f"{t['surrogate_steps']} surrogate steps, {t['scf_cycles']} SCF cycles, "
+        f"{t['parent_wall_s']:.1f} s in the parent",
     ]
     stale = t["status"].get("running", 0) + t["status"].get("interrupted", 0)
     if ins.source == "store" and stale:

@@ -105,7 +105,8 @@ def reference_stores(store: str | Path) -> dict[str, Path]:
     return found
 
 
-def plot_store(store: str | Path, out_dir: str | Path, references: Mapping[str, str | Path] | None = None) -> list[Path]:
+def plot_store(store: str | Path, out_dir: str | Path,
+               references: Mapping[str, str | Path] | None = None) -> list[Path]:
     """Figures of one campaign: parent calls per system (beside each reference method's, found beside the store
     unless `references` names them: {method: store}) and the parent energy trajectory of each system."""
     out_dir = Path(out_dir)

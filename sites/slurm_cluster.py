@@ -11,7 +11,8 @@ Every site-specific value is an environment variable, set in one place: the driv
   FINETUNA_SLURM_OPTIONS     extra #SBATCH lines for both jobs, ';'-separated, e.g. "--constraint=cpu;--mem=0"
   FINETUNA_LEARN_PARTITION   partition of the learn job (a GPU partition); default: FINETUNA_SLURM_PARTITION
   FINETUNA_LEARN_GPUS        GPUs per learn node; 0 (default) runs the learn workers on CPU cores
-  FINETUNA_WORKER_INIT       shell lines run before the workers start, e.g. "module load vasp; source ~/venv/bin/activate"
+  FINETUNA_WORKER_INIT       shell lines run before the workers start, e.g.
+                             "module load vasp; source ~/venv/bin/activate"
   FINETUNA_DRIVER_ADDRESS    address the workers connect back to; default: this host's name (the driver's node)
 
 The parent job runs one Parsl worker pool on its first node, holding up to `campaign.max_concurrent` parent

@@ -102,8 +102,8 @@ def test_progress_counts_the_parent_calls_of_resumed_work(tmp_path, toy_on_worke
     from finetuna_parsl.campaign.progress import ProgressLine
 
     output = tmp_path / "resumed.h5"
-    config = parse_config(TOY_CONFIG.format(output=output).replace("site: laptop", f"site: {TESTS_DIR / 'threads_site.py'}")
-                          .replace("k: 3}", "k: 3, fmax: 0.1}"))
+    text = TOY_CONFIG.format(output=output).replace("site: laptop", f"site: {TESTS_DIR / 'threads_site.py'}")
+    config = parse_config(text.replace("k: 3}", "k: 3, fmax: 0.1}"))  # a loose fmax: a short test
     systems = demo_systems(2)
     _, first = run_campaign(config, systems[:1])
     before = first.rows[0]["parent_calls"]
@@ -115,4 +115,5 @@ def test_progress_counts_the_parent_calls_of_resumed_work(tmp_path, toy_on_worke
     assert seen[0].parent_calls == seen[0].resumed_parent_calls == before
     assert seen[-1].parent_calls == total and seen[-1].done == 2
     assert second.parent_calls_this_run == total - before
-    assert ProgressLine("online").text(seen[-1]).split(" parent_calls=")[1].startswith(f"{total} ({total - before} this run)")
+    line = ProgressLine("online").text(seen[-1])
+    assert line.split(" parent_calls=")[1].startswith(f"{total} ({total - before} this run)")
