@@ -24,6 +24,10 @@ from pathlib import Path
 FORMAT = 1
 SUFFIX = ".summary.json"
 RUNNING = "running"
+#: A running campaign rewrites its summary at least this often (s), changed or not.
+HEARTBEAT_S = 60.0
+#: A 'running' summary not rewritten for this long (s) is taken as left by a driver that died.
+STALE_S = 5 * HEARTBEAT_S
 
 
 def summary_path(store: str | Path) -> Path:
@@ -81,10 +85,22 @@ def read(store: str | Path) -> dict | None:
     return payload
 
 
+def age_s(payload: dict) -> float:
+    """Seconds since the summary was written (inf if it does not say)."""
+    try:
+        written = _dt.datetime.fromisoformat(str(payload["written"]))
+    except (KeyError, ValueError):
+        return math.inf
+    return (_dt.datetime.now(_dt.timezone.utc) - written).total_seconds()
+
+
 def writer_alive(payload: dict) -> bool:
-    """True when the summary says 'running' and its writer is a live process on this host."""
-    if payload.get("state") != RUNNING or payload.get("host") != socket.gethostname():
+    """True when the summary says 'running' and its writer is alive: a live process on this host, or, on
+    another host (a driver in a batch job), a summary rewritten within STALE_S."""
+    if payload.get("state") != RUNNING:
         return False
+    if payload.get("host") != socket.gethostname():
+        return age_s(payload) < STALE_S
     try:
         os.kill(int(payload["pid"]), 0)
     except PermissionError:  # there, but another user's

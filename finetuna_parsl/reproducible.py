@@ -57,11 +57,10 @@ def seed_each_prediction(prior: Any, base_seed: int = 0) -> None:
     The global torch generator is restored after each call (torch.random.fork_rng). Idempotent; a prior
     without `predict` (a test surrogate) is left alone.
     """
-    import torch
-
     predict = getattr(prior, "predict", None)
     if predict is None or getattr(predict, "_seeded", False):
         return
+    import torch
     device = str(getattr(prior, "device", "cpu"))
 
     @functools.wraps(predict)

@@ -101,3 +101,17 @@ def test_inspect_shows_errors_in_full_and_refuses_what_is_no_store(tmp_path):
     assert "VASP exited 137" in proc.output and "    killed" in proc.output and "1 failed" in proc.output
     missing = cli("inspect", str(tmp_path / "none.h5"))
     assert missing.exit_code == 2 and "no such store" in missing.output
+
+
+def test_a_running_summary_from_another_host_counts_as_live_until_it_goes_stale(tmp_path):
+    """A driver in a batch job on another node: its summary is trusted while it keeps being rewritten."""
+    import datetime as dt
+
+    live.publish(tmp_path / "s.h5", "online", live.RUNNING, [])
+    payload = live.read(tmp_path / "s.h5")
+    assert live.writer_alive(payload)  # this process, on this host
+    payload["host"] = "another-node"
+    assert live.writer_alive(payload)
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=live.STALE_S + 1)
+    assert not live.writer_alive({**payload, "written": old.isoformat(timespec="seconds")})
+    assert not live.writer_alive({**payload, "state": "finished"})

@@ -144,18 +144,20 @@ class Campaign:
         self._publish()
 
     def _publish(self, state: str = live.RUNNING, force: bool = False) -> None:
-        """Rewrite the live summary beside the store (at most every PUBLISH_INTERVAL_S unless forced).
+        """Rewrite the live summary beside the store: at most every PUBLISH_INTERVAL_S while something changed, and
+        every live.HEARTBEAT_S regardless (its 'written' time then says this run is alive), or now if forced.
 
-        What `finetuna-parsl inspect` reads while this run holds the store; a folder that cannot take it
+        What `finetuna-parsl inspect` reads while this run holds the store; a summary that cannot be written
         costs one warning, never the campaign.
         """
         now = time.monotonic()
-        if not force and (now - self._published < PUBLISH_INTERVAL_S or not self.store.has_changes()):
+        since = now - self._published
+        if not force and (since < PUBLISH_INTERVAL_S or (not self.store.has_changes() and since < live.HEARTBEAT_S)):
             return
         self._published = now
         try:
             live.publish(self.store.path, self.method, state, self.store.live_rows())
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a side channel: it must never end (or mask the end of) a run
             if not self._publish_failed:
                 self._publish_failed = True
                 warnings.warn(f"cannot write the live summary beside {self.store.path} ({exc}); "
