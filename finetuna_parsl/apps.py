@@ -19,7 +19,13 @@ from .learner.state import LearnerSettings, LearnerState, Proposal, SystemSpec
 
 @lru_cache(maxsize=4)
 def surrogate_for(config: SurrogateConfig):
-    """The surrogate named by `config`, built once per process (the backbone stays in memory)."""
+    """The surrogate named by `config`, built once per process (the backbone stays in memory).
+
+    Made repeatable (reproducible.py): deterministic torch algorithms, and each prior prediction seeded from
+    its structure and `config.seed`, so it does not depend on what this worker predicted before.
+    """
+    from .reproducible import deterministic_torch, seed_each_prediction
+
     settings = {
         "task": config.task, "device": config.device, "ensemble_size": config.ensemble_size, "epochs": config.epochs, "lr": config.lr,
         "scheduler_factor": config.scheduler_factor, "scheduler_patience": config.scheduler_patience,
@@ -27,10 +33,15 @@ def surrogate_for(config: SurrogateConfig):
     }
     if config.factory:
         module, _, name = config.factory.partition(":")
-        return getattr(importlib.import_module(module), name)(checkpoint=config.checkpoint, **settings)
+        model = getattr(importlib.import_module(module), name)(checkpoint=config.checkpoint, **settings)
+        seed_each_prediction(getattr(model, "prior", None), config.seed)
+        return model
     from .surrogate import load_surrogate
 
-    return load_surrogate(checkpoint=config.checkpoint, **settings)
+    deterministic_torch()  # before the model is built: cuBLAS reads its workspace setting when CUDA starts
+    model = load_surrogate(checkpoint=config.checkpoint, **settings)
+    seed_each_prediction(model.prior, config.seed)
+    return model
 
 
 @python_app(executors=["learn"])

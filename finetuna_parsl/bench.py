@@ -18,9 +18,10 @@ from pathlib import Path
 from .campaign import run_campaign
 from .campaign.driver import Progress
 from .config import RunConfig, with_overrides
-from .learner.metrics import SETTLED_FMAX, CallBreakdown, MethodRow, call_breakdown, table_row
+from .learner.metrics import SETTLED_FMAX, CallBreakdown, MethodRow, call_breakdown, missed_systems, table_row
 from .learner.reference import REFERENCE_METHODS
 from .learner.state import SystemSpec
+from .reproducible import HOW
 from .store import load_parent_calls
 
 QUERY_METHODS = ("relaxed-only", "k-steps", "uncertainty")
@@ -39,6 +40,7 @@ class BenchResult:
     stores: dict[str, Path] = field(default_factory=dict)
     table: list[MethodRow] = field(default_factory=list)
     breakdown: list[CallBreakdown] = field(default_factory=list)
+    repeats: dict[str, list[int]] = field(default_factory=dict)  # method -> parent-call total of each repeat
 
 
 def method_config(config: RunConfig, method: str) -> tuple[RunConfig, str]:
@@ -60,19 +62,64 @@ def run_bench(
     reference: str = "bfgs",
     progress: Callable[[str], Callable[[Progress], None]] | None = None,
     restart: bool = False,
+    repeats: int = 1,
 ) -> BenchResult:
-    """Run every method (the reference first) on `systems` and build the table."""
+    """Run every method (the reference first) on `systems` and build the table.
+
+    repeats > 1 runs every method that many times in all, repeat k into stores '<stem>.repeat<k>.<method>.h5',
+    and records each repeat's parent-call total (BenchResult.repeats); the table is the first repeat's.
+    Raises ValueError for repeats < 1.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     order = [reference] + [m for m in methods if m != reference]
     result = BenchResult(reference=reference)
-    for method in order:
-        cfg, campaign_method = method_config(config, method)
-        path, run = run_campaign(cfg, list(systems), campaign_method, progress(method) if progress else None,
-                                 restart=restart)
-        result.stores[method] = path
-        result.rows[method] = run.rows
+    for k in range(1, repeats + 1):
+        base = config
+        if k > 1:
+            out = Path(config.campaign.output)
+            repeat_store = out.with_name(f"{out.stem}.repeat{k}{out.suffix or '.h5'}")
+            base = with_overrides(config, campaign={"output": str(repeat_store)})
+        for method in order:
+            cfg, campaign_method = method_config(base, method)
+            label = method if k == 1 else f"{method} (repeat {k})"
+            path, run = run_campaign(cfg, list(systems), campaign_method, progress(label) if progress else None,
+                                     restart=restart)
+            result.repeats.setdefault(method, []).append(sum(r["parent_calls"] for r in run.rows))
+            if k == 1:
+                result.stores[method] = path
+                result.rows[method] = run.rows
     result.table = [table_row(m, result.rows[m], result.rows[reference]) for m in order]
     result.breakdown = [breakdown(m, result.stores[m], result.rows[m]) for m in order]
     return result
+
+
+def repeatability_text(result: BenchResult) -> str:
+    """How the numbers were made repeatable, and with several repeats, each method's totals and their spread."""
+    lines = [HOW + "."]
+    if not any(len(totals) > 1 for totals in result.repeats.values()):
+        lines.append("\nOne run per method. `--repeats N` runs each method N times and reports the spread of the "
+                     "parent-call totals: use it on GPUs, where some kernels are not deterministic.")
+        return "\n".join(lines)
+    lines += ["", "| method | parent calls in each repeat | spread (max - min) | spread, % of mean |",
+              "|---|---|---:|---:|"]
+    for method, totals in result.repeats.items():
+        spread = max(totals) - min(totals)
+        mean = sum(totals) / len(totals)
+        percent = 100 * spread / mean if mean else 0.0
+        lines.append(f"| {method} | {', '.join(map(str, totals))} | {spread} | {percent:.1f}% |")
+    return "\n".join(lines)
+
+
+def missed_text(result: BenchResult) -> str:
+    """One line per method naming the systems that were not accurate against the reference, and why."""
+    lines = []
+    for method, rows in result.rows.items():
+        if method == result.reference:
+            continue
+        missed = missed_systems(rows, result.rows[result.reference])
+        lines.append(f"- {method}: " + (", ".join(missed) if missed else "accurate on every system"))
+    return "\n".join(lines)
 
 
 def breakdown(method: str, store: str | Path, rows: Sequence[dict]) -> CallBreakdown:

@@ -150,14 +150,18 @@ def _load_run_config(config_path: str, site: str | None, output: str | None):
 @click.option("--systems", "count", type=int, help="Use only the first N systems.")
 @click.option("--trajectory-system", help="System for the energy-vs-parent-call figure (default: the first).")
 @click.option("--restart", is_flag=True, help="Delete existing stores and start over (default: resume them).")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Run every method this many times and report the spread of parent-call totals (for GPUs).")
 def bench(config_path: str, methods: str, reference: str, out_dir: str | None, site: str | None,
-          output: str | None, count: int | None, trajectory_system: str | None, restart: bool) -> None:
+          output: str | None, count: int | None, trajectory_system: str | None, restart: bool, repeats: int) -> None:
     """Compare methods on the same systems: the paper's Table 1 (Markdown + CSV) and figures."""
     from pathlib import Path
 
-    from .bench import ALL_METHODS, breakdown_table, markdown_table, run_bench, write_csv
+    from .bench import (ALL_METHODS, breakdown_table, markdown_table, missed_text, repeatability_text, run_bench,
+                        write_csv)
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
+    from .reproducible import HOW
 
     config = _load_run_config(config_path, site, output)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
@@ -169,7 +173,8 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     from .store import StoreError
 
     try:
-        result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart)
+        result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart,
+                           repeats=repeats)
     except CampaignInterrupted as exc:
         _interrupted(exc)
     except StoreError as exc:
@@ -181,11 +186,15 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     calls_note = ("Parent calls by the reason each was made (the query rule's; a reference method's name for its "
                   "calls), and how many came after the parent fmax first fell below 0.1 eV/A.")
     command = " ".join(["finetuna-parsl", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "finetuna-parsl bench"
+    missed = missed_text(result)
+    repeatable = repeatability_text(result)
     (folder / "paper_table.md").write_text(
         f"# Speed and accuracy against {reference}\n\n{len(systems)} systems from `{config.systems.source}`, "
-        f"parent `{config.parent.kind}`, site `{config.site}`.\n\nMade by: `{command}`\n\n{table}\n\n"
+        f"parent `{config.parent.kind}`, site `{config.site}`, seed {config.surrogate.seed}.\n\n"
+        f"Made by: `{command}`; {HOW} (see Repeatability).\n\n{table}\n\n"
         "dE = final parent energy minus the reference's; accurate = parent-confirmed fmax <= "
-        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n\n## Where the parent calls went\n\n{calls_note}\n\n{calls}\n"
+        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n\nNot accurate:\n\n{missed}\n\n"
+        f"## Where the parent calls went\n\n{calls_note}\n\n{calls}\n\n## Repeatability\n\n{repeatable}\n"
     )
     write_csv(result, folder / "paper_table.csv")
     accuracy_vs_speed(result.table, reference, folder / "accuracy_vs_speed.png")
@@ -193,7 +202,9 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     sid = trajectory_system or systems[0].system_id
     energy_trajectories(result.stores, sid, folder / "energy_trajectory.png")
     click.echo(table)
+    click.echo(f"\nNot accurate:\n{missed}")
     click.echo(f"\n{calls_note}\n\n{calls}")
+    click.echo(f"\n{repeatable}")
     click.echo(f"\nwrote {folder / 'paper_table.md'}, paper_table.csv and figures accuracy_vs_speed.png, "
                f"per_system.png, energy_trajectory.png ({sid}) in {folder}")
 
@@ -202,14 +213,18 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
 @click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", default=None, help="Folder for the figures (default: beside the store).")
 def plot(store_path: str, out_dir: str | None) -> None:
-    """Per-system figures of a finished campaign: parent calls and parent-energy trajectories."""
+    """Per-system figures of a campaign: parent calls (beside the reference stores `run --compare` or `bench`
+    wrote next to it) and parent-energy trajectories."""
     from pathlib import Path
 
-    from .plots import plot_store
+    from .plots import plot_store, reference_stores
     from .store import StoreError
 
+    references = reference_stores(store_path)
+    if references:
+        click.echo(f"beside reference stores: {', '.join(p.name for p in references.values())}")
     try:
-        made = plot_store(store_path, out_dir or Path(store_path).parent)
+        made = plot_store(store_path, out_dir or Path(store_path).parent, references)
     except StoreError as exc:
         _fail(str(exc))
     for path in made:
@@ -217,24 +232,56 @@ def plot(store_path: str, out_dir: str | None) -> None:
 
 
 @main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the rows and totals as JSON instead of a table.")
+def inspect(store_path: str, as_json: bool) -> None:
+    """Per-system status, outcome, parent calls by reason, surrogate steps, final energy (eV) and fmax (eV/A),
+    errors in full, and campaign totals; also of a store a running campaign is writing (from its live summary)."""
+    import json
+    from pathlib import Path
+
+    from .inspection import inspect_store, report, totals
+    from .store import StoreError
+
+    if not Path(store_path).exists() and not Path(store_path).with_suffix(".summary.json").exists():
+        _fail(f"no such store: {store_path}")
+    try:
+        ins = inspect_store(store_path)
+    except StoreError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"store": str(ins.store), "source": ins.source, "note": ins.note, "method": ins.method,
+                               "systems": ins.rows, "totals": totals(ins.rows)}, indent=1, default=str))
+    else:
+        click.echo(report(ins))
+
+
+@main.command()
 @click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["extxyz", "traj", "db"]), default="extxyz", show_default=True)
-@click.option("--out", "out", help="Output file (default: STORE with the format's suffix).")
+@click.option("--format", "fmt", type=click.Choice(["extxyz", "traj", "db", "aselmdb"]), default="extxyz",
+              show_default=True, help="aselmdb: ASE's LMDB database, which fairchem's AseDBDataset trains on.")
+@click.option("--out", "out",
+              help="Output file (default: STORE with the format's suffix; '.final' added with --final).")
 @click.option("--parent-only/--all-frames", default=True, show_default=True,
               help="Only parent-labelled frames (the training data), or surrogate frames too.")
-def export(store_path: str, fmt: str, out: str | None, parent_only: bool) -> None:
-    """Write a campaign store's frames to an ASE format, with energies and forces."""
+@click.option("--final", is_flag=True,
+              help="Only the last parent-confirmed structure of each system, with its parent energy and forces.")
+def export(store_path: str, fmt: str, out: str | None, parent_only: bool, final: bool) -> None:
+    """Write a campaign store's frames to an ASE format, with energies (eV), forces (eV/A) and metadata
+    (system_id, parent_call, reason, status, outcome, source, method, parent)."""
     from pathlib import Path
 
     from .store import StoreError
     from .store import export as export_store
 
-    target = out or str(Path(store_path).with_suffix("." + fmt))
+    store = Path(store_path)
+    target = out or str(store.with_name(f"{store.stem}{'.final' if final else ''}.{fmt}"))
     try:
-        count = export_store(store_path, target, fmt, parent_only=parent_only)
+        count = export_store(store_path, target, fmt, parent_only=parent_only, final=final)
     except StoreError as exc:
         _fail(str(exc))
-    click.echo(f"wrote {count} {'parent' if parent_only else ''} frames to {target}".replace("  ", " "))
+    what = "final parent-confirmed" if final else ("parent" if parent_only else "")
+    click.echo(f"wrote {count} {what} frames to {target}".replace("  ", " "))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,13 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class SystemsConfig:
     """Where the systems come from: a file or folder, 'demo' / 'ood' (seeded sets built with ase.build), or
-    'oc20-ood30' (the paper's 30 OC20 systems, shipped with the package)."""
+    'oc20-ood30' (the paper's 30 OC20 systems, shipped with the package).
+
+    count: how many to take (the first N); unset = every structure of a file or folder, 20 of demo / ood.
+    """
 
     source: str = "demo"
-    count: int = 20
+    count: int | None = None
     seed: int = 0
 
 
@@ -158,7 +161,7 @@ def _section(where: str, name: str, raw: Any) -> Any:
         value = _check_value(where, full, value, hints[key])
         if (name, key) in _CHOICES and value not in _CHOICES[(name, key)]:
             raise ConfigError(f"{where}: {full}: must be one of {', '.join(_CHOICES[(name, key)])}, got {value!r}")
-        if (name, key) in _POSITIVE and not value > 0:
+        if (name, key) in _POSITIVE and value is not None and not value > 0:
             raise ConfigError(f"{where}: {full}: must be > 0, got {value!r}")
         if (name, key) in _NON_NEGATIVE and value < 0:
             raise ConfigError(f"{where}: {full}: must be >= 0, got {value!r}")

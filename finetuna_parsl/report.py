@@ -52,4 +52,7 @@ def comparison_table(comparisons: Sequence[Comparison]) -> str:
         )
     lines.append("ratio = method parent calls / reference parent calls; accurate = parent-confirmed relaxed and "
                  "E <= E_reference + 0.02 eV")
+    for c in comparisons:
+        if c.missed:
+            lines.append(f"{c.method}: not accurate on {len(c.missed)} of {c.systems}: {', '.join(c.missed)}")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import errno
 import importlib.metadata
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,8 @@ class CampaignStore:
             raise StoreError(f"{self.path}: store format {root['format_version']} is not {FORMAT_VERSION}")
         self.file.require_group("systems")
         self._surrogate_seen: dict[str, int] = {}
+        self._rows: dict[str, dict] = {}  # live_rows' cache, re-read only for systems changed since
+        self._changed: set[str] = set(self.file["systems"].keys())
 
     def __enter__(self) -> "CampaignStore":
         return self
@@ -214,6 +217,7 @@ class CampaignStore:
             status=PENDING, formula=system.formula, n_atoms=n, parent_calls=0, surrogate_steps=0,
             final_energy=np.nan, final_fmax=np.nan, error="", outcome="",
         )
+        self._changed.add(system.system_id)
         self.file.flush()
 
     def set_status(self, system_id: str, status: str, error: str = "", outcome: str | None = None) -> None:
@@ -223,6 +227,7 @@ class CampaignStore:
         attrs["error"] = error
         if outcome is not None:
             attrs["outcome"] = outcome
+        self._changed.add(system_id)
         self.file.flush()
 
     def add_warnings(self, system_id: str, messages: Sequence[str]) -> None:
@@ -232,6 +237,7 @@ class CampaignStore:
         new = [m for m in dict.fromkeys(messages) if m not in have]
         if new:
             attrs["warnings"] = have + new
+            self._changed.add(system_id)
             self.file.flush()
 
     def status(self, system_id: str) -> str:
@@ -247,6 +253,7 @@ class CampaignStore:
             ds.resize(0, axis=0)
         g.attrs.update(parent_calls=0, surrogate_steps=0, final_energy=np.nan, final_fmax=np.nan)
         self._surrogate_seen.pop(system_id, None)
+        self._changed.add(system_id)
         self.file.flush()
 
     def append_steps(self, system_id: str, rows: Sequence[StepRow]) -> None:
@@ -287,6 +294,7 @@ class CampaignStore:
             last = parents[-1]
             g.attrs["final_energy"] = last.energy
             g.attrs["final_fmax"] = free_fmax(last.forces, g["fixed"][()])
+        self._changed.add(system_id)
         self.file.flush()
 
     def save_head(self, system_id: str, head: bytes | None, head_points: int) -> None:
@@ -303,6 +311,19 @@ class CampaignStore:
     # --- reading -----------------------------------------------------------------------------
     def summary(self) -> list[dict]:
         return read_summary(self.file)
+
+    def has_changes(self) -> bool:
+        """Whether a system changed since the last live_rows() call."""
+        return bool(self._changed)
+
+    def live_rows(self) -> list[dict]:
+        """read_summary's rows of every system, re-reading only the systems changed since the last call
+        (cheap enough to call after every parent call of a large campaign)."""
+        systems = self.file["systems"]
+        for system_id in self._changed:
+            self._rows[system_id] = read_system_row(system_id, systems[system_id])
+        self._changed.clear()
+        return [self._rows[system_id] for system_id in systems.keys()]
 
     def load_state(self, system_id: str, settings: LearnerSettings) -> LearnerState:
         """The learner state of a stored relaxation: its parent points and latest head (for resume)."""
@@ -363,30 +384,35 @@ def state_from_group(g: h5py.Group, system_id: str, settings: LearnerSettings) -
     )
 
 
+def read_system_row(system_id: str, g: h5py.Group) -> dict:
+    """One system's summary row: status, outcome, parent calls (total and by reason; "" = not recorded),
+    surrogate steps, final parent energy (eV) and fmax over free atoms (eV/A), error and warnings in full,
+    SCF cycles and parent wall time (s)."""
+    a = g.attrs
+    steps = g["steps"]
+    parent = steps["kind"][()] == KIND_PARENT
+    reasons = steps["reason"].asstr()[()][parent].tolist() if "reason" in steps else [""] * int(parent.sum())
+    return {
+        "system_id": system_id,
+        "status": str(a["status"]),
+        "outcome": str(a.get("outcome", "")),
+        "formula": str(a["formula"]),
+        "n_atoms": int(a["n_atoms"]),
+        "parent_calls": int(a["parent_calls"]),
+        "parent_calls_by_reason": dict(Counter(reasons)),
+        "surrogate_steps": int(a["surrogate_steps"]),
+        "final_energy": float(a["final_energy"]),
+        "final_fmax": float(a["final_fmax"]),
+        "error": str(a["error"]),
+        "warnings": [str(w) for w in a.get("warnings", [])],
+        "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
+        "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
+    }
+
+
 def read_summary(f: h5py.File) -> list[dict]:
-    """Per-system summary rows from an open store (any mode)."""
-    rows = []
-    for system_id, g in f["systems"].items():
-        a = g.attrs
-        steps = g["steps"]
-        parent = steps["kind"][()] == KIND_PARENT
-        rows.append(
-            {
-                "system_id": system_id,
-                "status": str(a["status"]),
-                "outcome": str(a.get("outcome", "")),
-                "formula": str(a["formula"]),
-                "n_atoms": int(a["n_atoms"]),
-                "parent_calls": int(a["parent_calls"]),
-                "surrogate_steps": int(a["surrogate_steps"]),
-                "final_energy": float(a["final_energy"]),
-                "final_fmax": float(a["final_fmax"]),
-                "error": str(a["error"]),
-                "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
-                "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
-            }
-        )
-    return rows
+    """Per-system summary rows (read_system_row) from an open store (any mode)."""
+    return [read_system_row(system_id, g) for system_id, g in f["systems"].items()]
 
 
 def load_summary(path: str | Path) -> list[dict]:
@@ -421,57 +447,102 @@ def load_parent_energies(path: str | Path) -> dict[str, np.ndarray]:
         return {sid: g["steps/energy"][()][g["steps/kind"][()] == KIND_PARENT] for sid, g in f["systems"].items()}
 
 
-EXPORT_FORMATS = {"extxyz": "extxyz", "traj": "traj", "db": "db"}
+#: format -> what it is. aselmdb: ASE's LMDB backend (the ase_db_backends package fairchem installs), which
+#: fairchem's AseDBDataset reads directly for training.
+EXPORT_FORMATS = {"extxyz": "extended XYZ", "traj": "ASE trajectory", "db": "ASE database (SQLite)",
+                  "aselmdb": "ASE LMDB database, fairchem's AseDBDataset"}
 
 
-def iter_frames(path: str | Path, parent_only: bool = True) -> Iterator["Atoms"]:
-    """Every stored frame as ASE Atoms with a SinglePointCalculator (energy, forces) and info tags."""
+def _parent_kind(run_config: str) -> str:
+    import yaml
+
+    try:
+        parent = (yaml.safe_load(run_config) or {}).get("parent") or {}
+        return str(parent.get("kind", "emt"))
+    except (yaml.YAMLError, AttributeError):
+        return ""
+
+
+def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False) -> Iterator["Atoms"]:
+    """Stored frames as ASE Atoms with a SinglePointCalculator (energy in eV, forces in eV/A, as the parent or
+    surrogate gave them) and FixAtoms and tags as stored.
+
+    final: only the last parent-labelled frame of each system (its last parent-confirmed structure; a system
+    without parent calls gives none). atoms.info carries the metadata: system_id, step (row in steps/),
+    kind (parent|surrogate), parent_call (0-based index among the system's parent calls, -1 for surrogate
+    frames), reason, status and outcome of the system, source (the store file), method, parent (kind), and
+    charge/spin where the system has them. Raises StoreError when the store cannot be opened.
+    """
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixAtoms
 
     with open_h5(path, "r") as f:
+        method = str(f.attrs.get("method", "online"))
+        parent = _parent_kind(str(f.attrs.get("run_config", "")))
         for system_id, g in f["systems"].items():
             steps = g["steps"]
             kind = steps["kind"][()]
             fixed = g["fixed"][()]
-            for i in np.flatnonzero(kind == KIND_PARENT) if parent_only else range(len(kind)):
+            reasons = steps["reason"].asstr()[()] if "reason" in steps else np.array([""] * len(kind), dtype=object)
+            parent_index = np.cumsum(kind == KIND_PARENT) - 1
+            rows = np.flatnonzero(kind == KIND_PARENT) if (parent_only or final) else np.arange(len(kind))
+            if final:
+                rows = rows[-1:]
+            extra = {key: int(g.attrs[key]) for key in ("charge", "spin") if key in g.attrs}
+            for i in rows:
                 atoms = Atoms(numbers=g["numbers"][()], positions=steps["positions"][i], cell=g["cell"][()],
                               pbc=g["pbc"][()], tags=g["tags"][()])
                 if fixed.any():
                     atoms.set_constraint(FixAtoms(mask=fixed))
                 atoms.calc = SinglePointCalculator(atoms, energy=float(steps["energy"][i]), forces=steps["forces"][i])
-                atoms.info.update(system_id=system_id, step=int(i), kind="parent" if kind[i] == KIND_PARENT else "surrogate")
+                is_parent = kind[i] == KIND_PARENT
+                atoms.info.update(
+                    system_id=system_id, step=int(i), kind="parent" if is_parent else "surrogate",
+                    parent_call=int(parent_index[i]) if is_parent else -1, reason=str(reasons[i]),
+                    status=str(g.attrs["status"]), outcome=str(g.attrs.get("outcome", "")),
+                    source=Path(path).name, method=method, parent=parent, **extra,
+                )
                 yield atoms
 
 
-def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True) -> int:
-    """Write the store's frames to an ASE format (extxyz, traj or an ASE database); returns the frame count."""
+def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True, final: bool = False) -> int:
+    """Write the store's frames (iter_frames) to `out` in `fmt` (EXPORT_FORMATS); returns the frame count.
+
+    db and aselmdb rows carry the metadata as key-value pairs (for `ase db` queries) and in row.data, with
+    fairchem's sid (system id) and fid (parent call index), which AseDBDataset puts in atoms.info and the
+    data's sid. Raises StoreError for an unknown format, an existing `out`, or a store that cannot be opened.
+    """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
     if out.exists():
         raise StoreError(f"{out} exists; remove it or choose another name")
+    if fmt == "aselmdb" and "aselmdb" not in out.name:
+        raise StoreError(f"{out}: an aselmdb export's file name must contain 'aselmdb' (ase.db and fairchem "
+                         f"pick the LMDB backend by it), e.g. {out.stem}.aselmdb")
+    frames = iter_frames(path, parent_only, final)
     count = 0
-    if fmt == "db":
+    if fmt in ("db", "aselmdb"):
         from ase.db import connect
 
         with connect(str(out)) as db:
-            for atoms in iter_frames(path, parent_only):
+            for atoms in frames:
                 info = dict(atoms.info)
-                db.write(atoms, system_id=info["system_id"], step=info["step"], kind=info["kind"])
+                data = {"sid": info["system_id"], "fid": info["parent_call"], **info}
+                db.write(atoms, key_value_pairs=info, data=data)
                 count += 1
         return count
     from ase.io import Trajectory, write
 
     if fmt == "traj":
         with Trajectory(str(out), "w") as traj:
-            for atoms in iter_frames(path, parent_only):
+            for atoms in frames:
                 traj.write(atoms)
                 count += 1
         return count
     with open(out, "w") as handle:
-        for atoms in iter_frames(path, parent_only):
+        for atoms in frames:
             write(handle, atoms, format="extxyz")
             count += 1
     return count

@@ -34,6 +34,21 @@ def test_table_row_matches_hand_computed_figures():
     assert t.relaxed == 0.75
     c = compare("k-steps", method, "bfgs", reference)
     assert c.ratio == pytest.approx(30 / 180) and c.accurate == 2
+    assert c.missed == ("c (dE +0.030 eV)", "d (not relaxed: parent_budget)")  # named, with why
+    from finetuna_parsl.report import comparison_table
+
+    assert "k-steps: not accurate on 2 of 4: c (dE +0.030 eV), d (not relaxed: parent_budget)" in comparison_table([c])
+
+
+def test_repeatability_section_states_how_and_the_spread_over_repeats():
+    from finetuna_parsl.bench import BenchResult, repeatability_text
+    from finetuna_parsl.reproducible import HOW
+
+    once = BenchResult(reference="bfgs", repeats={"bfgs": [40], "k-steps": [12]})
+    assert repeatability_text(once).startswith(HOW) and "--repeats N" in repeatability_text(once)
+    twice = BenchResult(reference="bfgs", repeats={"bfgs": [40, 40], "k-steps": [12, 15]})
+    lines = repeatability_text(twice).splitlines()
+    assert "| bfgs | 40, 40 | 0 | 0.0% |" in lines and "| k-steps | 12, 15 | 3 | 22.2% |" in lines
 
 
 def test_call_breakdown_counts_reasons_and_calls_after_fmax_first_fell_below_0_1():
@@ -88,7 +103,10 @@ def test_bench_and_plot_commands(tmp_path):
     assert float(table["bfgs"]["percent_of_reference_mean"]) == 100.0
     assert float(table["k-steps"]["percent_of_reference_mean"]) < 100.0
     assert float(table["k-steps"]["accurate"]) == 1.0
-    assert "Made by: `finetuna-parsl bench" in (out / "paper_table.md").read_text()
+    paper = (out / "paper_table.md").read_text()
+    assert "Made by: `finetuna-parsl bench" in paper
+    assert "## Repeatability\n\nrepeatable on CPU: each surrogate prediction seeded" in paper
+    assert "Not accurate:\n\n- warm-start: " in paper and "- k-steps: accurate on every system" in paper
     for method in ("bfgs", "warm-start", "k-steps", "gpmin"):
         assert (tmp_path / f"b.{method}.h5").exists()
     assert float(table["gpmin"]["relaxed"]) == 1.0  # ASE's GPMin, on the same parent, store and budget
@@ -111,5 +129,6 @@ def test_bench_and_plot_commands(tmp_path):
 
     proc = run("plot", str(tmp_path / "b.k-steps.h5"), "--out", str(tmp_path / "plots"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "beside reference stores: b.bfgs.h5, b.warm-start.h5, b.gpmin.h5" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "b.k-steps_energy_trajectories.png", "b.k-steps_parent_calls.png"]

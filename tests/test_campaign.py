@@ -93,3 +93,27 @@ def test_cli_run_with_bfgs_comparison(tmp_path, toy_on_workers):
             kind = g["steps/kind"][()]
             assert set(g["steps/reason"].asstr()[()][kind == 1]) == {"bfgs"}
     assert Path(tmp_path / "two.h5").exists()
+
+
+def test_progress_counts_the_parent_calls_of_resumed_work(tmp_path, toy_on_workers):
+    """A resumed run's progress line counts every stored parent call of its systems, not only this run's."""
+    import dataclasses
+
+    from finetuna_parsl.campaign.progress import ProgressLine
+
+    output = tmp_path / "resumed.h5"
+    text = TOY_CONFIG.format(output=output).replace("site: laptop", f"site: {TESTS_DIR / 'threads_site.py'}")
+    config = parse_config(text.replace("k: 3}", "k: 3, fmax: 0.1}"))  # a loose fmax: a short test
+    systems = demo_systems(2)
+    _, first = run_campaign(config, systems[:1])
+    before = first.rows[0]["parent_calls"]
+    with h5py.File(output, "a") as f:  # as if the first run had been stopped right after its last parent call
+        f["systems"][systems[0].system_id].attrs["status"] = "interrupted"
+    seen = []
+    _, second = run_campaign(config, systems, on_progress=lambda p: seen.append(dataclasses.replace(p)))
+    total = sum(r["parent_calls"] for r in second.rows)
+    assert seen[0].parent_calls == seen[0].resumed_parent_calls == before
+    assert seen[-1].parent_calls == total and seen[-1].done == 2
+    assert second.parent_calls_this_run == total - before
+    line = ProgressLine("online").text(seen[-1])
+    assert line.split(" parent_calls=")[1].startswith(f"{total} ({total - before} this run)")

@@ -79,3 +79,19 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {bad}: learner.k: must be > 0, got 0"
     assert not (tmp_path / "runs").exists()
+
+
+def test_own_structures_without_a_count_are_all_taken(tmp_path):
+    """systems.count left out: every structure of the user's file (it used to stop at 20 without a word)."""
+    from ase.build import fcc111
+    from ase.io import write
+
+    from finetuna_parsl.systems import load_systems
+
+    frames = [fcc111("Cu", (2, 2, 2), vacuum=5.0) for _ in range(23)]
+    write(tmp_path / "mine.extxyz", frames)
+    config = parse_config(f"systems: {{source: {tmp_path / 'mine.extxyz'}}}\nsurrogate: {{factory: 'x:y'}}\n")
+    assert config.systems.count is None
+    systems, skipped = load_systems(config.systems.source, config.systems.count)
+    assert len(systems) == 23 and not skipped
+    assert len(load_systems("demo", config.systems.count)[0]) == 20  # the demo set keeps its 20

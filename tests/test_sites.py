@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
@@ -11,6 +13,7 @@ from finetuna_parsl.campaign.site import SiteError, known_sites, load_site
 
 EXPECTED_PROVIDER = {
     "laptop": LocalProvider, "local_slurm": SlurmProvider, "perlmutter": SlurmProvider, "polaris": PBSProProvider,
+    "slurm_cluster": SlurmProvider,
 }
 
 
@@ -34,6 +37,25 @@ def test_site_builds_a_config_with_parent_and_learn_executors(name, tmp_path):
         assert executors["parent"].drain_period is not None  # a block at walltime drains, not fails tasks
     if name == "laptop":
         assert executors["parent"].max_workers_per_node == 16
+
+
+def test_slurm_cluster_site_takes_every_cluster_value_from_the_environment(tmp_path, monkeypatch):
+    """The values configs/slurm-driver.sbatch exports are the ones the worker jobs get."""
+    script = (Path(__file__).resolve().parents[1] / "configs" / "slurm-driver.sbatch").read_text()
+    exported = dict(line.split("#")[0].strip().removeprefix("export ").split("=", 1)
+                    for line in script.splitlines() if line.startswith("export FINETUNA_"))
+    for name, value in exported.items():
+        monkeypatch.setenv(name, value.strip('"'))
+    monkeypatch.setenv("FINETUNA_DRIVER_ADDRESS", "10.0.0.7")
+    config = load_site("slurm_cluster", run_dir=str(tmp_path), parent_slots=8)
+    parent, learn = (e for e in config.executors)
+    assert parent.address == learn.address == "10.0.0.7" and parent.max_workers_per_node == 8
+    assert parent.provider.account == "m1234" and parent.provider.partition == "regular"
+    assert parent.provider.nodes_per_block == 8 and parent.provider.walltime == "06:00:00"
+    assert "#SBATCH --constraint=cpu" in parent.provider.scheduler_options
+    assert "module load vasp/6.4" in parent.provider.worker_init
+    assert learn.provider.partition == "gpu" and learn.provider.gpus_per_node == 4
+    assert len(learn.available_accelerators) == 4
 
 
 def test_user_site_file_by_path(tmp_path):

@@ -155,3 +155,89 @@ def test_export_parent_frames_to_ase_formats(tmp_path, fmt):
     assert export(path, out_all, fmt, parent_only=False) == 6
     with pytest.raises(StoreError, match="exists"):
         export(path, out_all, fmt)
+
+
+def two_system_store(path):
+    """Two systems: three parent calls (energies -1, -2, -3 eV, forces 0.3, 0.2, 0.1 eV/A) and one, with a
+    surrogate row before each parent call."""
+    second = demo_systems(2)[1]
+    with CampaignStore(path, run_config="parent: {kind: emt}\n") as store:
+        for system, calls in ((SYSTEM, 3), (second, 1)):
+            store.add_system(system)
+            n = system.n_atoms
+            for k in range(calls):
+                store.append_steps(system.system_id, [
+                    StepRow(np.full((n, 3), 0.5 * k), 9.0, np.full((n, 3), 9.0), KIND_SURROGATE),
+                    StepRow(system.positions + 0.01 * k, -1.0 - k, np.full((n, 3), 0.3 - 0.1 * k), KIND_PARENT,
+                            reason="initial" if k == 0 else "k-steps"),
+                ])
+            store.set_status(system.system_id, "done", outcome="converged")
+    return second
+
+
+def test_export_final_gives_the_last_parent_confirmed_structure_of_each_system(tmp_path):
+    from ase.io import read
+
+    from finetuna_parsl.store import export
+
+    path = tmp_path / "c.h5"
+    second = two_system_store(path)
+    assert export(path, tmp_path / "final.extxyz", "extxyz", final=True) == 2
+    frames = {a.info["system_id"]: a for a in read(str(tmp_path / "final.extxyz"), index=":")}
+    assert set(frames) == {SYSTEM.system_id, second.system_id}
+    last = frames[SYSTEM.system_id]
+    assert last.get_potential_energy() == pytest.approx(-3.0)
+    np.testing.assert_allclose(last.get_forces(apply_constraint=False), 0.1)
+    np.testing.assert_allclose(last.positions, SYSTEM.positions + 0.02, atol=1e-6)
+    assert last.info["parent_call"] == 2 and last.info["step"] == 5 and last.info["reason"] == "k-steps"
+    assert last.info["outcome"] == "converged" and last.info["source"] == "c.h5" and last.info["parent"] == "emt"
+    assert frames[second.system_id].get_potential_energy() == pytest.approx(-1.0)
+    assert frames[second.system_id].info["parent_call"] == 0
+
+
+def test_aselmdb_export_is_read_by_ase_and_by_fairchems_dataset(tmp_path):
+    from ase.db import connect
+    from fairchem.core.datasets import AseDBDataset
+
+    from finetuna_parsl.store import export
+
+    path = tmp_path / "c.h5"
+    second = two_system_store(path)
+    out = tmp_path / "train.aselmdb"
+    assert export(path, out, "aselmdb") == 4  # every parent call, no surrogate frame
+    rows = list(connect(str(out)).select())
+    assert [r.key_value_pairs["parent_call"] for r in rows] == [0, 1, 2, 0]
+    assert {r.key_value_pairs["system_id"] for r in rows} == {SYSTEM.system_id, second.system_id}
+
+    dataset = AseDBDataset({"src": str(out)})
+    assert len(dataset) == 4
+    energies = sorted(float(dataset[i].energy) for i in range(4))
+    assert energies == pytest.approx([-3.0, -2.0, -1.0, -1.0])
+    for i in range(4):
+        data, atoms = dataset[i], dataset.get_atoms(i)
+        k = atoms.info["parent_call"]
+        assert data.sid == [f"{atoms.info['system_id']}-frame-{k}"]  # fairchem's sid/fid convention
+        assert float(data.energy) == pytest.approx(-1.0 - k)
+        np.testing.assert_allclose(data.forces.numpy(), 0.3 - 0.1 * k, atol=1e-6)
+        assert atoms.info["source"] == "c.h5" and atoms.info["reason"] == ("initial" if k == 0 else "k-steps")
+        fixed = SYSTEM.fixed if atoms.info["system_id"] == SYSTEM.system_id else second.fixed
+        np.testing.assert_array_equal(data.fixed.numpy(), fixed.astype(int))
+
+    final = tmp_path / "final.aselmdb"
+    assert export(path, final, "aselmdb", final=True) == 2
+    assert sorted(float(d.energy) for d in AseDBDataset({"src": str(final)})) == pytest.approx([-3.0, -1.0])
+    with pytest.raises(StoreError, match="must contain 'aselmdb'"):
+        export(path, tmp_path / "train.lmdb", "aselmdb")
+
+
+def test_export_command_final_aselmdb_names_its_file(tmp_path):
+    from click.testing import CliRunner
+
+    from finetuna_parsl.cli import main
+
+    path = tmp_path / "c.h5"
+    two_system_store(path)
+    result = CliRunner().invoke(main, ["export", str(path), "--final", "--format", "aselmdb"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote 2 final parent-confirmed frames to {tmp_path / 'c.final.aselmdb'}"
+    assert (tmp_path / "c.final.aselmdb").exists()

@@ -9,11 +9,14 @@ sees the point, so a killed driver loses at most the parent call in flight.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .. import live
 from ..apps import learn_and_propose, parent_session, reference_relaxation
 from ..config import RunConfig
 from ..learner.online import record_parent, settle
@@ -29,6 +32,8 @@ RUNNING = "running"
 INTERRUPTED = "interrupted"  # stopped by a signal mid-relaxation; the next run resumes it
 #: Seconds the main loop waits on futures before it looks at a stop request again.
 POLL_S = 0.25
+#: Seconds between rewrites of the live summary beside the store (live.py) while something changed.
+PUBLISH_INTERVAL_S = 1.0
 #: On a stop, how long (s) the parent sessions get to close their parents (VASP: STOPCAR) before Parsl goes.
 SESSION_CLOSE_WAIT_S = 5.0
 
@@ -68,7 +73,8 @@ class Progress:
     failed: int = 0
     running: int = 0
     skipped: int = 0
-    parent_calls: int = 0
+    parent_calls: int = 0  # every stored parent call of these systems, resumed work included
+    resumed_parent_calls: int = 0  # of those, made by earlier runs
 
 
 @dataclass
@@ -127,11 +133,35 @@ class Campaign:
         self.method = method
         self.on_progress = on_progress or (lambda p: None)
         self.progress = Progress(total=len(self.systems))
+        self._order = {s.system_id: i for i, s in enumerate(self.systems)}
+        self._published = -float("inf")  # monotonic time of the last live summary
+        self._publish_failed = False
         self.parent_calls_this_run = 0
 
     # --- bookkeeping -------------------------------------------------------------------------
     def _report(self) -> None:
         self.on_progress(self.progress)
+        self._publish()
+
+    def _publish(self, state: str = live.RUNNING, force: bool = False) -> None:
+        """Rewrite the live summary beside the store: at most every PUBLISH_INTERVAL_S while something changed, and
+        every live.HEARTBEAT_S regardless (its 'written' time then says this run is alive), or now if forced.
+
+        What `finetuna-parsl inspect` reads while this run holds the store; a summary that cannot be written
+        costs one warning, never the campaign.
+        """
+        now = time.monotonic()
+        since = now - self._published
+        if not force and (since < PUBLISH_INTERVAL_S or (not self.store.has_changes() and since < live.HEARTBEAT_S)):
+            return
+        self._published = now
+        try:
+            live.publish(self.store.path, self.method, state, self.store.live_rows())
+        except Exception as exc:  # noqa: BLE001 - a side channel: it must never end (or mask the end of) a run
+            if not self._publish_failed:
+                self._publish_failed = True
+                warnings.warn(f"cannot write the live summary beside {self.store.path} ({exc}); "
+                              "inspect can read the store once this run ends", stacklevel=2)
 
     def _finish(self, system_id: str, status: str, outcome: str, error: str = "", r: _Relaxation | None = None) -> None:
         if r is not None:
@@ -290,17 +320,23 @@ class Campaign:
         """
         queue: deque[SystemSpec] = deque()
         for system in self.systems:
-            if self.store.has_system(system.system_id) and self.store.status(system.system_id) == DONE:
+            stored = self.store.has_system(system.system_id)
+            done = stored and self.store.status(system.system_id) == DONE
+            if stored and (done or self.method == "online"):  # a reference relaxation not done is redone whole
+                self.progress.resumed_parent_calls += self.store.parent_calls(system.system_id)
+            if done:
                 self.progress.done += 1
-                self.progress.parent_calls += self.store.parent_calls(system.system_id)
             else:
                 queue.append(system)
+        self.progress.parent_calls = self.progress.resumed_parent_calls
         self._report()
         active: dict[cf.Future, _Relaxation] = {}
         slots = self.config.campaign.max_concurrent
         self.calls = cf.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="parent-call")
+        ended = "stopped"  # an exception on the way out (the store keeps everything written)
         try:
             self._loop(queue, active, slots)
+            ended = "finished"
         finally:
             sessions = [r.session for r in active.values() if r.session is not None]
             for r in active.values():
@@ -310,6 +346,7 @@ class Campaign:
             self.calls.shutdown(wait=False, cancel_futures=True)
             if self.stop.signum is not None and sessions:  # let them stop their parents (bounded)
                 cf.wait(sessions, timeout=SESSION_CLOSE_WAIT_S)
+            self._publish("interrupted" if self.stop.signum is not None else ended, force=True)
         ids = {s.system_id for s in self.systems}
         rows = [row for row in self.store.summary() if row["system_id"] in ids]
         return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)
@@ -329,7 +366,8 @@ class Campaign:
             if not active:
                 continue
             finished, _ = cf.wait(list(active), timeout=POLL_S, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
+            # in the systems' order, not completion order (a set's): the store is written the same way every run
+            for future in sorted(finished, key=lambda f: self._order[active[f].state.system.system_id]):
                 r = active.pop(future)
                 stage = future.stage
                 if stage == "learn":

@@ -27,9 +27,11 @@ class ProgressLine:
         filled = int(self.width * finished / p.total) if p.total else self.width
         bar = "#" * filled + "-" * (self.width - filled)
         elapsed = time.monotonic() - self.start
+        this_run = p.parent_calls - p.resumed_parent_calls
+        resumed = f" ({this_run} this run)" if p.resumed_parent_calls else ""
         return (
             f"{self.label} [{bar}] {finished}/{p.total} done={p.done} running={p.running} "
-            f"failed={p.failed} parent_calls={p.parent_calls} {elapsed:.0f}s"
+            f"failed={p.failed} parent_calls={p.parent_calls}{resumed} {elapsed:.0f}s"
         )
 
     def __call__(self, p: Progress) -> None:

@@ -25,6 +25,7 @@ from parsl.executors import HighThroughputExecutor
 
 from ..config import RunConfig, with_overrides
 from ..learner.state import SystemSpec
+from ..live import summary_path
 from ..store import CampaignStore, check_not_held
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
 from .site import load_site
@@ -156,6 +157,7 @@ def run_campaign(
     if restart and path.exists():
         check_not_held(path)  # never delete a store another process has open
         path.unlink()
+        summary_path(path).unlink(missing_ok=True)  # the live summary of the deleted store
         shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(config.parent.workdir or f"{path.with_suffix('')}-parent").resolve()  # workers may run elsewhere

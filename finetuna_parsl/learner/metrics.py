@@ -23,6 +23,7 @@ class Comparison:
     reference_parent_calls: int
     method_converged: int
     accurate: int  # converged and energy <= reference + 0.02 eV
+    missed: tuple[str, ...] = ()  # "<system id> (why)" for each system that was not accurate
 
     @property
     def ratio(self) -> float:
@@ -38,6 +39,27 @@ def is_accurate(row: dict, reference_row: dict, tolerance: float = ENERGY_TOLERA
     return row.get("outcome") == "converged" and row["final_energy"] <= reference_row["final_energy"] + tolerance
 
 
+def why_not_accurate(row: dict, reference_row: dict, tolerance: float = ENERGY_TOLERANCE) -> str:
+    """'' when accurate; otherwise why: 'not relaxed: <outcome or status>' or 'dE +0.051 eV' (eV)."""
+    if row.get("outcome") != "converged":
+        return f"not relaxed: {row.get('outcome') or row.get('status') or 'unfinished'}"
+    de = row["final_energy"] - reference_row["final_energy"]
+    return f"dE {de:+.3f} eV" if not de <= tolerance else ""
+
+
+def missed_systems(rows: Sequence[dict], reference_rows: Sequence[dict],
+                   tolerance: float = ENERGY_TOLERANCE) -> tuple[str, ...]:
+    """'<system id> (why)' for each system of `rows` (matched by id) that is not accurate against the reference."""
+    ref = {r["system_id"]: r for r in reference_rows}
+    out = []
+    for r in rows:
+        if r["system_id"] in ref:
+            why = why_not_accurate(r, ref[r["system_id"]], tolerance)
+            if why:
+                out.append(f"{r['system_id']} ({why})")
+    return tuple(out)
+
+
 def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: Sequence[dict]) -> Comparison:
     """Compare per-system summary rows (matched by system_id) of a method and a reference."""
     ref = {r["system_id"]: r for r in reference_rows}
@@ -50,6 +72,7 @@ def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: S
         reference_parent_calls=sum(q["parent_calls"] for _, q in matched),
         method_converged=sum(r.get("outcome") == "converged" for r, _ in matched),
         accurate=sum(is_accurate(r, q) for r, q in matched),
+        missed=missed_systems(rows, reference_rows),
     )
 
 
