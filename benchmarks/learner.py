@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Learner ablation -> benchmarks/learner.md: one row per lever of the online learner, on the same systems.
 
-Usage: python benchmarks/learner.py [--checkpoint shipped] [--ood 10] [--demo 6] [--workers 2]
-                                    [--output benchmarks/learner.md]
+Usage: python benchmarks/learner.py [--checkpoint shipped] [--ood 10] [--demo 6] [--workers 2] [--rows 1,2]
+                                    [--results runs/learner-ablation.jsonl] [--output benchmarks/learner.md]
+
+Resumable: each finished (lever, system) is appended to --results, and a rerun with the same checkpoint
+weights and system counts runs only what is missing.
 
 Every row relaxes the same systems (the first --ood systems of the "ood" source, seed 0, and the first --demo
 of the "demo" source) with the EMT parent and the online learner's pure functions (learner.online.propose /
@@ -14,6 +17,8 @@ ratio; accurate: parent-confirmed fmax <= 0.03 eV/A and final energy <= BFGS's +
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -101,8 +106,11 @@ def _run(job: tuple[str, dict, object]) -> dict:
 @click.option("--demo", "n_demo", default=6, show_default=True, help="systems from the 'demo' source")
 @click.option("--workers", default=2, show_default=True)
 @click.option("--rows", default="", help="only these rows of the table, by number from 1 (default: all)")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("runs/learner-ablation.jsonl"),
+              show_default=True, help="one JSON line per finished (lever, system); a rerun skips those already there")
 @click.option("--output", type=click.Path(path_type=Path), default=Path(__file__).with_name("learner.md"))
-def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, output: Path) -> None:
+def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, results: Path,
+         output: Path) -> None:
     from finetuna_parsl.systems import demo_systems, ood_systems
 
     variants = [VARIANTS[int(i) - 1] for i in rows.split(",")] if rows else VARIANTS
@@ -110,12 +118,26 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, outp
     systems = ood_systems(n_ood, seed=0) + demo_systems(n_demo, seed=0)
     jobs = [("bfgs", {}, s) for s in systems] + [(name, change, s) for name, change in variants for s in systems]
     t0 = time.perf_counter()
-    results = []
-    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(checkpoint,)) as pool:
-        for i, r in enumerate(pool.imap_unordered(_run, jobs), start=1):
-            results.append(r)
-            print(f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f} s] {r['variant']} {r['system']}: "
-                  f"{r['calls']} calls, converged {r['converged']}", flush=True)
+    results_file = results
+    from finetuna_parsl.surrogate.checkpoint import SHIPPED
+
+    weights = SHIPPED if checkpoint == "shipped" else Path(checkpoint)
+    digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else checkpoint
+    key = f"{digest} {n_ood} {n_demo}"  # results of other weights or another system set are not reused
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results = [r for r in map(json.loads, results_file.read_text().splitlines() if results_file.exists() else [])
+               if r.get("key") == key]
+    done = {(r["variant"], r["system"]) for r in results}
+    todo = [j for j in jobs if (j[0], j[2].system_id) not in done]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} results already in {results_file}", flush=True)
+    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(checkpoint,)) as pool, \
+            results_file.open("a") as log:
+        for i, r in enumerate(pool.imap_unordered(_run, todo), start=1):
+            results.append({**r, "key": key})
+            log.write(json.dumps(results[-1]) + "\n")
+            log.flush()
+            print(f"[{i}/{len(todo)} {time.perf_counter() - t0:.0f} s] {r['variant']} {r['system']}: "
+                  f"{r['calls']} calls, converged {r['converged']}, E {r['energy']:.4f} eV", flush=True)
     ref = {r["system"]: r for r in results if r["variant"] == "bfgs"}
     command = "python benchmarks/learner.py " + " ".join(sys.argv[1:])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
