@@ -42,6 +42,8 @@ VARIANTS: list[tuple[str, dict]] = [
     ("exact at the newest parent point", {"exact_at_newest": True}),
     ("no backoff", {"backoff": False}),
     ("all points + exact at newest", {"train_on": "all", "exact_at_newest": True}),
+    ("k=20 + all points", {"k": 20, "train_on": "all"}),
+    ("k=20 + all points + exact at newest", {"k": 20, "train_on": "all", "exact_at_newest": True}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000}
 
