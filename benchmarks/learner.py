@@ -63,13 +63,13 @@ def _init(checkpoint: str) -> None:
 def _emt_parent(spec):
     from ase.calculators.emt import EMT
 
-    from finetuna_parsl.learner.state import ParentPoint
+    from finetuna_parsl.records import Evaluation
 
-    def call(positions: np.ndarray) -> ParentPoint:
+    def call(positions: np.ndarray) -> Evaluation:
         atoms = spec.to_atoms(positions)
         atoms.calc = EMT()
-        return ParentPoint(positions.copy(), float(atoms.get_potential_energy()),
-                           np.array(atoms.get_forces(apply_constraint=False)))
+        return Evaluation(positions.copy(), float(atoms.get_potential_energy()),
+                          np.array(atoms.get_forces(apply_constraint=False)))
     return call
 
 
@@ -81,7 +81,8 @@ def _run(job: tuple[str, dict, object]) -> dict:
     """One (variant, system): parent calls, converged, final energy; 'bfgs' runs the reference."""
     from finetuna_parsl.learner.online import propose, record_parent
     from finetuna_parsl.learner.reference import run_reference
-    from finetuna_parsl.learner.state import STATUS_CONVERGED, LearnerSettings, LearnerState
+    from finetuna_parsl.learner.state import LearnerState
+    from finetuna_parsl.records import OUTCOME_CONVERGED, LearnerSettings
 
     name, change, spec = job
     settings = replace(LearnerSettings(**BASELINE), **change)
@@ -89,7 +90,7 @@ def _run(job: tuple[str, dict, object]) -> dict:
     t0 = time.perf_counter()
     if name == "bfgs":
         ref = run_reference("bfgs", spec, parent, settings)
-        points, converged, reasons = ref.parent_points, ref.status == STATUS_CONVERGED, {}
+        points, converged, reasons = ref.parent_points, ref.outcome == OUTCOME_CONVERGED, {}
     else:
         state = LearnerState(spec, settings)
         reasons: dict[str, int] = {}
@@ -97,7 +98,7 @@ def _run(job: tuple[str, dict, object]) -> dict:
             proposal = propose(state, _SURROGATE)
             reasons[proposal.reason] = reasons.get(proposal.reason, 0) + 1
             state = record_parent(state, proposal, parent(proposal.positions))
-        points, converged = state.parent_points, state.status == STATUS_CONVERGED
+        points, converged = state.parent_points, state.outcome == OUTCOME_CONVERGED
     return {"variant": name, "system": spec.system_id, "calls": len(points), "converged": converged,
             "energy": points[-1].energy, "reasons": reasons, "seconds": time.perf_counter() - t0}
 

@@ -27,7 +27,7 @@ from ase.optimize import BFGS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_slabs import small_slabs  # noqa: E402
 
-from finetuna_parsl.learner.state import SystemSpec  # noqa: E402
+from finetuna_parsl.records import SystemSpec  # noqa: E402
 from finetuna_parsl.parents import make_parent  # noqa: E402
 from finetuna_parsl.parents.bridge import BridgeAddress, ParentServer, serve_session  # noqa: E402
 from finetuna_parsl.systems import demo_systems  # noqa: E402

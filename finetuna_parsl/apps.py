@@ -12,40 +12,38 @@ from functools import lru_cache
 
 from parsl import python_app
 
-from .config import ParentConfig, SurrogateConfig
+from .config import ParentConfig
 from .learner.reference import ReferenceResult, run_reference
-from .learner.state import LearnerSettings, LearnerState, Proposal, SystemSpec
+from .learner.state import LearnerState, Proposal
+from .records import LearnerSettings, SystemSpec
+from .surrogate.settings import SurrogateSettings
 
 
 @lru_cache(maxsize=4)
-def surrogate_for(config: SurrogateConfig):
-    """The surrogate named by `config`, built once per process (the backbone stays in memory).
+def surrogate_for(settings: SurrogateSettings):
+    """The surrogate `settings` name, built once per process (the backbone stays in memory).
 
+    A factory ("module:callable") is called with the settings as keywords (SurrogateSettings.factory_keywords).
     Made repeatable (reproducible.py): deterministic torch algorithms, and each prior prediction seeded from
-    its structure and `config.seed`, so it does not depend on what this worker predicted before.
+    its structure and `settings.seed`, so it does not depend on what this worker predicted before.
     """
     from .reproducible import deterministic_torch, seed_each_prediction
 
-    settings = {
-        "task": config.task, "device": config.device, "ensemble_size": config.ensemble_size, "epochs": config.epochs, "lr": config.lr,
-        "scheduler_factor": config.scheduler_factor, "scheduler_patience": config.scheduler_patience,
-        "seed": config.seed,
-    }
-    if config.factory:
-        module, _, name = config.factory.partition(":")
-        model = getattr(importlib.import_module(module), name)(checkpoint=config.checkpoint, **settings)
-        seed_each_prediction(getattr(model, "prior", None), config.seed)
+    if settings.factory:
+        module, _, name = settings.factory.partition(":")
+        model = getattr(importlib.import_module(module), name)(**settings.factory_keywords())
+        seed_each_prediction(getattr(model, "prior", None), settings.seed)
         return model
     from .surrogate import load_surrogate
 
     deterministic_torch()  # before the model is built: cuBLAS reads its workspace setting when CUDA starts
-    model = load_surrogate(checkpoint=config.checkpoint, **settings)
-    seed_each_prediction(model.prior, config.seed)
+    model = load_surrogate(settings)
+    seed_each_prediction(model.prior, settings.seed)
     return model
 
 
 @python_app(executors=["learn"])
-def learn_and_propose(state: LearnerState, surrogate: SurrogateConfig) -> Proposal:
+def learn_and_propose(state: LearnerState, surrogate: SurrogateSettings) -> Proposal:
     """Fine-tune on the newest parent point, rebuild the Hessian, run the surrogate segment."""
     from finetuna_parsl.apps import surrogate_for
     from finetuna_parsl.learner.online import propose
@@ -73,11 +71,10 @@ def parent_session(parent: ParentConfig, system: SystemSpec, address) -> int:
 
 @python_app(executors=["parent"])
 def reference_relaxation(
-    method: str, system: SystemSpec, parent: ParentConfig, settings: LearnerSettings, surrogate: SurrogateConfig
+    method: str, system: SystemSpec, parent: ParentConfig, settings: LearnerSettings, surrogate: SurrogateSettings
 ) -> ReferenceResult:
     """A whole reference relaxation (parent-only BFGS/CG/GPMin, or warm start) on one parent session."""
     from finetuna_parsl.apps import surrogate_for
-    from finetuna_parsl.learner.state import ParentPoint
     from finetuna_parsl.parents import make_parent
 
     model = None
@@ -86,12 +83,7 @@ def reference_relaxation(
         model = model.calculator(model.initial_head())
     session = make_parent(parent.kind, workdir=f"{parent.workdir}/{method}/{system.system_id}", **parent.options)
     session.start(system)
-
-    def call(positions):
-        r = session.calculate(positions)
-        return ParentPoint(positions, r.energy, r.forces, r.scf_cycles, r.wall_s)
-
     try:
-        return run_reference(method, system, call, settings, model)
+        return run_reference(method, system, session.calculate, settings, model)
     finally:
         session.close()

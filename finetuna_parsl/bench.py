@@ -20,11 +20,11 @@ from .campaign.driver import Progress
 from .config import RunConfig, with_overrides
 from .learner.metrics import SETTLED_FMAX, CallBreakdown, MethodRow, call_breakdown, missed_systems, table_row
 from .learner.reference import REFERENCE_METHODS
-from .learner.state import SystemSpec
+from .records import QUERY_RULES, SystemSpec
 from .reproducible import HOW
 from .store import load_parent_calls
 
-QUERY_METHODS = ("relaxed-only", "k-steps", "uncertainty")
+QUERY_METHODS = QUERY_RULES
 ALL_METHODS = (*REFERENCE_METHODS, *QUERY_METHODS)
 #: Column order of the breakdown: the query rule's reasons (Proposal.reason), then reference method names.
 REASON_ORDER = ("initial", "k-steps", "relaxed", "uncertainty", "backoff", "trust", "stalled", "budget",

@@ -8,6 +8,7 @@ import click
 
 from .config import ConfigError, load_config, with_overrides
 from .learner.reference import REFERENCE_METHODS
+from .records import QUERY_RULES, STATUS_FAILED
 
 
 def _fail(message: str) -> None:
@@ -78,7 +79,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         comparisons.append(compare("online", result.rows, method, ref.rows))
     if comparisons:
         click.echo("\n" + comparison_table(comparisons))
-    failed = sum(r["status"] == "failed" for r in result.rows)
+    failed = sum(r["status"] == STATUS_FAILED for r in result.rows)
     if failed or unusable:
         sys.exit(1)
 
@@ -140,7 +141,7 @@ def _load_run_config(config_path: str, site: str | None, output: str | None):
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--methods", default="bfgs,cg,warm-start,gpmin,relaxed-only,k-steps,uncertainty", show_default=True,
+@click.option("--methods", default=",".join((*REFERENCE_METHODS, *QUERY_RULES)), show_default=True,
               help="Comma-separated methods to compare.")
 @click.option("--reference", default="bfgs", type=click.Choice(REFERENCE_METHODS), show_default=True,
               help="The reference optimizer that speed and accuracy are measured against.")

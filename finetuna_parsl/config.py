@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from .learner.state import LearnerSettings
+from .records import QUERY_RULES, TRAIN_ON, LearnerSettings
+from .surrogate.settings import SurrogateSettings
 
 
 class ConfigError(ValueError):
@@ -47,22 +48,6 @@ class ParentConfig:
 
 
 @dataclass(frozen=True)
-class SurrogateConfig:
-    """The surrogate: a fairchem checkpoint ('shipped' = the package's own) and fine-tuning settings."""
-
-    checkpoint: str = "shipped"  # a fairchem inference checkpoint (.pt), or "shipped"
-    task: str = "oc20"  # the checkpoint's task/dataset to predict with (oc20, omat, omol, odac, omc, ...)
-    factory: str | None = None  # "module:callable" returning a surrogate; overrides checkpoint
-    device: str = "auto"
-    ensemble_size: int = 1
-    epochs: int = 400
-    lr: float = 3e-4
-    scheduler_factor: float = 0.9
-    scheduler_patience: int = 3
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class CampaignConfig:
     """How the campaign runs and where it writes."""
 
@@ -79,7 +64,7 @@ class RunConfig:
 
     systems: SystemsConfig = field(default_factory=SystemsConfig)
     parent: ParentConfig = field(default_factory=ParentConfig)
-    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
     learner: LearnerSettings = field(default_factory=LearnerSettings)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     site: str = "laptop"
@@ -90,15 +75,15 @@ class RunConfig:
 _SECTIONS = {
     "systems": SystemsConfig,
     "parent": ParentConfig,
-    "surrogate": SurrogateConfig,
+    "surrogate": SurrogateSettings,
     "learner": LearnerSettings,
     "campaign": CampaignConfig,
 }
 _CHOICES = {
     ("surrogate", "device"): ("auto", "cpu", "cuda"),
     ("parent", "bridge"): ("unix", "tcp"),
-    ("learner", "query"): ("relaxed-only", "k-steps", "uncertainty"),
-    ("learner", "train_on"): ("newest", "all"),
+    ("learner", "query"): QUERY_RULES,
+    ("learner", "train_on"): TRAIN_ON,
 }
 _POSITIVE = {
     ("systems", "count"), ("parent", "timeout_s"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
@@ -220,7 +205,17 @@ def parse_config(text: str, where: str = "<config>") -> RunConfig:
         raise ConfigError(f"{where}: site: expected a string, got {_type_name(site)} {site!r}")
     config = RunConfig(**sections, site=site, path=where, text=text)
     _check_files(where, config)
-    return config
+    return _resolve_paths(config)
+
+
+def _resolve_paths(config: RunConfig) -> RunConfig:
+    """The surrogate checkpoint as an absolute path (workers may run in another folder, or on another node);
+    "shipped" stays a name, the package resolves it wherever it is installed."""
+    checkpoint = config.surrogate.checkpoint
+    if config.surrogate.factory is not None or checkpoint == "shipped":
+        return config
+    return dataclasses.replace(
+        config, surrogate=dataclasses.replace(config.surrogate, checkpoint=str(Path(checkpoint).expanduser().resolve())))
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import live
+from .records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING
 from .report import first_line
 from .store import StoreError, open_h5, read_summary
 
@@ -75,7 +76,7 @@ def totals(rows: Sequence[dict]) -> dict:
     return {
         "systems": len(rows),
         "status": dict(Counter(r["status"] for r in rows)),
-        "outcome": dict(Counter(r.get("outcome") or "-" for r in rows if r["status"] in ("done", "failed"))),
+        "outcome": dict(Counter(r.get("outcome") or "-" for r in rows if r["status"] in (STATUS_DONE, STATUS_FAILED))),
         "parent_calls": sum(r["parent_calls"] for r in rows),
         "parent_calls_by_reason": dict(by_reason),
         "surrogate_steps": sum(r["surrogate_steps"] for r in rows),
@@ -114,7 +115,7 @@ def report(ins: Inspection) -> str:
         f"{t['surrogate_steps']} surrogate steps, {t['scf_cycles']} SCF cycles, "
         f"{t['parent_wall_s']:.1f} s in the parent",
     ]
-    stale = t["status"].get("running", 0) + t["status"].get("interrupted", 0)
+    stale = t["status"].get(STATUS_RUNNING, 0) + t["status"].get(STATUS_INTERRUPTED, 0)
     if ins.source == "store" and stale:
         lines.append(f"{stale} systems marked running or interrupted: their run stopped; the same run command "
                      "resumes them")

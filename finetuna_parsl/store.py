@@ -1,8 +1,9 @@
 """The campaign's HDF5 store: one file, one writer (the driver), readable with plain h5py.
 
-Layout (DESIGN.md): /systems/<id>/ with the system as given, resizable steps/* datasets (one row
-per surrogate or parent evaluation; steps/reason says why each parent call was made) and head/weights
-for resume. Every append is flushed before the learner is allowed to use the point it holds.
+Layout: /systems/<id>/ with the system as given, resizable steps/* datasets (one row per
+records.Evaluation, surrogate or parent: positions, forces, energy, kind, uncertainty, scf_cycles, wall_s,
+reason, fine_tune_s) and head/weights for resume; /runs holds one JSON line per run of the store (its config,
+package versions, start time). Every append is flushed before the learner is allowed to use the point it holds.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import importlib.metadata
+import json
 import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,17 +23,20 @@ import h5py
 import numpy as np
 
 from .learner.bfgs import free_fmax
-from .learner.state import STATUS_RUNNING, LearnerSettings, LearnerState, ParentPoint, SystemSpec
+from .learner.state import LearnerState
+from .records import SOURCE_PARENT, STATUS_PENDING, Evaluation, LearnerSettings, SystemSpec
 
 if TYPE_CHECKING:
     from ase import Atoms
 
 FORMAT_VERSION = 1
+#: steps/kind: who answered a row (records.Evaluation.source, as stored).
 KIND_SURROGATE = 0
 KIND_PARENT = 1
-PENDING = "pending"
 #: steps/reason: a UTF-8 string per row, "" on surrogate rows (and on parent rows stored before reasons were kept).
-REASON_DTYPE = h5py.string_dtype("utf-8")
+STRING_DTYPE = h5py.string_dtype("utf-8")
+#: Columns added to steps/ after the first stores were written: (name, dtype, value of the rows stored before).
+LATER_COLUMNS = (("reason", STRING_DTYPE, ""), ("fine_tune_s", "f8", 0.0))
 LOCKING_HINT = (
     "if this file is on a shared filesystem without file locking (Lustre, NFS, GPFS), "
     "set HDF5_USE_FILE_LOCKING=FALSE and try again"
@@ -41,24 +45,6 @@ LOCKING_HINT = (
 
 class StoreError(RuntimeError):
     """The store could not be opened or does not hold what was asked for."""
-
-
-@dataclass(frozen=True)
-class StepRow:
-    """One evaluation as stored: kind 0 = surrogate, 1 = parent.
-
-    reason: why a parent call was made (the query rule's Proposal.reason: initial, k-steps, relaxed, backoff,
-    stalled, uncertainty, budget; a reference method's name for its calls); "" for surrogate rows.
-    """
-
-    positions: np.ndarray
-    energy: float
-    forces: np.ndarray
-    kind: int
-    uncertainty: float = 0.0
-    scf_cycles: int = 0
-    wall_s: float = 0.0
-    reason: str = ""
 
 
 def _versions() -> str:
@@ -148,7 +134,12 @@ def check_not_held(path: str | Path) -> None:
 
 
 class CampaignStore:
-    """Single-writer access to a campaign store. Use as a context manager."""
+    """Single-writer access to a campaign store. Use as a context manager.
+
+    Opening it starts a run of the store: the run's config text, method, package versions and start time are
+    appended to /runs (read_runs), and the root attributes run_config / package_versions hold this run's
+    (`created` stays the first run's). Raises StoreError when the file cannot be opened or is another format.
+    """
 
     def __init__(self, path: str | Path, run_config: str = "", method: str = "online", keep_surrogate_every: int = 1):
         self.path = Path(path)
@@ -156,16 +147,19 @@ class CampaignStore:
         self.keep_surrogate_every = keep_surrogate_every
         self.file = open_h5(self.path, "a")
         root = self.file.attrs
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if "format_version" not in root:
             root["format_version"] = FORMAT_VERSION
-            root["package_versions"] = _versions()
-            root["run_config"] = run_config
             root["method"] = method
-            root["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            root["created"] = now
         elif int(root["format_version"]) != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format {root['format_version']} is not {FORMAT_VERSION}")
+        versions = _versions()
+        root["package_versions"] = versions
+        root["run_config"] = run_config
+        _append_run(self.file, {"started": now, "method": method, "package_versions": versions,
+                                "run_config": run_config})
         self.file.require_group("systems")
-        self._surrogate_seen: dict[str, int] = {}
         self._rows: dict[str, dict] = {}  # live_rows' cache, re-read only for systems changed since
         self._changed: set[str] = set(self.file["systems"].keys())
 
@@ -180,18 +174,15 @@ class CampaignStore:
             self.file.flush()
             self.file.close()
 
-    def flush(self) -> None:
-        self.file.flush()
-
     # --- systems -----------------------------------------------------------------------------
     def has_system(self, system_id: str) -> bool:
+        """Whether the store holds `system_id` (from this run or an earlier one)."""
         return system_id in self.file["systems"]
 
-    def system_ids(self) -> list[str]:
-        return list(self.file["systems"].keys())
-
     def add_system(self, system: SystemSpec) -> None:
-        """Record the system as given, with empty step datasets; no-op if it is already there."""
+        """Record the system as given, with empty step datasets; no-op if it is already there.
+
+        StoreError when the system id cannot name an HDF5 group (empty, or containing '/')."""
         if self.has_system(system.system_id):
             return
         if "/" in system.system_id or not system.system_id:
@@ -212,16 +203,17 @@ class CampaignStore:
         steps.create_dataset("forces", (0, n, 3), maxshape=(None, n, 3), chunks=(16, n, 3), dtype="f8")
         for name, dtype in (("energy", "f8"), ("kind", "i1"), ("uncertainty", "f8"), ("scf_cycles", "i4"), ("wall_s", "f8")):
             steps.create_dataset(name, (0,), maxshape=(None,), chunks=(256,), dtype=dtype)
-        _require_reason(steps)
+        _require_later_columns(steps)
         g.attrs.update(
-            status=PENDING, formula=system.formula, n_atoms=n, parent_calls=0, surrogate_steps=0,
+            status=STATUS_PENDING, formula=system.formula, n_atoms=n, parent_calls=0, surrogate_steps=0,
             final_energy=np.nan, final_fmax=np.nan, error="", outcome="",
         )
         self._changed.add(system.system_id)
         self.file.flush()
 
     def set_status(self, system_id: str, status: str, error: str = "", outcome: str | None = None) -> None:
-        """status: pending|running|done|failed; outcome: converged|parent_budget|surrogate_budget."""
+        """status: records.STATUS_* (where the system stands in the campaign); outcome: records.OUTCOME_* (how
+        its relaxation ended), left as it is when None. KeyError for a system not in the store."""
         attrs = self.file["systems"][system_id].attrs
         attrs["status"] = status
         attrs["error"] = error
@@ -241,9 +233,11 @@ class CampaignStore:
             self.file.flush()
 
     def status(self, system_id: str) -> str:
+        """records.STATUS_* of the system; KeyError for a system not in the store."""
         return str(self.file["systems"][system_id].attrs["status"])
 
     def parent_calls(self, system_id: str) -> int:
+        """Parent calls stored for the system over every run of the store."""
         return int(self.file["systems"][system_id].attrs["parent_calls"])
 
     def reset_steps(self, system_id: str) -> None:
@@ -252,44 +246,45 @@ class CampaignStore:
         for ds in g["steps"].values():
             ds.resize(0, axis=0)
         g.attrs.update(parent_calls=0, surrogate_steps=0, final_energy=np.nan, final_fmax=np.nan)
-        self._surrogate_seen.pop(system_id, None)
         self._changed.add(system_id)
         self.file.flush()
 
-    def append_steps(self, system_id: str, rows: Sequence[StepRow]) -> None:
-        """Append evaluations in order, thinning surrogate rows by keep_surrogate_every, then flush."""
+    def append_steps(self, system_id: str, rows: Sequence[Evaluation]) -> None:
+        """Append evaluations in order, then flush. Surrogate rows are thinned by keep_surrogate_every: the Nth,
+        2Nth, ... surrogate evaluation of the system is kept, counted over every run of the store (the count is
+        the system's surrogate_steps attribute), so a resumed run thins exactly as an uninterrupted one.
+        KeyError for a system not in the store."""
         g = self.file["systems"][system_id]
+        seen = int(g.attrs["surrogate_steps"])
         kept = []
         for row in rows:
-            if row.kind == KIND_SURROGATE:
-                seen = self._surrogate_seen.get(system_id, 0) + 1
-                self._surrogate_seen[system_id] = seen
+            if not row.is_parent:
+                seen += 1
                 if self.keep_surrogate_every <= 0 or seen % self.keep_surrogate_every:
                     continue
             kept.append(row)
         if kept:
             steps = g["steps"]
-            _require_reason(steps)  # a store written before reasons were kept gets them from here on
+            _require_later_columns(steps)  # a store written before a column existed gets it from here on
             start = steps["energy"].shape[0]
             stop = start + len(kept)
             columns = {
                 "positions": np.stack([r.positions for r in kept]),
                 "forces": np.stack([r.forces for r in kept]),
                 "energy": np.array([r.energy for r in kept]),
-                "kind": np.array([r.kind for r in kept]),
+                "kind": np.array([KIND_PARENT if r.is_parent else KIND_SURROGATE for r in kept]),
                 "uncertainty": np.array([r.uncertainty for r in kept]),
                 "scf_cycles": np.array([r.scf_cycles for r in kept]),
                 "wall_s": np.array([r.wall_s for r in kept]),
                 "reason": np.array([r.reason for r in kept], dtype=object),
+                "fine_tune_s": np.array([r.fine_tune_s for r in kept]),
             }
             for name, values in columns.items():
                 steps[name].resize(stop, axis=0)
                 steps[name][start:stop] = values
-        n_surrogate = sum(r.kind == KIND_SURROGATE for r in rows)
-        n_parent = sum(r.kind == KIND_PARENT for r in rows)
-        g.attrs["surrogate_steps"] = int(g.attrs["surrogate_steps"]) + n_surrogate
-        g.attrs["parent_calls"] = int(g.attrs["parent_calls"]) + n_parent
-        parents = [r for r in rows if r.kind == KIND_PARENT]
+        parents = [r for r in rows if r.is_parent]
+        g.attrs["surrogate_steps"] = seen
+        g.attrs["parent_calls"] = int(g.attrs["parent_calls"]) + len(parents)
         if parents:
             last = parents[-1]
             g.attrs["final_energy"] = last.energy
@@ -310,6 +305,7 @@ class CampaignStore:
 
     # --- reading -----------------------------------------------------------------------------
     def summary(self) -> list[dict]:
+        """One read_system_row per stored system (energies eV, fmax eV/A, times s)."""
         return read_summary(self.file)
 
     def has_changes(self) -> bool:
@@ -326,19 +322,44 @@ class CampaignStore:
         return [self._rows[system_id] for system_id in systems.keys()]
 
     def load_state(self, system_id: str, settings: LearnerSettings) -> LearnerState:
-        """The learner state of a stored relaxation: its parent points and latest head (for resume)."""
+        """The learner state of a stored relaxation, for resume: its parent Evaluations in call order (with their
+        reasons and fine-tuning times), the latest head and how many points it was fine-tuned on, and the
+        surrogate steps taken, under `settings` (this run's). The outcome is left running: the caller settles it
+        (learner.online.settle). KeyError for a system not in the store."""
         return state_from_group(self.file["systems"][system_id], system_id, settings)
 
 
-def _require_reason(steps: h5py.Group) -> h5py.Dataset:
-    """steps/reason, created as long as the other columns ("" for rows stored before it existed)."""
-    if "reason" in steps:
-        return steps["reason"]
+def _require_later_columns(steps: h5py.Group) -> None:
+    """The LATER_COLUMNS of steps/, created as long as the other columns where missing (their value for the rows
+    stored before they existed)."""
     n = steps["energy"].shape[0]
-    ds = steps.create_dataset("reason", (n,), maxshape=(None,), chunks=(256,), dtype=REASON_DTYPE)
-    if n:
-        ds[:] = np.array([""] * n, dtype=object)
-    return ds
+    for name, dtype, before in LATER_COLUMNS:
+        if name in steps:
+            continue
+        ds = steps.create_dataset(name, (n,), maxshape=(None,), chunks=(256,), dtype=dtype)
+        if n:
+            ds[:] = np.array([before] * n, dtype=object if dtype is STRING_DTYPE else dtype)
+
+
+def _append_run(f: h5py.File, run: dict) -> None:
+    """One JSON line for this run of the store at the end of /runs (created on first use)."""
+    if "runs" not in f:
+        f.create_dataset("runs", (0,), maxshape=(None,), chunks=(16,), dtype=STRING_DTYPE)
+    runs = f["runs"]
+    runs.resize(runs.shape[0] + 1, axis=0)
+    runs[-1] = json.dumps(run)
+    f.flush()
+
+
+def read_runs(f: h5py.File) -> list[dict]:
+    """Every run of the store, oldest first: started (UTC, ISO 8601), method, package_versions, run_config (the
+    YAML text the run used). A store written before runs were kept gives its one stored config, started at
+    `created`."""
+    if "runs" in f:
+        return [json.loads(line) for line in f["runs"].asstr()[()]]
+    a = f.attrs
+    return [{"started": str(a.get("created", "")), "method": str(a.get("method", "")),
+             "package_versions": str(a.get("package_versions", "")), "run_config": str(a.get("run_config", ""))}]
 
 
 def system_from_group(g: h5py.Group, system_id: str) -> SystemSpec:
@@ -359,13 +380,18 @@ def state_from_group(g: h5py.Group, system_id: str, settings: LearnerSettings) -
     steps = g["steps"]
     kind = steps["kind"][()]
     idx = np.flatnonzero(kind == KIND_PARENT)
+    reasons = steps["reason"].asstr()[()] if "reason" in steps else None
+    fine_tune = steps["fine_tune_s"][()] if "fine_tune_s" in steps else None
     points = [
-        ParentPoint(
+        Evaluation(
             positions=steps["positions"][i],
             energy=float(steps["energy"][i]),
             forces=steps["forces"][i],
+            source=SOURCE_PARENT,
             scf_cycles=int(steps["scf_cycles"][i]),
             wall_s=float(steps["wall_s"][i]),
+            reason=str(reasons[i]) if reasons is not None else "",
+            fine_tune_s=float(fine_tune[i]) if fine_tune is not None else 0.0,
         )
         for i in idx
     ]
@@ -380,14 +406,13 @@ def state_from_group(g: h5py.Group, system_id: str, settings: LearnerSettings) -
         head=head,
         head_points=min(head_points, len(points)),
         surrogate_steps=int(g.attrs["surrogate_steps"]),
-        status=STATUS_RUNNING,
     )
 
 
 def read_system_row(system_id: str, g: h5py.Group) -> dict:
     """One system's summary row: status, outcome, parent calls (total and by reason; "" = not recorded),
     surrogate steps, final parent energy (eV) and fmax over free atoms (eV/A), error and warnings in full,
-    SCF cycles and parent wall time (s)."""
+    SCF cycles, parent wall time (s) and the learner's fine-tuning time before those calls (s)."""
     a = g.attrs
     steps = g["steps"]
     parent = steps["kind"][()] == KIND_PARENT
@@ -407,6 +432,7 @@ def read_system_row(system_id: str, g: h5py.Group) -> dict:
         "warnings": [str(w) for w in a.get("warnings", [])],
         "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
         "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
+        "fine_tune_s": float(steps["fine_tune_s"][()][parent].sum()) if "fine_tune_s" in steps else 0.0,
     }
 
 

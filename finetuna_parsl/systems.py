@@ -17,7 +17,7 @@ from ase import Atoms
 from ase.build import add_adsorbate, fcc100, fcc110, fcc111, fcc211, molecule
 from ase.constraints import FixAtoms
 
-from .learner.state import SystemSpec
+from .records import SystemSpec
 
 DEMO_METALS = ("Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
 DEMO_ADSORBATES = ("H", "O", "C", "N", "OH", "CO", "CH", "NH")

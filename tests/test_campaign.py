@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from conftest import TESTS_DIR
 from finetuna_parsl.campaign import run_campaign
@@ -53,6 +54,11 @@ def test_three_system_campaign_through_parsl_reads_back_with_plain_h5py(tmp_path
             assert parent_reasons[0] == "initial" and len(parent_reasons) > 1
             assert set(parent_reasons[1:]) <= {"k-steps", "relaxed", "backoff", "stalled"}, parent_reasons
             assert set(reasons[kind == 0]) == {""}
+            # the learner's fine-tuning time before each parent call: none before the first, some before the rest
+            fine_tune = steps["fine_tune_s"][()]
+            assert fine_tune[kind == 1][0] == 0 and (fine_tune[kind == 1][1:] > 0).all()
+            assert (fine_tune[kind == 0] == 0).all()
+            assert summary[system.system_id]["fine_tune_s"] == pytest.approx(fine_tune.sum())
             parent_rows = int((kind == 1).sum())
             row = summary[system.system_id]
             assert parent_rows == g.attrs["parent_calls"] == row["parent_calls"]

@@ -308,7 +308,7 @@ def test_a_bad_checkpoint_fails_the_run_before_any_work_with_one_line(tmp_path, 
 def test_omol_charge_and_spin_come_from_atoms_info_through_the_store(checkpoints, tmp_path):
     """A system's atoms.info charge/spin survive SystemSpec and the store, and reach fairchem as its calculator reads
     them (the eSEN omol-shaped checkpoint embeds both)."""
-    from finetuna_parsl.learner.state import SystemSpec
+    from finetuna_parsl.records import SystemSpec
     from finetuna_parsl.store import CampaignStore, system_from_group
 
     path, task = checkpoints["esen-omol"]

@@ -95,3 +95,18 @@ def test_own_structures_without_a_count_are_all_taken(tmp_path):
     systems, skipped = load_systems(config.systems.source, config.systems.count)
     assert len(systems) == 23 and not skipped
     assert len(load_systems("demo", config.systems.count)[0]) == 20  # the demo set keeps its 20
+
+
+def test_a_relative_checkpoint_is_made_absolute_once_when_the_config_is_read(tmp_path, monkeypatch):
+    """Workers may start in another folder (or on another node): they get the path the driver resolved."""
+    import shutil
+
+    from finetuna_parsl.surrogate import SHIPPED
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(SHIPPED, tmp_path / "models" / "mine.pt")
+    monkeypatch.chdir(tmp_path)
+    config = parse_config("surrogate: {checkpoint: models/mine.pt}\n", where="cfg.yaml")
+    assert config.surrogate.checkpoint == str(tmp_path / "models" / "mine.pt")
+    assert "checkpoint: models/mine.pt" in config.text  # the store keeps what the user wrote
+    assert parse_config("surrogate: {checkpoint: shipped}\n").surrogate.checkpoint == "shipped"

@@ -11,7 +11,7 @@ from ase.build import add_adsorbate, fcc100
 from ase.constraints import FixAtoms
 
 from finetuna_parsl.config import load_config
-from finetuna_parsl.learner.state import SystemSpec
+from finetuna_parsl.records import SystemSpec
 from finetuna_parsl.parents import ParentError, make_parent, parent_class
 from finetuna_parsl.systems import load_systems
 

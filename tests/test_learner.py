@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,13 +12,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.optimize import BFGS
 
 from finetuna_parsl.learner import (
-    STATUS_CONVERGED,
-    STATUS_PARENT_BUDGET,
-    STATUS_SURROGATE_BUDGET,
     HessianBFGS,
-    LearnerSettings,
     LearnerState,
-    ParentPoint,
     constrain,
     free_fmax,
     propose,
@@ -26,6 +22,13 @@ from finetuna_parsl.learner import (
     segment_cap,
 )
 from finetuna_parsl.parents import make_parent
+from finetuna_parsl.records import (
+    OUTCOME_CONVERGED,
+    OUTCOME_PARENT_BUDGET,
+    OUTCOME_RUNNING,
+    OUTCOME_SURROGATE_BUDGET,
+    LearnerSettings,
+)
 from finetuna_parsl.systems import demo_systems
 from toy_surrogate import ToySurrogate
 
@@ -42,8 +45,7 @@ def relax(system, settings, surrogate=None):
     while not state.done:
         proposal = propose(state, surrogate)
         proposals.append(proposal)
-        result = parent.calculate(proposal.positions)
-        state = record_parent(state, proposal, ParentPoint(proposal.positions, result.energy, result.forces))
+        state = record_parent(state, proposal, parent.calculate(proposal.positions))
     return state, proposals
 
 
@@ -164,7 +166,7 @@ def test_first_parent_call_is_the_initial_structure_and_segments_follow_the_rule
         if proposal.reason == "k-steps":
             assert len(proposal.segment) == 3
         np.testing.assert_allclose(proposal.positions, proposal.segment[-1].positions)
-    assert state.status == STATUS_CONVERGED
+    assert state.outcome == OUTCOME_CONVERGED
     assert free_fmax(state.parent_points[-1].forces, system.fixed) <= 0.03
     assert state.surrogate_steps == sum(len(p.segment) for p in proposals)
 
@@ -177,7 +179,7 @@ def test_online_learning_needs_fewer_parent_calls_than_parent_only_bfgs(settings
     online_calls = bfgs_calls = 0
     for system in SYSTEMS[:n_systems]:
         state, _ = relax(system, settings)
-        assert state.status == STATUS_CONVERGED, system.system_id
+        assert state.outcome == OUTCOME_CONVERGED, system.system_id
         online_calls += state.parent_calls
         atoms = system.to_atoms()
         atoms.calc = EMT()
@@ -189,7 +191,7 @@ def test_online_learning_needs_fewer_parent_calls_than_parent_only_bfgs(settings
 
 def test_relaxed_only_calls_the_parent_only_when_the_surrogate_is_relaxed():
     state, proposals = relax(SYSTEMS[3], LearnerSettings(query="relaxed-only", max_parent_calls=30, backoff=False))
-    assert state.status == STATUS_CONVERGED
+    assert state.outcome == OUTCOME_CONVERGED
     reasons = [p.reason for p in proposals[1:]]
     assert set(reasons) <= {"relaxed", "stalled"} and reasons[-1] == "relaxed"
     for proposal in proposals[1:]:
@@ -238,12 +240,12 @@ def test_backoff_degrades_a_misleading_surrogate_to_parent_only_bfgs():
     opt.run(fmax=0.03, steps=500)
     settings = dict(query="k-steps", k=10, max_parent_calls=4 * (opt.nsteps + 1))
     state, proposals = relax(system, LearnerSettings(**settings), UphillSurrogate())
-    assert state.status == STATUS_CONVERGED
+    assert state.outcome == OUTCOME_CONVERGED
     # Bounded by the probing: after each good step the cap grows by one, and an uphill probe costs a call.
     assert state.parent_calls <= 4 * (opt.nsteps + 1), (state.parent_calls, opt.nsteps + 1)
     assert "backoff" in {p.reason for p in proposals}
     stuck, _ = relax(system, LearnerSettings(**settings, backoff=False), UphillSurrogate())
-    assert stuck.status == STATUS_PARENT_BUDGET  # without backoff the learner never gets there
+    assert stuck.outcome == OUTCOME_PARENT_BUDGET  # without backoff the learner never gets there
 
 
 def test_uncertainty_rule_fires_on_ensemble_disagreement():
@@ -255,18 +257,18 @@ def test_uncertainty_rule_fires_on_ensemble_disagreement():
         if proposal.reason == "uncertainty":
             assert proposal.segment[-1].uncertainty > 0.05
             assert all(s.uncertainty <= 0.05 for s in proposal.segment[:-1])
-    assert state.status == STATUS_CONVERGED
+    assert state.outcome == OUTCOME_CONVERGED
 
 
 def test_parent_budget_stops_with_its_status():
     state, _ = relax(SYSTEMS[2], LearnerSettings(query="k-steps", k=2, max_parent_calls=3))
-    assert state.status == STATUS_PARENT_BUDGET
+    assert state.outcome == OUTCOME_PARENT_BUDGET
     assert state.parent_calls == 3
 
 
 def test_surrogate_budget_stops_with_its_status():
     state, proposals = relax(SYSTEMS[2], LearnerSettings(query="relaxed-only", max_surrogate_steps=7))
-    assert state.status == STATUS_SURROGATE_BUDGET
+    assert state.outcome == OUTCOME_SURROGATE_BUDGET
     assert state.surrogate_steps == 7
     assert proposals[-1].reason == "budget"  # the parent still checked where the budget ran out
 
@@ -284,11 +286,12 @@ def test_fixed_atoms_never_move_and_fmax_ignores_them():
     assert free_fmax(final, np.zeros_like(system.fixed)) > 0.03  # fixed atoms still feel forces
 
 
-def test_state_round_trips_through_serialisation():
+def test_state_round_trips_through_pickle():
+    """What Parsl does to it on the way to a learn worker and back."""
     state, _ = relax(SYSTEMS[6], LearnerSettings(query="k-steps", k=3, max_parent_calls=4))
-    for copy in (LearnerState.from_dict(state.to_dict()), pickle.loads(pickle.dumps(state))):
+    for copy in (pickle.loads(pickle.dumps(state)),):
         assert copy.settings == state.settings
-        assert copy.status == state.status and copy.head == state.head and copy.head_points == state.head_points
+        assert copy.outcome == state.outcome and copy.head == state.head and copy.head_points == state.head_points
         assert copy.surrogate_steps == state.surrogate_steps
         assert len(copy.parent_points) == len(state.parent_points)
         for a, b in zip(copy.parent_points, state.parent_points):
@@ -304,14 +307,13 @@ def test_resumed_state_continues_exactly_like_the_uninterrupted_one():
     full, _ = relax(system, settings)
     # stop after 3 parent calls, serialise, continue
     part, _ = relax(system, LearnerSettings(query="k-steps", k=3, max_parent_calls=3))
-    resumed = LearnerState.from_dict({**part.to_dict(), "status": "running", "settings": vars(settings)})
+    resumed = pickle.loads(pickle.dumps(replace(part, outcome=OUTCOME_RUNNING, settings=settings)))
     parent = make_parent("emt")
     parent.start(system)
     surrogate = ToySurrogate()
     while not resumed.done:
         proposal = propose(resumed, surrogate)
-        result = parent.calculate(proposal.positions)
-        resumed = record_parent(resumed, proposal, ParentPoint(proposal.positions, result.energy, result.forces))
+        resumed = record_parent(resumed, proposal, parent.calculate(proposal.positions))
     assert resumed.parent_calls == full.parent_calls
     np.testing.assert_allclose(resumed.parent_points[-1].positions, full.parent_points[-1].positions, atol=1e-10)
 
@@ -333,8 +335,7 @@ def test_non_finite_surrogate_is_reported():
 
     system = SYSTEMS[0]
     state, _ = relax(system, LearnerSettings(max_parent_calls=1))
-    state = state.with_status("running")
-    state = LearnerState.from_dict({**state.to_dict(), "settings": vars(LearnerSettings())})
+    state = replace(state, outcome=OUTCOME_RUNNING, settings=LearnerSettings())
     with pytest.raises(SurrogateDiverged, match=system.system_id):
         propose(state, Broken())
 
@@ -348,7 +349,7 @@ def test_trust_radius_calls_the_parent_once_an_atom_moved_too_far():
     with pytest.raises(ValueError, match="trust_radius"):
         LearnerSettings(trust_radius=0.0)
     state, proposals = relax(SYSTEMS[1], LearnerSettings(query="relaxed-only", trust_radius=0.05))
-    assert state.status == STATUS_CONVERGED
+    assert state.outcome == OUTCOME_CONVERGED
     trusted = [p for p in proposals if p.reason == "trust"]
     assert trusted
     for p, before in zip(proposals[1:], state.parent_points):

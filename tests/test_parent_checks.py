@@ -17,7 +17,7 @@ from ase.build import fcc111, molecule
 from ase.io import write
 
 from conftest import TESTS_DIR
-from finetuna_parsl.learner.state import SystemSpec
+from finetuna_parsl.records import SystemSpec
 from finetuna_parsl.parents import check_systems
 
 FAKE = str(TESTS_DIR / "fake_vasp.py")

@@ -17,7 +17,7 @@ import h5py
 import pytest
 
 from conftest import TESTS_DIR
-from finetuna_parsl.learner.state import SystemSpec
+from finetuna_parsl.records import SystemSpec
 from finetuna_parsl.parents import ParentError, ParentSession
 from finetuna_parsl.parents.bridge import ParentServer, serve_session
 from finetuna_parsl.systems import demo_systems
@@ -90,8 +90,9 @@ def test_a_session_that_fails_to_start_is_noticed_at_once_not_after_the_timeout(
     thread.join(timeout=10)
 
 
-def test_a_vasp_that_cannot_start_fails_its_system_in_seconds_after_three_tries(tmp_path, toy_on_workers):
-    """Before: 3 x parent.timeout_s (3 x 90 s here) of "running"; now each death is seen as it happens."""
+def test_a_vasp_that_cannot_start_fails_its_system_at_once_without_retries(tmp_path, toy_on_workers):
+    """Before: 3 x parent.timeout_s (3 x 90 s here) of "running", then three cold tries of a command that cannot
+    run; now the death is seen as it happens, and a setup error (ParentSetupError) is not retried."""
     output = tmp_path / "nolaunch.h5"
     config = CONFIG.format(timeout_s=90, command='["/nonexistent/bin/vasp_std"]', env="{}", output=output)
     proc, elapsed = run_cli(tmp_path, config, timeout=150)
@@ -99,7 +100,7 @@ def test_a_vasp_that_cannot_start_fails_its_system_in_seconds_after_three_tries(
     assert elapsed < 90, f"took {elapsed:.0f} s: at least one parent.timeout_s was waited out"
     with h5py.File(output, "r") as f:
         error = str(f["systems"][SYSTEM.system_id].attrs["error"])
-    assert error.startswith("parent call failed 3 times")
+    assert error.startswith("parent setup failed (not retried)")
     assert "cannot launch ['/nonexistent/bin/vasp_std']" in error and "No such file or directory" in error
     assert "Traceback" not in proc.stderr
 
@@ -130,3 +131,21 @@ def test_a_vasp_crash_is_stored_in_full_and_every_attempt_keeps_its_output(tmp_p
         assert (workdir / name).read_text().count("forrtl: severe (174)") == 1
     for name in outs:
         assert (workdir / name).read_text().count("running on") == 1
+
+
+def test_setup_errors_are_ase_setup_errors_and_run_time_failures_are_not():
+    """The split ASE makes (ase.calculators.calculator): a caller can tell 'fix your input' from 'try again'."""
+    from ase.calculators.calculator import CalculatorError, CalculatorSetupError
+
+    from finetuna_parsl.parents import ParentSetupError, make_parent
+
+    with pytest.raises(ParentSetupError) as info:
+        make_parent("vasp", command="")
+    assert isinstance(info.value, CalculatorSetupError) and isinstance(info.value, ParentError)
+    with pytest.raises(ParentSetupError, match="unknown parent kind"):
+        make_parent("castep")
+    crash = make_parent("emt", fail_after_calls=0)
+    crash.start(SYSTEM)
+    with pytest.raises(ParentError) as info:
+        crash.calculate(SYSTEM.positions)
+    assert isinstance(info.value, CalculatorError) and not isinstance(info.value, CalculatorSetupError)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS, GPMin
 
-from finetuna_parsl.learner import LearnerSettings, ParentPoint, free_fmax
+from finetuna_parsl.learner import free_fmax
 from finetuna_parsl.learner.reference import run_reference
 from finetuna_parsl.parents import make_parent
+from finetuna_parsl.records import LearnerSettings
 from finetuna_parsl.systems import demo_systems
 from toy_surrogate import ToySurrogate
 
@@ -20,8 +21,7 @@ def emt_call(system, counter):
 
     def call(positions):
         counter.append(1)
-        r = session.calculate(positions)
-        return ParentPoint(positions, r.energy, r.forces)
+        return session.calculate(positions)
 
     return call
 
@@ -33,7 +33,7 @@ def test_parent_only_bfgs_is_ase_bfgs():
     atoms.calc = EMT()
     opt = BFGS(atoms, logfile=None)
     opt.run(fmax=0.03)
-    assert result.status == "converged"
+    assert result.outcome == "converged"
     assert result.parent_calls == len(calls) == opt.nsteps + 1
     assert abs(result.parent_points[-1].energy - atoms.get_potential_energy()) < 1e-9
 
@@ -41,7 +41,7 @@ def test_parent_only_bfgs_is_ase_bfgs():
 def test_parent_only_cg_converges():
     calls = []
     result = run_reference("cg", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings())
-    assert result.status == "converged" and result.parent_calls == len(calls) > 3
+    assert result.outcome == "converged" and result.parent_calls == len(calls) > 3
     assert min(free_fmax(p.forces, SYSTEM.fixed) for p in result.parent_points) <= 0.03
 
 
@@ -50,7 +50,7 @@ def test_warm_start_relaxes_on_the_surrogate_first():
     surrogate = ToySurrogate()
     calc = surrogate.calculator(surrogate.initial_head())
     result = run_reference("warm-start", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(), surrogate=calc)
-    assert result.status == "converged"
+    assert result.outcome == "converged"
     assert len(result.surrogate_steps) > 5
     bfgs = run_reference("bfgs", SYSTEM, emt_call(SYSTEM, []), LearnerSettings())
     assert result.parent_calls < bfgs.parent_calls
@@ -59,7 +59,7 @@ def test_warm_start_relaxes_on_the_surrogate_first():
 def test_budget_stops_a_reference():
     calls = []
     result = run_reference("bfgs", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(max_parent_calls=4))
-    assert result.status == "parent_budget" and result.parent_calls == 4 == len(calls)
+    assert result.outcome == "parent_budget" and result.parent_calls == 4 == len(calls)
 
 
 class CountingEMT(EMT):
@@ -78,7 +78,7 @@ def test_parent_only_gpmin_is_ase_gpmin():
     atoms = SYSTEM.to_atoms()
     atoms.calc = CountingEMT()
     GPMin(atoms, logfile=None).run(fmax=0.03, steps=100)
-    assert result.method == "gpmin" and result.status == "converged"
+    assert result.method == "gpmin" and result.outcome == "converged"
     assert result.parent_calls == len(calls) == atoms.calc.calls
     assert free_fmax(result.parent_points[-1].forces, SYSTEM.fixed) <= 0.03
     assert abs(result.parent_points[-1].energy - atoms.get_potential_energy()) < 1e-9
@@ -89,7 +89,7 @@ def test_parent_only_gpmin_is_ase_gpmin():
 def test_budget_stops_gpmin():
     calls = []
     result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings(max_parent_calls=3))
-    assert result.status == "parent_budget" and result.parent_calls == 3 == len(calls)
+    assert result.outcome == "parent_budget" and result.parent_calls == 3 == len(calls)
 
 
 def give_up(self, r0):  # as GPMin.relax_model does when L-BFGS-B fails on the model
@@ -100,7 +100,7 @@ def test_gpmin_giving_up_keeps_its_parent_calls(monkeypatch):
     monkeypatch.setattr(GPMin, "relax_model", give_up)
     calls = []
     result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, calls), LearnerSettings())
-    assert result.status == "failed" and result.parent_calls == 1 == len(calls)
+    assert result.outcome == "gave_up" and result.parent_calls == 1 == len(calls)
     assert "GPMin gave up after 1 parent calls" in result.error and "acquisition function" in result.error
 
 

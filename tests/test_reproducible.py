@@ -59,9 +59,9 @@ def test_structure_seed_depends_on_the_structure_and_the_seed_only():
 
 
 def test_seeded_predictions_do_not_depend_on_what_came_before():
-    from finetuna_parsl.config import SurrogateConfig
+    from finetuna_parsl.surrogate.settings import SurrogateSettings
 
-    surrogate = surrogate_for(SurrogateConfig(checkpoint="shipped", device="cpu"))
+    surrogate = surrogate_for(SurrogateSettings(checkpoint="shipped", device="cpu"))
     first, other = (s.to_atoms() for s in demo_systems(2))
     before = surrogate.prior.predict(first)
     surrogate.prior.predict(other)

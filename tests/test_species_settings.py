@@ -14,7 +14,7 @@ import pytest
 from ase.build import fcc111
 
 from conftest import TESTS_DIR
-from finetuna_parsl.learner.state import SystemSpec
+from finetuna_parsl.records import SystemSpec
 from finetuna_parsl.parents import ParentError, parent_class
 from finetuna_parsl.parents.vasp import VaspInteractiveSession
 

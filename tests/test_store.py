@@ -9,17 +9,18 @@ import h5py
 import numpy as np
 import pytest
 
-from finetuna_parsl.learner import LearnerSettings
-from finetuna_parsl.store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow, StoreError, load_parent_calls
+from finetuna_parsl.records import SOURCE_PARENT, SOURCE_SURROGATE, Evaluation, LearnerSettings
+from finetuna_parsl.store import CampaignStore, StoreError, load_parent_calls, read_runs
 from finetuna_parsl.systems import demo_systems
 
 SYSTEM = demo_systems(1)[0]
 
 
-def rows(n_surrogate: int, n: int = SYSTEM.n_atoms, start: float = 0.0, reason: str = "k-steps") -> list[StepRow]:
-    out = [StepRow(np.full((n, 3), start + i), start + i, np.full((n, 3), 0.1 * i), KIND_SURROGATE, 0.01 * i)
+def rows(n_surrogate: int, n: int = SYSTEM.n_atoms, start: float = 0.0, reason: str = "k-steps") -> list[Evaluation]:
+    out = [Evaluation(np.full((n, 3), start + i), start + i, np.full((n, 3), 0.1 * i), SOURCE_SURROGATE, 0.01 * i)
            for i in range(n_surrogate)]
-    out.append(StepRow(np.full((n, 3), start + 99.0), -1.5, np.zeros((n, 3)), KIND_PARENT, 0.0, 7, 0.25, reason))
+    out.append(Evaluation(np.full((n, 3), start + 99.0), -1.5, np.zeros((n, 3)), SOURCE_PARENT, 0.0, 7, 0.25, reason,
+                          fine_tune_s=1.25))
     return out
 
 
@@ -42,6 +43,8 @@ def test_layout_is_plain_h5py(tmp_path):
         np.testing.assert_array_equal(g["steps/scf_cycles"][()], [0, 0, 0, 7, 0, 0, 7])
         # why each parent call was made, beside kind (empty for surrogate rows)
         assert list(g["steps/reason"].asstr()[()]) == ["", "", "", "initial", "", "", "k-steps"]
+        # the learner's fine-tuning time before each parent call (0 on surrogate rows)
+        np.testing.assert_array_equal(g["steps/fine_tune_s"][()], [0, 0, 0, 1.25, 0, 0, 1.25])
         np.testing.assert_array_equal(g["numbers"][()], SYSTEM.numbers)
         np.testing.assert_array_equal(g["fixed"][()], SYSTEM.fixed)
         assert g.attrs["parent_calls"] == 2 and g.attrs["surrogate_steps"] == 5
@@ -64,6 +67,38 @@ def test_keep_every_nth_surrogate_step_but_every_parent_point(tmp_path):
         assert list(store.file["systems"][SYSTEM.system_id]["steps/kind"][()]) == [1]
 
 
+def test_thinning_carries_on_across_a_resume_as_if_never_stopped(tmp_path):
+    """The every-Nth counter is the stored surrogate_steps, not a count that restarts when the store reopens."""
+    with CampaignStore(tmp_path / "c.h5", keep_surrogate_every=2) as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(3))  # surrogate steps 1, 2, 3: keeps 2
+    with CampaignStore(tmp_path / "c.h5", keep_surrogate_every=2) as store:  # resumed
+        store.append_steps(SYSTEM.system_id, rows(3, start=10))  # steps 4, 5, 6: keeps 4 and 6
+    with CampaignStore(tmp_path / "once.h5", keep_surrogate_every=2) as store:  # the same rows, never stopped
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(3))
+        store.append_steps(SYSTEM.system_id, rows(3, start=10))
+    energies = []
+    for name in ("c.h5", "once.h5"):
+        with h5py.File(tmp_path / name, "r") as f:
+            energies.append(list(f["systems"][SYSTEM.system_id]["steps/energy"][()]))
+    assert energies[0] == energies[1] == [1.0, -1.5, 10.0, 12.0, -1.5]
+
+
+def test_every_run_of_a_store_appends_its_config_and_versions(tmp_path):
+    path = tmp_path / "c.h5"
+    with CampaignStore(path, run_config="learner: {k: 3}\n"):
+        pass
+    with CampaignStore(path, run_config="learner: {k: 20}\n", method="online"):  # resumed with a changed config
+        pass
+    with h5py.File(path, "r") as f:
+        runs = read_runs(f)
+        assert [r["run_config"] for r in runs] == ["learner: {k: 3}\n", "learner: {k: 20}\n"]
+        assert all("ase==" in r["package_versions"] and r["started"] and r["method"] == "online" for r in runs)
+        assert f.attrs["run_config"] == "learner: {k: 20}\n"  # the root attribute is the latest run's
+        assert runs[0]["started"] == f.attrs["created"]
+
+
 def test_load_state_gives_parent_points_and_head_for_resume(tmp_path):
     with CampaignStore(tmp_path / "c.h5") as store:
         store.add_system(SYSTEM)
@@ -75,6 +110,8 @@ def test_load_state_gives_parent_points_and_head_for_resume(tmp_path):
         state = store.load_state(SYSTEM.system_id, LearnerSettings())
     assert state.parent_calls == 2 and state.surrogate_steps == 5
     assert state.head == b"h2" and state.head_points == 1
+    assert [p.reason for p in state.parent_points] == ["k-steps", "k-steps"]
+    assert [p.fine_tune_s for p in state.parent_points] == [1.25, 1.25]
     np.testing.assert_array_equal(state.parent_points[0].positions, np.full((SYSTEM.n_atoms, 3), 99.0))
     np.testing.assert_array_equal(state.system.positions, SYSTEM.positions)
 
@@ -167,9 +204,9 @@ def two_system_store(path):
             n = system.n_atoms
             for k in range(calls):
                 store.append_steps(system.system_id, [
-                    StepRow(np.full((n, 3), 0.5 * k), 9.0, np.full((n, 3), 9.0), KIND_SURROGATE),
-                    StepRow(system.positions + 0.01 * k, -1.0 - k, np.full((n, 3), 0.3 - 0.1 * k), KIND_PARENT,
-                            reason="initial" if k == 0 else "k-steps"),
+                    Evaluation(np.full((n, 3), 0.5 * k), 9.0, np.full((n, 3), 9.0), SOURCE_SURROGATE),
+                    Evaluation(system.positions + 0.01 * k, -1.0 - k, np.full((n, 3), 0.3 - 0.1 * k), SOURCE_PARENT,
+                               reason="initial" if k == 0 else "k-steps"),
                 ])
             store.set_status(system.system_id, "done", outcome="converged")
     return second

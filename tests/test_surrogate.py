@@ -143,14 +143,15 @@ def test_an_oc20_system_with_unseen_elements_runs_and_names_them(shipped):
 
 def test_the_learner_runs_a_segment_on_the_shipped_surrogate(shipped):
     from finetuna_parsl.learner.online import propose, record_parent
-    from finetuna_parsl.learner.state import LearnerSettings, LearnerState, ParentPoint
+    from finetuna_parsl.learner.state import LearnerState
+    from finetuna_parsl.records import Evaluation, LearnerSettings
 
     spec = demo_systems(1)[0]
     state = LearnerState(spec, LearnerSettings(query="k-steps", k=3))
     first = propose(state, shipped)
     point = labelled(spec.to_atoms(first.positions))
-    state = record_parent(state, first, ParentPoint(first.positions, point.get_potential_energy(),
-                                                    point.get_forces(apply_constraint=False)))
+    state = record_parent(state, first, Evaluation(first.positions, point.get_potential_energy(),
+                                                   point.get_forces(apply_constraint=False)))
     second = propose(state, shipped)
     assert 1 <= len(second.segment) <= 3 and second.head != first.head
 
@@ -164,3 +165,40 @@ def test_cuda_and_cpu_agree(shipped):
     _, f_cpu, _ = shipped.predict(atoms, head_cpu)
     _, f_gpu, _ = gpu.predict(atoms, head_gpu)
     np.testing.assert_allclose(f_gpu, f_cpu, atol=2e-3)
+
+
+def test_fine_tuning_on_several_points_in_one_batch_is_the_mean_of_their_losses():
+    """The batched loss equals the per-point loop it replaced: the mean over points of each point's mean squared
+    free-atom force error, the same gradient step for step (so all-points training keeps its meaning)."""
+    import copy
+
+    from finetuna_parsl.surrogate.head import ElementForceResidual, Features, fine_tune, residual_forces
+
+    gen = torch.Generator().manual_seed(0)
+    points = []
+    for n in (5, 8, 3):
+        feats = Features(torch.randn(n, 9, 4, generator=gen), 0.0, torch.randn(n, 3, generator=gen),
+                         torch.randint(1, 30, (n,), generator=gen))
+        free = torch.rand(n, generator=gen) > 0.3
+        free[0] = True
+        points.append((feats, torch.randn(n, 3, generator=gen), free))
+    template = ElementForceResidual(4, 31)
+    torch.nn.init.normal_(template.shared, std=0.1, generator=gen)
+    heads = [copy.deepcopy(template), copy.deepcopy(template)]
+    looped = [copy.deepcopy(h) for h in heads]
+
+    info = fine_tune(heads, points, epochs=20, lr=1e-2, factor=0.9, patience=3)
+
+    params = [p for h in looped for p in h.parameters()]  # the previous, one-point-at-a-time loss
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
+    for _ in range(20):
+        opt.zero_grad()
+        # per point: mean over (members, free atoms) of the squared force error / 3; then the mean over points
+        loss = sum(((f.forces + residual_forces(looped, f) - t) ** 2).sum(-1)[:, free].mean() / 3
+                   for f, t, free in points) / len(points)
+        loss.backward()
+        opt.step()
+    assert info["final_loss"] < info["initial_loss"]
+    for a, b in zip(heads, looped):
+        torch.testing.assert_close(a.shared, b.shared, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a.table, b.table, rtol=1e-4, atol=1e-6)

@@ -21,7 +21,7 @@ from ase.constraints import FixAtoms
 from ase.optimize import BFGS
 
 from conftest import TESTS_DIR
-from finetuna_parsl.learner.state import SystemSpec
+from finetuna_parsl.records import SystemSpec
 from finetuna_parsl.parents import ParentError, make_parent
 from finetuna_parsl.parents.vasp import VaspInteractiveSession
 from finetuna_parsl.parents.vasp_io import species_order

@@ -14,22 +14,22 @@ import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import live
 from ..apps import learn_and_propose, parent_session, reference_relaxation
 from ..config import RunConfig
 from ..learner.online import record_parent, settle
 from ..learner.reference import ReferenceResult
-from ..learner.state import STATUS_RUNNING, LearnerState, Proposal, SystemSpec
-from ..parents.base import ParentError
+from ..learner.state import LearnerState, Proposal
+from ..parents.base import ParentError, ParentSetupError
 from ..parents.bridge import ParentServer
-from ..store import KIND_PARENT, KIND_SURROGATE, CampaignStore, StepRow
-
-DONE = "done"
-FAILED = "failed"
-RUNNING = "running"
-INTERRUPTED = "interrupted"  # stopped by a signal mid-relaxation; the next run resumes it
+from ..records import STATUS_DONE as DONE
+from ..records import STATUS_FAILED as FAILED
+from ..records import STATUS_INTERRUPTED as INTERRUPTED
+from ..records import STATUS_RUNNING as RUNNING
+from ..records import SystemSpec
+from ..store import CampaignStore
 #: Seconds the main loop waits on futures before it looks at a stop request again.
 POLL_S = 0.25
 #: Seconds between rewrites of the live summary beside the store (live.py) while something changed.
@@ -110,6 +110,16 @@ def describe_error(exc: BaseException) -> str:
     if not frames:
         return head
     return head + "\n--- traceback (last lines) ---\n" + "\n".join(frames[-TRACEBACK_LINES:])
+
+
+def _setup_error(exc: BaseException, session: cf.Future | None) -> ParentSetupError | None:
+    """The ParentSetupError behind a failed parent call: raised by the call itself, or by its session's task
+    (a session that cannot start ends, and the call only sees the connection go)."""
+    if isinstance(exc, ParentSetupError):
+        return exc
+    if session is not None and session.done() and isinstance(session.exception(), ParentSetupError):
+        return session.exception()
+    return None
 
 
 class Campaign:
@@ -223,7 +233,7 @@ class Campaign:
             if state.done:  # the driver died after storing the final point, before marking it
                 self.store.set_status(sid, RUNNING)
                 self.progress.running += 1
-                self._finish(sid, DONE, state.status)
+                self._finish(sid, DONE, state.outcome)
                 return None
         else:
             self.store.add_system(system)
@@ -254,7 +264,11 @@ class Campaign:
             point = r.future.result()
         except Exception as exc:
             r.parent_failures += 1
+            setup = _setup_error(exc, r.session)
             self._close_session(r)  # the retry gets a new, cold session
+            if setup is not None:  # the parent cannot run as set up: a retry would fail the same way
+                self._finish(sid, FAILED, "", f"parent setup failed (not retried): {describe_error(setup)}")
+                return False
             if r.parent_failures > self.config.campaign.parent_retries:
                 self._finish(sid, FAILED, "", f"parent call failed {r.parent_failures} times: {describe_error(exc)}")
                 return False
@@ -262,17 +276,15 @@ class Campaign:
             return True
         r.parent_failures = 0  # retries count per call
         self._warn(sid, r.server.take_warnings() if r.server is not None else [])
-        rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE, s.uncertainty, 0, s.wall_s) for s in r.proposal.segment]
-        rows.append(StepRow(point.positions, point.energy, point.forces, KIND_PARENT, 0.0, point.scf_cycles,
-                            point.wall_s, reason=r.proposal.reason))
-        self.store.append_steps(sid, rows)  # flushed before the learner sees the point
+        point = replace(point, reason=r.proposal.reason, fine_tune_s=r.proposal.fine_tune_s)
+        self.store.append_steps(sid, [*r.proposal.segment, point])  # flushed before the learner sees the point
         self.store.save_head(sid, r.proposal.head, r.proposal.head_points)
         self.parent_calls_this_run += 1
         self.progress.parent_calls += 1
         r.state = record_parent(r.state, r.proposal, point)
         r.proposal = None
-        if r.state.status != STATUS_RUNNING:
-            self._finish(sid, DONE, r.state.status, r=r)
+        if r.state.done:
+            self._finish(sid, DONE, r.state.outcome, r=r)
             return False
         self._submit_learn(r)
         return True
@@ -299,16 +311,13 @@ class Campaign:
         except Exception as exc:
             self._finish(sid, FAILED, "", f"{self.method} failed: {describe_error(exc)}")
             return False
-        rows = [StepRow(s.positions, s.energy, s.forces, KIND_SURROGATE) for s in result.surrogate_steps]
-        rows += [StepRow(p.positions, p.energy, p.forces, KIND_PARENT, 0.0, p.scf_cycles, p.wall_s, reason=self.method)
-                 for p in result.parent_points]
-        self.store.append_steps(sid, rows)
+        self.store.append_steps(sid, [*result.surrogate_steps, *result.parent_points])
         self.parent_calls_this_run += result.parent_calls
         self.progress.parent_calls += result.parent_calls
         if result.error:  # the optimizer gave up (GPMin: no descent model); its parent calls are kept and counted
             self._finish(sid, FAILED, "", f"{self.method} failed: {result.error}")
             return False
-        self._finish(sid, DONE, result.status)
+        self._finish(sid, DONE, result.outcome)
         return False
 
     # --- the loop ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import parsl
 from parsl.executors import HighThroughputExecutor
 
 from ..config import RunConfig, with_overrides
-from ..learner.state import SystemSpec
+from ..records import SystemSpec
 from ..live import summary_path
 from ..store import CampaignStore, check_not_held
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest

@@ -19,33 +19,45 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from .bfgs import HessianBFGS, constrain, free_fmax
 from .query import query_reason, segment_cap
 from .residual import NewestPointResidual
-from .state import (
-    STATUS_CONVERGED,
-    STATUS_PARENT_BUDGET,
-    STATUS_RUNNING,
-    STATUS_SURROGATE_BUDGET,
-    LearnerState,
-    ParentPoint,
-    Proposal,
-    SurrogateStep,
+from ..records import (
+    OUTCOME_CONVERGED,
+    OUTCOME_PARENT_BUDGET,
+    OUTCOME_RUNNING,
+    OUTCOME_SURROGATE_BUDGET,
+    REASON_BUDGET,
+    REASON_INITIAL,
+    SOURCE_SURROGATE,
+    Evaluation,
 )
+from .state import LearnerState, Proposal
 
 
 class SurrogateModel(Protocol):
-    """What the learner needs from a surrogate (finetuna_parsl.surrogate.Surrogate provides it)."""
+    """What the learner needs from a surrogate (finetuna_parsl.surrogate.Surrogate provides it; so may a user's
+    factory, surrogate.factory). A head is the fine-tunable part as opaque bytes: it is stored for resume and
+    crosses process boundaries, the rest of the model stays in the worker."""
 
-    def initial_head(self) -> bytes: ...
+    def initial_head(self) -> bytes:
+        """The head before any parent point: the pretrained prediction, unchanged."""
+        ...
 
-    def fine_tune(self, head: bytes, points: list[Atoms]) -> tuple[bytes, dict]: ...
+    def fine_tune(self, head: bytes, points: list[Atoms]) -> tuple[bytes, dict]:
+        """`head` trained further on `points` (Atoms carrying the parent's energy in eV and unconstrained forces
+        in eV/A, as a SinglePointCalculator); returns the new head and a dict of what training did."""
+        ...
 
-    def calculator(self, head: bytes) -> Calculator: ...
+    def calculator(self, head: bytes) -> Calculator:
+        """An ASE calculator predicting with `head`: energy (eV), unconstrained forces ((n, 3) eV/A) and, when
+        the surrogate has an ensemble, results["uncertainty"] (eV/A, the uncertainty query rule's input).
+        Non-finite values end the learn step with SurrogateDiverged."""
+        ...
 
 
 class SurrogateDiverged(RuntimeError):
     """The surrogate returned non-finite energy or forces: the segment cannot continue."""
 
 
-def point_atoms(state: LearnerState, point: ParentPoint) -> Atoms:
+def point_atoms(state: LearnerState, point: Evaluation) -> Atoms:
     """A parent point as Atoms carrying the parent's energy and (unconstrained) forces."""
     atoms = state.system.to_atoms(point.positions)
     atoms.calc = SinglePointCalculator(atoms, energy=point.energy, forces=point.forces)
@@ -70,7 +82,8 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     head = state.head if state.head is not None else surrogate.initial_head()
     if not state.parent_points:
         # The first parent call is on the initial structure: it seeds both the data and the Hessian.
-        return Proposal(positions=state.system.positions.copy(), segment=[], head=head, head_points=0, reason="initial")
+        return Proposal(positions=state.system.positions.copy(), segment=[], head=head, head_points=0,
+                        reason=REASON_INITIAL)
 
     fine_tune_s = 0.0
     head_points = state.head_points
@@ -93,11 +106,11 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     atoms.calc = calc
     budget_left = settings.max_surrogate_steps - state.surrogate_steps
     cap = segment_cap(settings, [p.energy for p in state.parent_points])
-    segment: list[SurrogateStep] = []
+    segment: list[Evaluation] = []
     reason = ""
     while not reason:
         if len(segment) >= budget_left:
-            reason = "budget"
+            reason = REASON_BUDGET
             break
         t0 = time.perf_counter()
         atoms.positions = positions  # direct assignment: positions already honour FixAtoms
@@ -106,7 +119,8 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
         uncertainty = float(calc.results.get("uncertainty", 0.0))
         if not (np.isfinite(energy) and np.isfinite(forces).all()):
             raise SurrogateDiverged(f"system {state.system.system_id}: surrogate gave non-finite energy/forces")
-        segment.append(SurrogateStep(positions.copy(), energy, forces, uncertainty, time.perf_counter() - t0))
+        segment.append(Evaluation(positions.copy(), energy, forces, SOURCE_SURROGATE, uncertainty,
+                                  wall_s=time.perf_counter() - t0))
         reason = query_reason(
             settings, free_fmax(forces, fixed), len(segment), uncertainty,
             [step.positions for step in segment[-settings.stall_steps - 1:]],
@@ -124,11 +138,11 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
         head_points=head_points,
         reason=reason,
         fine_tune_s=fine_tune_s,
-        surrogate_budget_spent=reason == "budget",
+        surrogate_budget_spent=reason == REASON_BUDGET,
     )
 
 
-def record_parent(state: LearnerState, proposal: Proposal, point: ParentPoint) -> LearnerState:
+def record_parent(state: LearnerState, proposal: Proposal, point: Evaluation) -> LearnerState:
     """The state after the parent answered `proposal`: new point, new head, and the stop decision."""
     new = replace(
         state,
@@ -141,15 +155,15 @@ def record_parent(state: LearnerState, proposal: Proposal, point: ParentPoint) -
 
 
 def settle(state: LearnerState, surrogate_budget_spent: bool = False) -> LearnerState:
-    """The state with its stop decision: parent-confirmed converged, or a budget spent, or still running.
+    """The state with its outcome: parent-confirmed converged, or a budget spent, or still running.
 
     Used after every parent point, and on resume (the driver may have died after storing the last point).
     """
     settings = state.settings
     if state.parent_points and free_fmax(state.parent_points[-1].forces, state.system.fixed) <= settings.fmax:
-        return state.with_status(STATUS_CONVERGED)
+        return state.with_outcome(OUTCOME_CONVERGED)
     if state.parent_calls >= settings.max_parent_calls:
-        return state.with_status(STATUS_PARENT_BUDGET)
+        return state.with_outcome(OUTCOME_PARENT_BUDGET)
     if surrogate_budget_spent or state.surrogate_steps >= settings.max_surrogate_steps:
-        return state.with_status(STATUS_SURROGATE_BUDGET)
-    return state.with_status(STATUS_RUNNING)
+        return state.with_outcome(OUTCOME_SURROGATE_BUDGET)
+    return state.with_outcome(OUTCOME_RUNNING)

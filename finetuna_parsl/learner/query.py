@@ -6,7 +6,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .state import LearnerSettings
+from ..records import (
+    REASON_BACKOFF,
+    REASON_K_STEPS,
+    REASON_RELAXED,
+    REASON_STALLED,
+    REASON_TRUST,
+    REASON_UNCERTAINTY,
+    LearnerSettings,
+)
 
 
 def stalled(settings: LearnerSettings, recent_positions: Sequence[np.ndarray]) -> bool:
@@ -68,15 +76,15 @@ def query_reason(
     once an atom has `moved` (A) farther than settings.trust_radius from the newest parent point.
     """
     if surrogate_fmax <= settings.relaxed_fmax:
-        return "relaxed"
+        return REASON_RELAXED
     if stalled(settings, recent_positions):
-        return "stalled"
+        return REASON_STALLED
     if settings.query == "k-steps" and steps_in_segment >= settings.k:
-        return "k-steps"
+        return REASON_K_STEPS
     if settings.query == "uncertainty" and uncertainty > settings.uncertainty_threshold:
-        return "uncertainty"
+        return REASON_UNCERTAINTY
     if cap is not None and steps_in_segment >= cap:
-        return "backoff"
+        return REASON_BACKOFF
     if settings.trust_radius is not None and moved > settings.trust_radius:
-        return "trust"
+        return REASON_TRUST
     return ""

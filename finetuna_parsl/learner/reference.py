@@ -1,31 +1,31 @@
 """Reference optimizers run on the same parent, for comparison: parent-only BFGS, parent-only CG, warm start,
 and ASE's GPMin (a Gaussian process on parent data alone: the no-prior machine-learning baseline).
 
-Each takes the parent as a plain call (positions -> ParentPoint), so it runs wherever the parent lives.
+Each takes the parent as a plain call (positions (n, 3) A -> records.Evaluation), so it runs wherever the parent lives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, GPMin
 from ase.optimize.sciopt import SciPyFminCG
 
-from .bfgs import free_fmax
-from .state import (
-    STATUS_CONVERGED,
-    STATUS_FAILED,
-    STATUS_PARENT_BUDGET,
+from ..records import (
+    OUTCOME_CONVERGED,
+    OUTCOME_GAVE_UP,
+    OUTCOME_PARENT_BUDGET,
+    SOURCE_SURROGATE,
+    Evaluation,
     LearnerSettings,
-    ParentPoint,
-    SurrogateStep,
     SystemSpec,
 )
+from .bfgs import free_fmax
 
-ParentCall = Callable[[np.ndarray], ParentPoint]
+ParentCall = Callable[[np.ndarray], Evaluation]
 REFERENCE_METHODS = ("bfgs", "cg", "warm-start", "gpmin")
 
 
@@ -34,37 +34,40 @@ class _BudgetSpent(Exception):
 
 
 class _RecordingParent(Calculator):
-    """ASE calculator over a parent call that keeps every ParentPoint and enforces the call budget."""
+    """ASE calculator over a parent call that keeps every parent Evaluation (reason: the method's name) and
+    enforces the call budget."""
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, call: ParentCall, budget: int) -> None:
+    def __init__(self, call: ParentCall, budget: int, reason: str) -> None:
         super().__init__()
         self.call = call
         self.budget = budget
-        self.points: list[ParentPoint] = []
+        self.reason = reason
+        self.points: list[Evaluation] = []
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         if len(self.points) >= self.budget:
             raise _BudgetSpent
-        point = self.call(self.atoms.positions.copy())
+        point = replace(self.call(self.atoms.positions.copy()), reason=self.reason)
         self.points.append(point)
         self.results = {"energy": point.energy, "free_energy": point.energy, "forces": point.forces.copy()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReferenceResult:
     """A finished reference relaxation: every parent point and (warm start) the surrogate pre-relaxation.
 
-    error: why the optimizer gave up before convergence or the budget (GPMin cannot always build a descent
-    model); its parent points are kept all the same, they were paid for.
+    outcome: records.OUTCOME_CONVERGED, OUTCOME_PARENT_BUDGET, or OUTCOME_GAVE_UP with `error` saying why the
+    optimizer gave up (GPMin cannot always build a descent model); its parent points are kept all the same,
+    they were paid for.
     """
 
     method: str
-    status: str
-    parent_points: list[ParentPoint]
-    surrogate_steps: list[SurrogateStep] = field(default_factory=list)
+    outcome: str
+    parent_points: list[Evaluation]
+    surrogate_steps: list[Evaluation] = field(default_factory=list)
     error: str = ""
 
     @property
@@ -83,7 +86,7 @@ def run_reference(
     if method not in REFERENCE_METHODS:
         raise ValueError(f"unknown reference method {method!r}; known: {', '.join(REFERENCE_METHODS)}")
     atoms = system.to_atoms()
-    surrogate_steps: list[SurrogateStep] = []
+    surrogate_steps: list[Evaluation] = []
     if method == "warm-start":
         if surrogate is None:
             raise ValueError("warm-start needs a surrogate calculator")
@@ -91,13 +94,14 @@ def run_reference(
         pre = BFGS(atoms, logfile=None, maxstep=settings.maxstep)
         for _ in pre.irun(fmax=settings.relaxed_fmax, steps=settings.max_surrogate_steps):
             surrogate_steps.append(
-                SurrogateStep(
+                Evaluation(
                     atoms.positions.copy(),
                     float(atoms.get_potential_energy()),
                     np.array(atoms.get_forces(apply_constraint=False)),
+                    SOURCE_SURROGATE,
                 )
             )
-    recorder = _RecordingParent(parent, budget=settings.max_parent_calls)
+    recorder = _RecordingParent(parent, budget=settings.max_parent_calls, reason=method)
     atoms.calc = recorder
     if method == "cg":
         optimizer = SciPyFminCG(atoms, logfile=None)
@@ -120,7 +124,7 @@ def run_reference(
     converged = any(free_fmax(p.forces, system.fixed) <= settings.fmax for p in points)
     return ReferenceResult(
         method=method,
-        status=STATUS_CONVERGED if converged else (STATUS_FAILED if error else STATUS_PARENT_BUDGET),
+        outcome=OUTCOME_CONVERGED if converged else (OUTCOME_GAVE_UP if error else OUTCOME_PARENT_BUDGET),
         parent_points=points,
         surrogate_steps=surrogate_steps,
         error="" if converged else error,

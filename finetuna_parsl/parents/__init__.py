@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import ParentError, ParentResult, ParentSession
+from .base import ParentError, ParentSession, ParentSetupError
 from .emt import EMTSession
 
 #: kind -> "module:class"; imported on first use so a missing optional engine (gpaw) only matters when asked for.
@@ -19,16 +19,16 @@ PARENT_KINDS: dict[str, str] = {
 
 
 def parent_class(kind: str) -> type[ParentSession]:
-    """The session class registered for `kind`; a clear ParentError when unknown or not importable."""
+    """The session class registered for `kind`; a clear ParentSetupError when unknown or not importable."""
     try:
         target = PARENT_KINDS[kind]
     except KeyError:
-        raise ParentError(f"unknown parent kind {kind!r}; known: {', '.join(sorted(PARENT_KINDS))}") from None
+        raise ParentSetupError(f"unknown parent kind {kind!r}; known: {', '.join(sorted(PARENT_KINDS))}") from None
     module, _, name = target.partition(":")
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        raise ParentError(f"parent kind {kind!r} is not available here: {exc}") from exc
+        raise ParentSetupError(f"parent kind {kind!r} is not available here: {exc}") from exc
 
 
 def make_parent(kind: str, workdir: str | Path | None = None, **options: Any) -> ParentSession:
@@ -39,7 +39,7 @@ def make_parent(kind: str, workdir: str | Path | None = None, **options: Any) ->
 def check_systems(kind: str, options: Mapping[str, Any], systems: Sequence[Any]) -> tuple[list, list[tuple[str, str]]]:
     """Split `systems` (SystemSpec) into those the `kind` parent set up with `options` can compute and the rest.
 
-    Returns (usable, [(system_id, one-line reason), ...]), both in input order. Raises ParentError for an
+    Returns (usable, [(system_id, one-line reason), ...]), both in input order. Raises ParentSetupError for an
     unknown or unavailable kind.
     """
     cls = parent_class(kind)
@@ -53,4 +53,4 @@ def check_systems(kind: str, options: Mapping[str, Any], systems: Sequence[Any])
     return usable, unusable
 
 
-__all__ = ["check_systems", "ParentError", "ParentResult", "ParentSession", "EMTSession", "PARENT_KINDS", "make_parent", "parent_class"]
+__all__ = ["check_systems", "ParentError", "ParentSetupError", "ParentSession", "EMTSession", "PARENT_KINDS", "make_parent", "parent_class"]

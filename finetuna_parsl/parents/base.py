@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.calculators.calculator import CalculatorError, CalculatorSetupError
 
-from ..learner.state import SystemSpec
-
-
-class ParentError(RuntimeError):
-    """A parent session failed (crashed, timed out, refused the input); the message says which and why."""
+from ..records import Evaluation, SystemSpec
 
 
-@dataclass(frozen=True)
-class ParentResult:
-    """One parent answer: energy (eV), unconstrained forces (eV/A) and what it cost."""
+class ParentError(CalculatorError):
+    """A parent session failed; the message says which and why (first line: what happened).
 
-    energy: float
-    forces: np.ndarray
-    scf_cycles: int = 0
-    wall_s: float = 0.0
+    As such, a run-time failure (crashed, timed out, SCF not converged, connection lost): the campaign retries
+    the call on a fresh session (campaign.parent_retries). Split as ASE splits its calculator errors
+    (ase.calculators.calculator: CalculatorSetupError vs CalculationFailed).
+    """
+
+
+class ParentSetupError(ParentError, CalculatorSetupError):
+    """The parent cannot run as set up (bad options, an executable or POTCAR that is not there, an engine that
+    is not installed): retrying cannot help, so the campaign reports it at once instead of retrying."""
 
 
 class ParentSession(abc.ABC):
@@ -61,7 +61,15 @@ class ParentSession(abc.ABC):
         self.system = system
 
     @abc.abstractmethod
-    def calculate(self, positions: np.ndarray) -> ParentResult: ...
+    def calculate(self, positions: np.ndarray) -> Evaluation:
+        """The parent's answer at `positions` ((n, 3) Cartesian A, the system's atom order; n fixed by start()).
+
+        Returns an Evaluation with source "parent": energy (eV), unconstrained forces ((n, 3) eV/A, FixAtoms
+        is the optimizer's business), scf_cycles (the SCF iterations this call ran; 0 where the code has none)
+        and wall_s (seconds of this call). Raises ParentSetupError when the parent cannot run at all as set up
+        (retrying cannot help), ParentError for a run-time failure (a crash, a timeout, SCF not converged:
+        a retry on a fresh session may succeed).
+        """
 
     def pause(self) -> None:
         """Stop using CPU between calls (no-op for in-process parents)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase.calculators.socketio import IPIProtocol, SocketClosed, SocketServer
 
-from ..learner.state import ParentPoint, SystemSpec
+from ..records import SOURCE_PARENT, Evaluation, SystemSpec
 from .base import ParentError, ParentSession
 from .journal import CallJournal
 
@@ -93,18 +93,21 @@ class ParentServer(SocketServer):
         if self._ended.is_set():  # ended between accept() and here: do not wait on a dead session
             _shutdown(self.clientsocket)
 
-    def call(self, positions: np.ndarray, cell: np.ndarray) -> ParentPoint:
-        """One parent evaluation through the bridge."""
+    def call(self, positions: np.ndarray, cell: np.ndarray) -> Evaluation:
+        """One parent evaluation through the bridge: positions (n, 3) A and cell (3, 3) A in, the session's
+        Evaluation out (energy eV, forces (n, 3) eV/A, its SCF cycles and wall time). Raises ParentError when
+        the session is lost, ends, or does not answer within timeout_s."""
         try:
             result = self.calculate(_Geometry(np.asarray(positions, dtype=float), np.asarray(cell, dtype=float)))
         except (SocketClosed, OSError, AssertionError) as exc:
             raise ParentError(f"parent session lost: {self._why_lost(exc)}") from None
         info = _decode_info(result["morebytes"])
         self.warnings.extend(str(w) for w in info.get("warnings", []))
-        return ParentPoint(
+        return Evaluation(
             positions=np.array(positions, dtype=float),
             energy=float(result["energy"]),
             forces=np.array(result["forces"], dtype=float),
+            source=SOURCE_PARENT,
             scf_cycles=int(info.get("scf_cycles", 0)),
             wall_s=float(info.get("wall_s", 0.0)),
         )

@@ -13,8 +13,8 @@ from typing import Any
 
 from ase.calculators.emt import EMT, parameters as EMT_PARAMETERS
 
-from ..learner.state import SystemSpec
-from .base import ParentError, ParentResult, ParentSession
+from ..records import SOURCE_PARENT, Evaluation, SystemSpec
+from .base import ParentError, ParentSession
 
 
 class EMTSession(ParentSession):
@@ -49,7 +49,7 @@ class EMTSession(ParentSession):
         self._atoms.calc = EMT()
         self.calls = 0
 
-    def calculate(self, positions: np.ndarray) -> ParentResult:
+    def calculate(self, positions: np.ndarray) -> Evaluation:
         positions = self._check_positions(positions)
         if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
             raise ParentError(f"emt parent for {self.system.system_id}: simulated crash after {self.calls} calls")
@@ -62,4 +62,4 @@ class EMTSession(ParentSession):
             with open(self.call_log, "a") as log:
                 job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or "-"
                 log.write(f"{self.system.system_id} {os.getpid()} {energy!r} {socket.gethostname()} {job}\n")
-        return ParentResult(energy=energy, forces=forces, scf_cycles=0, wall_s=time.perf_counter() - t0)
+        return Evaluation(positions.copy(), energy, forces, SOURCE_PARENT, wall_s=time.perf_counter() - t0)

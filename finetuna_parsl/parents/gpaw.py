@@ -11,8 +11,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..learner.state import SystemSpec
-from .base import ParentError, ParentResult, ParentSession, cell_problem
+from ..records import SOURCE_PARENT, Evaluation, SystemSpec
+from .base import ParentError, ParentSession, ParentSetupError, cell_problem
 
 MODES = ("pw", "lcao", "fd")
 #: GPAW keywords set through the session's own options, so `parameters` may not set them too.
@@ -20,11 +20,11 @@ _OWN_KEYWORDS = {"mode", "xc", "kpts", "occupations", "convergence", "txt", "bas
 
 
 def _import_gpaw() -> Any:
-    """gpaw.GPAW, or a ParentError saying how to install it (why: gpaw is an optional extra)."""
+    """gpaw.GPAW, or a ParentSetupError saying how to install it (why: gpaw is an optional extra)."""
     try:
         from gpaw import GPAW
     except ImportError as exc:
-        raise ParentError(
+        raise ParentSetupError(
             f"gpaw parent: gpaw is not importable ({exc}); install it with "
             "`pip install 'finetuna-parsl[gpaw]'` (needs g++, libxc-dev and a BLAS: see the README)"
         ) from exc
@@ -66,12 +66,12 @@ class GPAWSession(ParentSession):
                  warm: bool = True, parameters: dict | None = None) -> None:
         super().__init__(workdir)
         if mode not in MODES:
-            raise ParentError(f"gpaw parent: mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise ParentSetupError(f"gpaw parent: mode must be one of {', '.join(MODES)}, got {mode!r}")
         if smearing is not None and occupations is not None:
-            raise ParentError("gpaw parent: give smearing or occupations, not both")
+            raise ParentSetupError("gpaw parent: give smearing or occupations, not both")
         clash = sorted(_OWN_KEYWORDS & set(parameters or {}))
         if clash:
-            raise ParentError(f"gpaw parent: set {', '.join(clash)} as session options, not inside parameters")
+            raise ParentSetupError(f"gpaw parent: set {', '.join(clash)} as session options, not inside parameters")
         self.mode = mode
         self.ecut = float(ecut)
         self.h = h
@@ -126,9 +126,9 @@ class GPAWSession(ParentSession):
         try:
             return self._gpaw(txt=self._log, **self.gpaw_keywords())
         except Exception as exc:  # GPAW reports bad keywords with many exception types
-            raise ParentError(f"gpaw parent for {self.system.system_id}: bad GPAW settings: {exc}") from exc
+            raise ParentSetupError(f"gpaw parent for {self.system.system_id}: bad GPAW settings: {exc}") from exc
 
-    def calculate(self, positions: np.ndarray) -> ParentResult:
+    def calculate(self, positions: np.ndarray) -> Evaluation:
         """Energy and unconstrained forces at `positions`, with the SCF iterations this call ran."""
         positions = self._check_positions(positions)
         t0 = time.perf_counter()
@@ -149,7 +149,8 @@ class GPAWSession(ParentSession):
             ) from exc
         self._last_positions = positions.copy()
         self.calls += 1
-        return ParentResult(energy=energy, forces=forces, scf_cycles=scf_cycles, wall_s=time.perf_counter() - t0)
+        return Evaluation(positions.copy(), energy, forces, SOURCE_PARENT, scf_cycles=scf_cycles,
+                          wall_s=time.perf_counter() - t0)
 
     def close(self) -> None:
         """Drop the calculator (and its wavefunctions) and close the log."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ParentResult
+from ..records import SOURCE_PARENT, Evaluation
 
 
 def parent_fingerprint(kind: str, options: dict) -> str:
@@ -30,16 +30,17 @@ class CallJournal:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tolerance = tolerance
-        self._entries: list[tuple[np.ndarray, ParentResult]] = []
+        self._entries: list[tuple[np.ndarray, Evaluation]] = []
         for path in sorted(self.directory.glob("call-*.npz")):
             with np.load(path) as data:
-                self._entries.append((data["positions"], ParentResult(
-                    float(data["energy"]), data["forces"], int(data["scf_cycles"]), float(data["wall_s"]))))
+                self._entries.append((data["positions"], Evaluation(
+                    data["positions"], float(data["energy"]), data["forces"], SOURCE_PARENT,
+                    scf_cycles=int(data["scf_cycles"]), wall_s=float(data["wall_s"]))))
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, positions: np.ndarray) -> ParentResult | None:
+    def lookup(self, positions: np.ndarray) -> Evaluation | None:
         """The journaled answer at these positions, newest first, or None."""
         positions = np.asarray(positions, dtype=float)
         for stored, result in reversed(self._entries):
@@ -47,7 +48,7 @@ class CallJournal:
                 return result
         return None
 
-    def record(self, positions: np.ndarray, result: ParentResult) -> None:
+    def record(self, positions: np.ndarray, result: Evaluation) -> None:
         """Write one answer durably before it is sent to the driver."""
         path = self.directory / f"call-{len(self._entries):06d}.npz"
         tmp = path.with_suffix(".tmp.npz")

@@ -31,14 +31,15 @@ import time
 import uuid
 import warnings
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from tempfile import mkdtemp
 from typing import IO, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..learner.state import SystemSpec
-from .base import ParentError, ParentResult, ParentSession, cell_problem
+from ..records import SOURCE_PARENT, Evaluation, SystemSpec
+from .base import ParentError, ParentSession, ParentSetupError, cell_problem
 from .vasp_io import (
     PROMPT_POSITIONS,
     OutcarReader,
@@ -147,10 +148,10 @@ class VaspInteractiveSession(ParentSession):
     ) -> None:
         super().__init__(workdir)
         if not command:
-            raise ParentError("vasp parent: option 'command' is empty (e.g. 'srun -n 64 vasp_std')")
+            raise ParentSetupError("vasp parent: option 'command' is empty (e.g. 'srun -n 64 vasp_std')")
         problem = per_species_problem(incar)
         if problem is not None:
-            raise ParentError(f"vasp parent: {problem}")
+            raise ParentSetupError(f"vasp parent: {problem}")
         self.command = command
         self.incar = dict(incar or {})
         self.kpoints = kpoints
@@ -175,7 +176,7 @@ class VaspInteractiveSession(ParentSession):
     def start(self, system: SystemSpec) -> None:
         """Write the inputs into the work folder and launch VASP; it starts on the initial positions at once."""
         if self._proc is not None:
-            raise ParentError(f"vasp parent for {system.system_id}: start() twice without close()")
+            raise ParentSetupError(f"vasp parent for {system.system_id}: start() twice without close()")
         super().start(system)
         if self.workdir is None:
             self.workdir = Path(mkdtemp(prefix=f"finetuna-vasp-{system.system_id}-"))
@@ -216,26 +217,26 @@ class VaspInteractiveSession(ParentSession):
         try:
             settings = species_incar(settings, self._blocks)
         except ValueError as exc:
-            raise ParentError(f"vasp parent for {system.system_id}: {exc}") from None
+            raise ParentSetupError(f"vasp parent for {system.system_id}: {exc}") from None
         (self.workdir / "INCAR").write_text(format_incar(settings))
         scaled = np.asarray(system.positions, dtype=float)[self._order] @ self._inv_cell
         (self.workdir / "POSCAR").write_text(poscar_record(self._cell, self._blocks, scaled))
         if isinstance(self.kpoints, str):
             if self.kpoints.strip().lower() != "gamma":
-                raise ParentError(f"vasp parent: kpoints must be [a, b, c] or 'gamma', got {self.kpoints!r}")
+                raise ParentSetupError(f"vasp parent: kpoints must be [a, b, c] or 'gamma', got {self.kpoints!r}")
             (self.workdir / "KPOINTS").write_text(format_kpoints(None, gamma=True))
         elif self.kpoints is not None or "KSPACING" not in settings:
             try:
                 (self.workdir / "KPOINTS").write_text(format_kpoints(self.kpoints, gamma=self.gamma))
             except ValueError as exc:
-                raise ParentError(f"vasp parent: {exc}") from None
+                raise ParentSetupError(f"vasp parent: {exc}") from None
         root = self.potcar_dir or os.environ.get("VASP_PP_PATH")
         if not root:
             return (self.workdir / "POTCAR").is_file()
         try:
             paths = potcar_files([s for s, _ in self._blocks], root, self.xc, self.setups)
         except (FileNotFoundError, ValueError) as exc:
-            raise ParentError(f"vasp parent for {system.system_id}: {exc}") from None
+            raise ParentSetupError(f"vasp parent for {system.system_id}: {exc}") from None
         (self.workdir / "POTCAR").write_bytes(b"".join(p.read_bytes() for p in paths))
         return True
 
@@ -266,8 +267,8 @@ class VaspInteractiveSession(ParentSession):
                 self._argv(), cwd=self.workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, **group,
             )
-        except OSError as exc:
-            raise ParentError(f"vasp parent for {self._sid}: cannot launch {self.command!r}: {exc}") from None
+        except OSError as exc:  # no such executable, not executable: the command as set up cannot run
+            raise ParentSetupError(f"vasp parent for {self._sid}: cannot launch {self.command!r}: {exc}") from None
         self._launched = time.monotonic()
         self._threads = [
             threading.Thread(target=self._pump, args=(self._proc.stdout, "vasp.out", True), daemon=True),
@@ -312,7 +313,7 @@ class VaspInteractiveSession(ParentSession):
 
     # -------------------------------------------------------------------------------------- calculate
 
-    def calculate(self, positions: np.ndarray) -> ParentResult:
+    def calculate(self, positions: np.ndarray) -> Evaluation:
         positions = self._check_positions(positions)
         if self._dead is not None:
             raise ParentError(f"vasp parent for {self._sid}: session is no longer usable: {self._dead}")
@@ -325,14 +326,14 @@ class VaspInteractiveSession(ParentSession):
             if not self._step_read:  # the first step, started by POSCAR
                 result = self._finish_step()
                 if max_displacement(positions, self._step_positions, self._cell) < SAME_POSITIONS_A:
-                    return ParentResult(result.energy, result.forces, result.scf_cycles, time.perf_counter() - t0)
+                    return replace(result, positions=positions.copy(), wall_s=time.perf_counter() - t0)
             self._send(positions)
             result = self._finish_step()
         except ParentError as exc:
             self._dead = str(exc).splitlines()[0]
             self._kill()
             raise
-        return ParentResult(result.energy, result.forces, result.scf_cycles, time.perf_counter() - t0)
+        return replace(result, positions=positions.copy(), wall_s=time.perf_counter() - t0)
 
     def _send(self, positions: np.ndarray) -> None:
         """Write `positions` (caller order, Cartesian A) as the record the pending prompt asks for."""
@@ -353,7 +354,7 @@ class VaspInteractiveSession(ParentSession):
         self._step_positions = positions.copy()
         self._step_read = False
 
-    def _finish_step(self) -> ParentResult:
+    def _finish_step(self) -> Evaluation:
         """Wait for the prompt that ends step `_step`, then read that step's numbers (caller's atom order)."""
         scf_lines = self._wait_prompt()
         output = self._read_step()
@@ -369,7 +370,8 @@ class VaspInteractiveSession(ParentSession):
         self.last_source = output.source
         forces = np.empty_like(output.forces)
         forces[self._order] = output.forces
-        return ParentResult(energy=float(output.energy), forces=forces, scf_cycles=scf_lines or output.scf_cycles)
+        return Evaluation(self._step_positions.copy(), float(output.energy), forces, SOURCE_PARENT,
+                          scf_cycles=scf_lines or output.scf_cycles)
 
     def _wait_prompt(self) -> int:
         """Block until VASP asks for positions; returns the SCF lines printed in the meantime.

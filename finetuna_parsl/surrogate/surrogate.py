@@ -11,6 +11,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from .head import (Features, ElementForceResidual, HeadState, fine_tune, initial
                    state_from_heads)
 from .model import ModelCard, card_path, unseen_elements
 from .prior import Prior
+from .settings import SurrogateSettings
 
 
 def free_mask(atoms: Atoms) -> np.ndarray:
@@ -35,15 +37,17 @@ def free_mask(atoms: Atoms) -> np.ndarray:
 
 
 class Surrogate:
-    """Implements the learner's SurrogateModel protocol on a fairchem checkpoint (the prior loaded once)."""
+    """Implements the learner's SurrogateModel protocol on a fairchem checkpoint (the prior loaded once).
 
-    def __init__(self, prior: Prior, card: ModelCard | None = None, device: str = "cpu", ensemble_size: int = 1,
-                 epochs: int = 400, lr: float = 3e-4, scheduler_factor: float = 0.9, scheduler_patience: int = 3,
-                 seed: int = 0, ensemble_spread: float = 0.05, feature_cache: int = 64) -> None:
-        self.prior, self.card, self.device = prior, card or ModelCard(), device
+    settings: the whole SurrogateSettings (its device already resolved: the prior's). Energies in eV, forces
+    and uncertainty in eV/A.
+    """
+
+    def __init__(self, prior: Prior, card: ModelCard | None = None, settings: SurrogateSettings | None = None,
+                 ensemble_spread: float = 0.05, feature_cache: int = 64) -> None:
+        self.settings = settings or SurrogateSettings(device=prior.device)
+        self.prior, self.card, self.device = prior, card or ModelCard(), prior.device
         self.checkpoint = str(prior.info.path)
-        self.ensemble_size, self.epochs, self.lr = ensemble_size, epochs, lr
-        self.scheduler_factor, self.scheduler_patience, self.seed = scheduler_factor, scheduler_patience, seed
         self.ensemble_spread = ensemble_spread
         self._template = self._residual_template()
         self._cache: OrderedDict[bytes, Features] = OrderedDict()
@@ -87,7 +91,8 @@ class Surrogate:
 
     # ------------------------------------------------------------------ the learner's protocol
     def initial_head(self) -> bytes:
-        return initial_state(self._template, self.ensemble_size, self.seed, self.ensemble_spread).to_bytes()
+        s = self.settings
+        return initial_state(self._template, s.ensemble_size, s.seed, self.ensemble_spread).to_bytes()
 
     def fine_tune(self, head: bytes, points: list[Atoms]) -> tuple[bytes, dict]:
         """Train the residual heads on `points` (parent-labelled Atoms; the learner passes the newest one)."""
@@ -100,7 +105,8 @@ class Surrogate:
             target = torch.as_tensor(atoms.get_forces(apply_constraint=False), dtype=feats.forces.dtype,
                                      device=self.device)
             data.append((feats, target, torch.as_tensor(free_mask(atoms), device=self.device)))
-        info = fine_tune(heads, data, self.epochs, self.lr, self.scheduler_factor, self.scheduler_patience)
+        s = self.settings
+        info = fine_tune(heads, data, s.epochs, s.lr, s.scheduler_factor, s.scheduler_patience)
         newest = points[-1]
         offset = float(newest.get_potential_energy()) - self.features(newest).energy
         info["seconds"] = time.perf_counter() - t0
@@ -153,17 +159,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_surrogate(checkpoint: str = "shipped", task: str = "oc20", device: str = "auto", ensemble_size: int = 1,
-                   epochs: int = 400, lr: float = 3e-4, scheduler_factor: float = 0.9, scheduler_patience: int = 3,
-                   seed: int = 0) -> Surrogate:
-    """The surrogate on a fairchem inference checkpoint ('shipped' = the package's model) for `task`.
+def load_surrogate(settings: SurrogateSettings | str = "shipped", **changes) -> Surrogate:
+    """The surrogate on a fairchem inference checkpoint ('shipped' = the package's model).
 
-    Nothing is downloaded. Raises SurrogateError (one line) when the file or task cannot serve.
+    settings: the whole SurrogateSettings (what a campaign passes), or a checkpoint, with any other setting
+    given by keyword (load_surrogate("shipped", device="cpu", epochs=100)). Nothing is downloaded. Raises
+    SurrogateError (one line) when the file or task cannot serve, or cuda is asked for without a GPU.
     """
-    device = resolve_device(device)
-    torch.manual_seed(seed)
-    prior = Prior(checkpoint, task, device)
+    if not isinstance(settings, SurrogateSettings):
+        settings = SurrogateSettings(checkpoint=str(settings))
+    settings = replace(settings, **changes)
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    prior = Prior(settings.checkpoint, settings.task, device)
     card = ModelCard()
     if card_path(prior.info.path).is_file():
         card = ModelCard(**json.loads(card_path(prior.info.path).read_text()))
-    return Surrogate(prior, card, device, ensemble_size, epochs, lr, scheduler_factor, scheduler_patience, seed)
+    return Surrogate(prior, card, replace(settings, device=device))

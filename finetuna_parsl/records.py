@@ -1,0 +1,197 @@
+"""The plain records every layer shares: the system, one evaluation, the learner's settings, and the names.
+
+The bottom of the package (it imports only numpy and ase; the layer picture is the package docstring).
+Every record is frozen and picklable, so it crosses process boundaries (Parsl) unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.constraints import FixAtoms
+
+#: Query rules (learner/query.py): when the learner pays for a parent call besides "the surrogate says relaxed".
+QUERY_RULES = ("relaxed-only", "k-steps", "uncertainty")
+#: Which parent points each fine-tune sees.
+TRAIN_ON = ("newest", "all")
+
+#: Why a parent call was made (Evaluation.reason of a parent row). A reference method's calls carry its name.
+REASON_INITIAL = "initial"  # the first call, at the starting structure
+REASON_RELAXED = "relaxed"  # the surrogate says fmax <= threshold
+REASON_STALLED = "stalled"  # the surrogate optimizer stopped moving
+REASON_K_STEPS = "k-steps"  # k surrogate steps since the last call
+REASON_BACKOFF = "backoff"  # the halved segment after one that led the parent uphill
+REASON_UNCERTAINTY = "uncertainty"  # ensemble force spread above the threshold
+REASON_TRUST = "trust"  # an atom left the trust radius around the newest parent point
+REASON_BUDGET = "budget"  # the surrogate-step budget is spent
+
+#: How a relaxation ended (the learner's and a reference optimizer's; the store keeps it as a system's "outcome").
+OUTCOME_RUNNING = "running"  # not ended
+OUTCOME_CONVERGED = "converged"  # a parent call confirmed fmax <= threshold
+OUTCOME_PARENT_BUDGET = "parent_budget"  # parent-call budget spent before convergence
+OUTCOME_SURROGATE_BUDGET = "surrogate_budget"  # surrogate-step budget spent before convergence
+OUTCOME_GAVE_UP = "gave_up"  # a reference optimizer found no way forward (GPMin without a descent model)
+
+#: Where a system stands in a campaign (the store's "status"; unrelated to how its relaxation ended).
+STATUS_PENDING = "pending"
+STATUS_RUNNING = "running"
+STATUS_DONE = "done"  # ended with an outcome (converged or a budget)
+STATUS_FAILED = "failed"  # the error says why; no outcome
+STATUS_INTERRUPTED = "interrupted"  # stopped by a signal mid-relaxation; the next run resumes it
+
+#: Who answered an evaluation.
+SOURCE_PARENT = "parent"
+SOURCE_SURROGATE = "surrogate"
+
+
+def _optional_int(value: Any, system_id: str, key: str) -> int | None:
+    """atoms.info's charge/spin as an int (None if absent); ValueError naming the system if not a whole number."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not float(value).is_integer():
+        raise ValueError(f"system {system_id}: atoms.info[{key!r}] must be a whole number, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One structure to relax, as plain arrays (picklable, storable, no calculator attached).
+
+    numbers (n,) atomic numbers; positions (n, 3) A; cell (3, 3) A; pbc (3,) bool; fixed (n,) bool, True
+    where FixAtoms holds the atom; tags (n,) int (OC20: 0 subsurface, 1 surface, 2 adsorbate).
+    """
+
+    system_id: str
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    fixed: np.ndarray
+    tags: np.ndarray
+    charge: int | None = None  # total charge (e), from atoms.info["charge"]; fairchem's omol task reads it
+    spin: int | None = None  # spin multiplicity, from atoms.info["spin"]
+
+    @classmethod
+    def from_atoms(cls, system_id: str, atoms: Atoms) -> "SystemSpec":
+        """The system of `atoms`. ValueError for a constraint other than FixAtoms, or a charge/spin that is
+        not a whole number."""
+        fixed = np.zeros(len(atoms), dtype=bool)
+        for constraint in atoms.constraints:
+            if isinstance(constraint, FixAtoms):
+                fixed[constraint.get_indices()] = True
+            else:
+                raise ValueError(
+                    f"system {system_id}: only FixAtoms constraints are supported, got {type(constraint).__name__}"
+                )
+        return cls(
+            system_id=system_id,
+            numbers=atoms.numbers.copy(),
+            positions=atoms.positions.copy(),
+            cell=np.asarray(atoms.cell.array, dtype=float).copy(),
+            pbc=np.asarray(atoms.pbc, dtype=bool).copy(),
+            fixed=fixed,
+            tags=atoms.get_tags().copy(),
+            charge=_optional_int(atoms.info.get("charge"), system_id, "charge"),
+            spin=_optional_int(atoms.info.get("spin"), system_id, "spin"),
+        )
+
+    def to_atoms(self, positions: np.ndarray | None = None) -> Atoms:
+        """A fresh Atoms (with its FixAtoms constraint) at `positions` (default: the initial ones)."""
+        atoms = Atoms(
+            numbers=self.numbers,
+            positions=self.positions if positions is None else positions,
+            cell=self.cell,
+            pbc=self.pbc,
+            tags=self.tags,
+        )
+        if self.fixed.any():
+            atoms.set_constraint(FixAtoms(mask=self.fixed))
+        for key in ("charge", "spin"):
+            if getattr(self, key) is not None:
+                atoms.info[key] = getattr(self, key)
+        return atoms
+
+    @property
+    def formula(self) -> str:
+        return Atoms(numbers=self.numbers).get_chemical_formula()
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a structure, by the parent or the surrogate: what a parent answers, what the learner
+    keeps, what the store writes (one row of steps/).
+
+    positions (n, 3) A; energy eV; forces (n, 3) eV/A, unconstrained (as the calculator returned them).
+    uncertainty: the surrogate ensemble's force spread, eV/A (0 for parent rows and single heads).
+    scf_cycles: the parent's SCF iterations for this call (0 where the parent has none, and for surrogate rows).
+    wall_s: seconds the evaluation took where it ran. reason: why a parent call was made (REASON_*, or a
+    reference method's name); "" for surrogate rows. fine_tune_s: seconds the learner spent fine-tuning
+    before proposing this parent call (0 for surrogate rows and reference methods).
+    """
+
+    positions: np.ndarray
+    energy: float
+    forces: np.ndarray
+    source: str = SOURCE_PARENT
+    uncertainty: float = 0.0
+    scf_cycles: int = 0
+    wall_s: float = 0.0
+    reason: str = ""
+    fine_tune_s: float = 0.0
+
+    @property
+    def is_parent(self) -> bool:
+        return self.source == SOURCE_PARENT
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Query rule and stopping settings of the online learner (the run config's `learner` section).
+
+    Defaults are the paper's (Musielewicz et al., FINETUNA, 2022: k=3, fmax 0.03 eV/A, BFGS maxstep 0.2 A and
+    alpha 70 eV/A^2 as ASE's BFGS). ValueError (one line, naming the field) for a value out of range.
+    """
+
+    query: str = "k-steps"  # QUERY_RULES
+    k: int = 3  # k-steps: parent call at least every k surrogate steps
+    uncertainty_threshold: float = 0.05  # uncertainty: eV/A of ensemble force std that triggers a call
+    fmax: float = 0.03  # parent-confirmed convergence threshold, eV/A
+    surrogate_fmax: float | None = None  # surrogate "relaxed" threshold; None means use fmax
+    max_parent_calls: int = 100
+    max_surrogate_steps: int = 2000
+    maxstep: float = 0.2  # BFGS maximum atomic step, A
+    alpha: float = 70.0  # BFGS initial Hessian, eV/A^2
+    train_on: str = "newest"  # TRAIN_ON: which parent points each fine-tune sees
+    stall_steps: int = 10  # any rule: call the parent if the surrogate optimizer has stalled, i.e. no atom
+    stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
+    backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, double
+    # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
+    trust_radius: float | None = None  # any rule: call the parent once an atom is farther than this (A) from
+    # where it was at the newest parent point (None: no limit)
+    exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
+    # forces exactly (learner/residual.py)
+
+    def __post_init__(self) -> None:
+        if self.query not in QUERY_RULES:
+            raise ValueError(f"query must be one of {', '.join(QUERY_RULES)}, got {self.query!r}")
+        if self.train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+        for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.trust_radius is not None and not self.trust_radius > 0:
+            raise ValueError(f"trust_radius must be > 0 (or null for no limit), got {self.trust_radius}")
+
+    @property
+    def relaxed_fmax(self) -> float:
+        return self.fmax if self.surrogate_fmax is None else self.surrogate_fmax

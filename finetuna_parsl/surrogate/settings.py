@@ -1,0 +1,37 @@
+"""The surrogate's settings: one frozen record, built once from the run config and passed whole."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class SurrogateSettings:
+    """The surrogate (the run config's `surrogate` section): a fairchem checkpoint and its fine-tuning.
+
+    checkpoint: a fairchem inference checkpoint (.pt) or "shipped" (the package's own); the run config makes a
+    path absolute when it is read, so workers elsewhere find the same file. task: the checkpoint's task/dataset
+    to predict with (oc20, omat, omol, odac, omc, ...). factory: "module:callable" returning your own surrogate,
+    called with these settings as keywords (overrides checkpoint). device: auto | cpu | cuda.
+    ensemble_size: residual heads fine-tuned side by side (their force spread is the uncertainty, eV/A).
+    epochs, lr, scheduler_factor, scheduler_patience: head fine-tuning, AdamW with a plateau scheduler; the
+    defaults are the FINETUNA paper's (Musielewicz et al. 2022: lr 3e-4, ~400 epochs, x0.9, patience 3).
+    seed: of the heads' initial weights and of each prior prediction (reproducible.py).
+    """
+
+    checkpoint: str = "shipped"
+    task: str = "oc20"
+    factory: str | None = None
+    device: str = "auto"
+    ensemble_size: int = 1
+    epochs: int = 400
+    lr: float = 3e-4
+    scheduler_factor: float = 0.9
+    scheduler_patience: int = 3
+    seed: int = 0
+
+    def factory_keywords(self) -> dict:
+        """What a user's factory is called with: every setting but the factory itself."""
+        keywords = asdict(self)
+        keywords.pop("factory")
+        return keywords
