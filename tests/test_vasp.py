@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ase.optimize import BFGS
 from conftest import TESTS_DIR
 from finetuna_parsl.learner.state import SystemSpec
 from finetuna_parsl.parents import ParentError, make_parent
+from finetuna_parsl.parents.bridge import ParentServer, serve_session
 from finetuna_parsl.parents.vasp import VaspInteractiveSession
 from finetuna_parsl.parents.vasp_io import species_order
 
@@ -319,6 +321,50 @@ def test_pause_and_resume_signal_the_launcher(tmp_path):
         parent.close()
     assert parent.returncode == 0
     assert log.read_text().split() == [str(pid), "TSTP", str(pid), "CONT"] * 2
+
+
+@pytest.mark.parametrize("pausing", [True, False], ids=["pausing", "not-pausing"])
+def test_a_served_vasp_is_stopped_between_calls_only_when_pausing(tmp_path, pausing):
+    """serve_session(pause_between_calls=True) stops VASP once each answer is sent (state T: its MPI ranks would
+    otherwise spin while the learner works); the next call runs it again. Off, it is never signalled."""
+    system = slab_system()
+    log = tmp_path / "signals.log"
+    parent = session(tmp_path / "vasp", FAKE_VASP_SIGNAL_LOG=str(log))
+    server = ParentServer(mode="unix", timeout_s=60)
+    out: dict = {}
+
+    def serve():
+        try:
+            out["served"] = serve_session(parent, system, server.bridge_address, timeout_s=60,
+                                          pause_between_calls=pausing)
+        except Exception as exc:  # noqa: BLE001 - reported to the test through session_alive
+            out["error"] = exc
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    server.session_alive = lambda: f"session raised {out['error']!r}" if "error" in out else None
+    states = []
+    try:
+        for seed in range(3):
+            positions = moved(system, 0.02, seed=seed)
+            point = server.call(positions, system.cell)
+            assert abs(point.energy - emt(system, positions)[0]) < 1e-6  # VASP ran for this call: it computed it
+            pid = int((tmp_path / "vasp" / "fake_vasp.pid").read_text())
+            if pausing:
+                assert _wait_for(lambda: _state(pid) == "T"), "not stopped after the answer was sent"
+            else:
+                assert not _wait_for(lambda: _state(pid) == "T", timeout=0.5), "stopped although pausing is off"
+            states.append(_state(pid))
+    finally:
+        server.stop()
+        thread.join(timeout=60)
+    assert out == {"served": 3} and parent.returncode == 0  # close() resumed it before STOPCAR
+    signals = log.read_text().split() if log.exists() else []
+    if pausing:
+        assert states == ["T"] * 3
+        assert signals == [str(pid), "TSTP", str(pid), "CONT"] * 3  # stopped after each answer, run for each call
+    else:
+        assert "T" not in states and signals == []
 
 
 def _script(path: Path, text: str) -> None:
