@@ -15,8 +15,8 @@ import pytest
 from finetuna_parsl.campaign import run_campaign
 from finetuna_parsl.config import parse_config
 from finetuna_parsl.parents import ParentError, make_parent
-from finetuna_parsl.parents.emt import EMTSession
 from finetuna_parsl.parents.bridge import ParentServer, serve_session
+from finetuna_parsl.parents.emt import EMTSession
 from finetuna_parsl.systems import demo_systems
 
 SYSTEM = demo_systems(2)[1]

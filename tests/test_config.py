@@ -56,7 +56,8 @@ def test_shipped_vasp_example_config_parses_and_builds_a_vasp_session(tmp_path):
         ("learner: {k: 3", "cfg.yaml: not valid YAML"),
         ("parent: {pause_while_learning: sometimes}",
          "cfg.yaml: parent.pause_while_learning: must be one of auto, true, false, got 'sometimes'"),
-        ("parent: {pause_while_learning: 1}", "cfg.yaml: parent.pause_while_learning: expected auto, true or false, got int 1"),
+        ("parent: {pause_while_learning: 1}",
+         "cfg.yaml: parent.pause_while_learning: expected auto, true or false, got int 1"),
     ],
 )
 def test_bad_configs_give_one_clear_line(text, expected):

@@ -350,10 +350,11 @@ def test_a_served_vasp_is_stopped_between_calls_only_when_pausing(tmp_path, paus
             point = server.call(positions, system.cell)
             assert abs(point.energy - emt(system, positions)[0]) < 1e-6  # VASP ran for this call: it computed it
             pid = int((tmp_path / "vasp" / "fake_vasp.pid").read_text())
+            stopped = lambda p=pid: _state(p) == "T"
             if pausing:
-                assert _wait_for(lambda: _state(pid) == "T"), "not stopped after the answer was sent"
+                assert _wait_for(stopped), "not stopped after the answer was sent"
             else:
-                assert not _wait_for(lambda: _state(pid) == "T", timeout=0.5), "stopped although pausing is off"
+                assert not _wait_for(stopped, timeout=0.5), "stopped although pausing is off"
             states.append(_state(pid))
     finally:
         server.stop()
@@ -441,6 +442,7 @@ parent:
     incar: {{ENCUT: 350, ISMEAR: 1, SIGMA: 0.2}}
     kpoints: [2, 2, 1]
     step_timeout_s: 60
+    env: {{FAKE_VASP_SIGNAL_LOG: "{signals}"}}
 surrogate: {{factory: "toy_surrogate:make"}}
 learner: {{query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
@@ -449,7 +451,8 @@ site: laptop
 
 
 def test_campaign_with_the_vasp_parent_through_parsl(tmp_path, toy_on_workers):
-    """The run config's parent.options reach the session on a Parsl worker; one VASP process per relaxation."""
+    """The run config's parent.options reach the session on a Parsl worker; one VASP process per relaxation,
+    paused after each answer (parent.pause_while_learning: auto on the laptop site, where learning shares its node)."""
     import h5py
 
     from finetuna_parsl.campaign import run_campaign
@@ -457,7 +460,10 @@ def test_campaign_with_the_vasp_parent_through_parsl(tmp_path, toy_on_workers):
     from finetuna_parsl.systems import demo_systems
 
     output = tmp_path / "vasp.h5"
-    config = parse_config(CAMPAIGN.format(python=sys.executable, fake=FAKE, output=output), where="vasp.yaml")
+    signals = tmp_path / "signals.log"
+    config = parse_config(CAMPAIGN.format(python=sys.executable, fake=FAKE, output=output, signals=signals),
+                          where="vasp.yaml")
+    assert config.parent.pause_while_learning == "auto"
     (system,) = demo_systems(1)
     _, result = run_campaign(config, [system])
     (row,) = result.rows
@@ -476,3 +482,5 @@ def test_campaign_with_the_vasp_parent_through_parsl(tmp_path, toy_on_workers):
             assert abs(steps["energy"][i] - emt(system, steps["positions"][i])[0]) < 1e-6
         scf = steps["scf_cycles"][()][parent_rows]
         assert scf[0] == 8 and (scf[1:] < 8).all()
+    pid = (workdir / "fake_vasp.pid").read_text().strip()
+    assert signals.read_text().split() == [pid, "TSTP", pid, "CONT"] * row["parent_calls"]  # stopped while learning
