@@ -317,14 +317,16 @@ def pause_section(rounds: int, tasks: int, workdir: Path) -> list[str]:
         lines.append(f"| {label} | {_median(t.wall):.2f} ({min(t.wall):.2f}-{max(t.wall):.2f}) | "
                      f"{_median(t.wall) / base:.2f}x | {_median(t.cpu):.2f} | {parent_cpu} | {call} |")
     running, paused = _median(times["running"].wall), _median(times["paused"].wall)
+    cpu_running, cpu_paused = _median(times["running"].cpu), _median(times["paused"].cpu)
     lines += [
         "",
         f"Pausing cut the learn task's median wall time from {running:.2f} s to {paused:.2f} s "
-        f"({running / paused:.2f}x faster) on {spin} cores. The learn task does the same work in every row (its own "
-        "CPU seconds); what changes is how much of the cores it gets. A paused parent used no CPU during the task "
-        "(its ranks stopped, state T); a running one spun on every core. The parent-call column includes the SIGCONT "
-        "before and the SIGTSTP after each call when pausing. Other work shared this machine (load average above): "
-        "it slows every row alike.",
+        f"({running / paused:.2f}x faster) on {spin} cores. The learn task does the same work in every row; beside a "
+        "running parent it gets a share of the cores only, and even its own CPU seconds grow "
+        f"({cpu_running:.2f} vs {cpu_paused:.2f} s: time-shared cores lose their caches, and a VM's vCPUs may be "
+        "SMT siblings). A paused parent used no CPU during the task (its ranks stopped, state T); a running one spun "
+        "on every core it could get. The parent-call column includes the SIGCONT before and the SIGTSTP after each "
+        "call when pausing. Other work shared this machine (load average above): it slows every row alike.",
         "",
     ]
     return lines
