@@ -1,11 +1,19 @@
-"""Parent-call costs: GPAW warm session vs cold start on one replayed path, and the socket bridge's overhead.
+"""Parent-call costs: GPAW warm vs cold, the socket bridge's overhead, and pausing the parent while learning.
 
-    OMP_NUM_THREADS=1 python benchmarks/parents.py [--calls 10] [--bridge-calls 200] [--out benchmarks/parents.md]
+    OMP_NUM_THREADS=1 python benchmarks/parents.py [--sections abc] [--calls 10] [--bridge-calls 200]
+        [--pause-rounds 3] [--pause-tasks 5] [--out benchmarks/parents.md]
 
 (a) A 10-step BFGS path of a small slab is made once with EMT, then the same positions are sent to a GPAW
     session kept warm (one calculator) and to a cold one (a new calculator each call): SCF iterations and
     wall seconds per call. (b) EMTSession.calculate called directly vs the same calls through the
     driver <-> session bridge (ParentServer + serve_session, the session in another process), unix and tcp.
+(c) parent.pause_while_learning: the wall time of a real learn task (propose(): fine-tune the shipped surrogate
+    on one parent point, then its surrogate segment) run beside a CPU-busy fake VASP session (tests/fake_vasp.py
+    with FAKE_VASP_SPIN = one busy rank per core) that sits between calls paused, or running, or beside no
+    parent at all; the three interleaved in rounds in one run. Takes about two minutes on 2 cores.
+
+--sections runs only the sections named (e.g. `--sections c`) and replaces just those in --out, keeping the
+others as they were; each section says the command, date and machine that made it.
 """
 
 from __future__ import annotations
@@ -27,12 +35,17 @@ from ase.optimize import BFGS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_slabs import small_slabs  # noqa: E402
 
-from finetuna_parsl.records import SystemSpec  # noqa: E402
+from finetuna_parsl.learner.state import LearnerState  # noqa: E402
+from finetuna_parsl.records import LearnerSettings, SystemSpec  # noqa: E402
 from finetuna_parsl.parents import make_parent  # noqa: E402
 from finetuna_parsl.parents.bridge import BridgeAddress, ParentServer, serve_session  # noqa: E402
 from finetuna_parsl.systems import demo_systems  # noqa: E402
 
 GPAW_OPTIONS = {"mode": "pw", "ecut": 350.0, "kpts": [2, 2, 1], "smearing": 0.1, "xc": "PBE"}
+FAKE_VASP = Path(__file__).resolve().parents[1] / "tests" / "fake_vasp.py"
+TITLE = "# Parent-call costs"
+INTRO = ("Each section names the command, date and machine that made it. Wall seconds grow when the load exceeds "
+         "the cores (other work shared this machine); the ratios within a section are the comparable numbers.")
 
 
 @dataclass
@@ -167,6 +180,177 @@ def bridge_section(calls: int, warmup: int = 10) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------- (c) pause while learning
+
+#: The three conditions of (c): what the parent does while the learn task runs (None: there is no parent).
+PAUSE_CONDITIONS = {"none": "no parent session", "running": "fake VASP running between calls (pausing off)",
+                    "paused": "fake VASP paused between calls (pausing on)"}
+
+
+@dataclass
+class LearnTimes:
+    """Per learn task: wall and own CPU seconds, the parent's CPU seconds meanwhile, the parent call after it (s)."""
+
+    wall: list[float]
+    cpu: list[float]
+    parent_cpu: list[float]
+    call: list[float]
+
+
+def _serve_fake_vasp(system: SystemSpec, address: BridgeAddress, workdir: str, spin: int, pausing: bool) -> None:
+    """Child process (a parent worker): a fake VASP session with `spin` busy ranks, answering over the bridge."""
+    from finetuna_parsl.parents.vasp import VaspInteractiveSession
+
+    session = VaspInteractiveSession(workdir=workdir, command=[sys.executable, str(FAKE_VASP)],
+                                     env={"FAKE_VASP_SPIN": str(spin)}, step_timeout_s=300)
+    serve_session(session, system, address, timeout_s=600, pause_between_calls=pausing)
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group `pgid` (from /proc)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def learn_state(model) -> LearnerState:
+    """The first demo system after its first parent (EMT) point: the next propose() fine-tunes on that point."""
+    from finetuna_parsl.learner.online import propose, record_parent
+
+    system = demo_systems(1)[0]
+    state = LearnerState(system=system, settings=LearnerSettings())
+    first = propose(state, model)
+    parent = make_parent("emt")
+    parent.start(system)
+    answer = parent.calculate(first.positions)
+    return record_parent(state, first, answer)
+
+
+def time_learn_tasks(condition: str, state: LearnerState, model, tasks: int, workdir: Path, spin: int,
+                     times: LearnTimes) -> None:
+    """`tasks` learn tasks beside the parent of `condition`, each followed by a parent call; appends to `times`.
+
+    The session is served in another process as on a parent worker; after its first answer it sits between
+    calls (paused or running) while this process runs propose(), exactly as the driver alternates them.
+    """
+    from finetuna_parsl.learner.online import propose
+
+    server = process = pgid = None
+    if condition != "none":
+        server = ParentServer(mode="unix", timeout_s=600)
+        process = multiprocessing.get_context("spawn").Process(
+            target=_serve_fake_vasp, args=(state.system, server.bridge_address, str(workdir), spin,
+                                           condition == "paused"))
+        process.start()
+        server.call(state.parent_points[-1].positions, state.system.cell)
+        pgid = int((workdir / "fake_vasp.pid").read_text())  # the session starts it in its own process group
+    try:
+        for _ in range(tasks):
+            parent0 = group_cpu_s(pgid) if pgid else 0.0
+            t0, c0 = time.perf_counter(), time.process_time()
+            proposal = propose(state, model)
+            times.wall.append(time.perf_counter() - t0)
+            times.cpu.append(time.process_time() - c0)
+            times.parent_cpu.append(group_cpu_s(pgid) - parent0 if pgid else 0.0)
+            if server is not None:
+                t0 = time.perf_counter()
+                server.call(proposal.positions, state.system.cell)  # resumes the paused parent first
+                times.call.append(time.perf_counter() - t0)
+    finally:
+        if server is not None:
+            server.stop()
+            process.join(timeout=60)
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def pause_section(rounds: int, tasks: int, workdir: Path) -> list[str]:
+    """Markdown lines for (c): learn-task wall time beside no parent, a running and a paused fake VASP."""
+    import torch
+
+    from finetuna_parsl.surrogate import load_surrogate
+
+    torch.set_num_threads(1)  # as a learn worker on the shipped sites (OMP_NUM_THREADS=1)
+    spin = os.cpu_count() or 1  # a VASP launched on every core of the node, as `mpirun -np <cores>` would
+    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    model = load_surrogate("shipped", device="cpu")
+    state = learn_state(model)
+    from finetuna_parsl.learner.online import propose
+
+    warm = propose(state, model)  # the first fine-tune also computes the point's embeddings; not timed
+    times = {c: LearnTimes([], [], [], []) for c in PAUSE_CONDITIONS}
+    order = list(PAUSE_CONDITIONS)
+    for r in range(rounds):  # interleaved, alternating the order, so a change of load hits every condition
+        for condition in order if r % 2 == 0 else order[::-1]:
+            time_learn_tasks(condition, state, model, tasks, workdir / f"{condition}-{r}", spin, times[condition])
+    base = _median(times["none"].wall)
+    system = state.system
+    lines = [
+        "## (c) Pausing the parent while learning (parent.pause_while_learning)",
+        "",
+        f"Learn task: `propose()` as the learn executor runs it: fine-tune the shipped surrogate on {system.formula}'s "
+        f"({system.n_atoms} atoms, demo system 0) first parent point ({LearnerSettings().k}-step k-steps rule, "
+        f"{model.settings.epochs} epochs), then its surrogate segment ({len(warm.segment)} steps); 1 torch thread. "
+        f"Parent: `tests/fake_vasp.py` with FAKE_VASP_SPIN={spin} (one busy rank per core, as VASP's MPI ranks "
+        "busy-poll while VASP waits at its stdin prompt), served by `serve_session` in another process, paused or "
+        "not by `pause_between_calls`. Each learn task is followed by a parent call (which resumes a paused "
+        f"parent), as in a relaxation. {rounds} rounds x {tasks} tasks per condition, interleaved; load average "
+        f"before: {load_before}.",
+        "",
+        "| parent between calls | learn task wall s, median (min-max) | vs no parent | learn task CPU s | "
+        "parent CPU s during the task | parent call s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for condition, label in PAUSE_CONDITIONS.items():
+        t = times[condition]
+        call = f"{_median(t.call):.3f}" if t.call else "-"
+        parent_cpu = f"{_median(t.parent_cpu):.2f}" if condition != "none" else "-"
+        lines.append(f"| {label} | {_median(t.wall):.2f} ({min(t.wall):.2f}-{max(t.wall):.2f}) | "
+                     f"{_median(t.wall) / base:.2f}x | {_median(t.cpu):.2f} | {parent_cpu} | {call} |")
+    running, paused = _median(times["running"].wall), _median(times["paused"].wall)
+    cpu_running, cpu_paused = _median(times["running"].cpu), _median(times["paused"].cpu)
+    lines += [
+        "",
+        f"Pausing cut the learn task's median wall time from {running:.2f} s to {paused:.2f} s "
+        f"({running / paused:.2f}x faster) on {spin} cores. The learn task does the same work in every row; beside a "
+        "running parent it gets a share of the cores only, and even its own CPU seconds grow "
+        f"({cpu_running:.2f} vs {cpu_paused:.2f} s: time-shared cores lose their caches, and a VM's vCPUs may be "
+        "SMT siblings). A paused parent used no CPU during the task (its ranks stopped, state T); a running one spun "
+        "on every core it could get. The parent-call column includes the SIGCONT before and the SIGTSTP after each "
+        "call when pausing. Other work shared this machine (load average above): it slows every row alike.",
+        "",
+    ]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def merge_sections(old: str, new: dict[str, list[str]]) -> str:
+    """The markdown with sections `## (x) ...` of `new` (keyed by x) replacing or joining those of `old`."""
+    sections: dict[str, list[str]] = {}
+    key = None
+    for line in old.splitlines():
+        if line.startswith("## (") and ")" in line:
+            key = line[4:line.index(")")]
+            sections[key] = []
+        if key is not None:
+            sections[key].append(line)
+    sections.update(new)
+    body = ["\n".join(sections[k]).strip("\n") for k in sorted(sections)]
+    return "\n\n".join([TITLE, INTRO, *body]) + "\n"
+
+
 def machine() -> str:
     """nproc, CPU model and load: what the numbers were measured on."""
     model = "unknown CPU"
@@ -189,18 +373,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bridge-calls", type=int, default=200, help="timed EMT calls per bridge mode")
     parser.add_argument("--out", default=str(Path(__file__).with_name("parents.md")))
     parser.add_argument("--workdir", default="runs/bench-parents", help="GPAW logs go here")
-    parser.add_argument("--skip-gpaw", action="store_true", help="only the bridge section")
+    parser.add_argument("--sections", default="abc", help="which sections to run: a GPAW, b bridge, c pause")
+    parser.add_argument("--pause-rounds", type=int, default=3, help="(c) interleaved rounds of the three conditions")
+    parser.add_argument("--pause-tasks", type=int, default=5, help="(c) learn tasks per condition and round")
     args = parser.parse_args(argv)
     command = "OMP_NUM_THREADS=1 python benchmarks/parents.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = ["# Parent-call costs", "", f"Made by `{command.strip()}` on {started}."]
-    body = [] if args.skip_gpaw else gpaw_section(args.calls, Path(args.workdir))
-    body += bridge_section(args.bridge_calls)
-    lines += [f"Machine: {machine()}.", "Wall seconds grow when the load exceeds the cores (other work shared this "
-              "machine); the warm/cold ratios are the comparable numbers.", "", *body]
-    text = "\n".join(lines)
-    print(text)
-    Path(args.out).write_text(text)
+    workdir = Path(args.workdir).resolve()
+    runs = {
+        "a": lambda: gpaw_section(args.calls, workdir),
+        "b": lambda: bridge_section(args.bridge_calls),
+        "c": lambda: pause_section(args.pause_rounds, args.pause_tasks, workdir / "pause"),
+    }
+    unknown = set(args.sections) - set(runs)
+    if unknown:
+        parser.error(f"--sections: unknown {''.join(sorted(unknown))} (known: abc)")
+    new = {}
+    for key in sorted(set(args.sections)):
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        heading, *rest = runs[key]()
+        new[key] = [heading, "", f"Made by `{command.strip()}` on {started}. Machine: {machine()}.", *rest]
+        print("\n".join(new[key]), flush=True)
+    out = Path(args.out)
+    out.write_text(merge_sections(out.read_text() if out.exists() else "", new))
     return 0
 
 

@@ -52,10 +52,11 @@ def learn_and_propose(state: LearnerState, surrogate: SurrogateSettings) -> Prop
 
 
 @python_app(executors=["parent"])
-def parent_session(parent: ParentConfig, system: SystemSpec, address) -> int:
+def parent_session(parent: ParentConfig, system: SystemSpec, address, pause_between_calls: bool = False) -> int:
     """A long-lived parent session for one relaxation, reached by the driver through the socket bridge.
 
     Occupies one parent worker until the driver says exit; returns the number of calls it served.
+    pause_between_calls: parent.pause_while_learning as the campaign resolved it (stop the parent after each answer).
     """
     from pathlib import Path
 
@@ -66,7 +67,8 @@ def parent_session(parent: ParentConfig, system: SystemSpec, address) -> int:
     workdir = Path(parent.workdir) / system.system_id
     session = make_parent(parent.kind, workdir=workdir, **parent.options)
     journal = CallJournal(workdir / f"journal-{parent_fingerprint(parent.kind, parent.options)}")
-    return serve_session(session, system, address, timeout_s=parent.timeout_s, journal=journal)
+    return serve_session(session, system, address, timeout_s=parent.timeout_s, journal=journal,
+                         pause_between_calls=pause_between_calls)
 
 
 @python_app(executors=["parent"])

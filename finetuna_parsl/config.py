@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .records import QUERY_RULES, TRAIN_ON, LearnerSettings
+from .records import PAUSE_WHILE_LEARNING, QUERY_RULES, TRAIN_ON, LearnerSettings
 from .surrogate.settings import SurrogateSettings
 
 
@@ -45,6 +45,9 @@ class ParentConfig:
     workdir: str = ""  # one folder per relaxation below this; "" means "<store path without .h5>-parent"
     bridge: str = "unix"  # how sessions reach the driver: unix (same machine) or tcp (cluster)
     timeout_s: float = 3600.0  # longest wait for one parent call (or for a session to connect)
+    # stop the parent (VASP: SIGTSTP, or scancel -s TSTP under srun) between calls, while the learner works:
+    # auto = when the site's learn workers share the parent's node (campaign/pausing.py), true, false
+    pause_while_learning: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ _SECTIONS = {
 _CHOICES = {
     ("surrogate", "device"): ("auto", "cpu", "cuda"),
     ("parent", "bridge"): ("unix", "tcp"),
+    ("parent", "pause_while_learning"): PAUSE_WHILE_LEARNING,
     ("learner", "query"): QUERY_RULES,
     ("learner", "train_on"): TRAIN_ON,
 }
@@ -91,6 +95,8 @@ _POSITIVE = {
     ("learner", "max_surrogate_steps"), ("learner", "maxstep"), ("learner", "alpha"),
     ("learner", "uncertainty_threshold"),
 }
+#: Keys that take auto or a boolean: YAML's true/false (yes/no, on/off) are stored as the strings "true"/"false".
+_AUTO_OR_BOOL = {("parent", "pause_while_learning")}
 _NON_NEGATIVE = {("campaign", "keep_surrogate_every"), ("campaign", "learn_retries"), ("campaign", "parent_retries")}
 
 
@@ -130,6 +136,15 @@ def _check_value(where: str, key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def _auto_or_bool(where: str, key: str, value: Any) -> Any:
+    """A YAML boolean as "true"/"false", a string lower-cased (then checked against _CHOICES); else ConfigError."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key}: expected auto, true or false, got {_type_name(value)} {value!r}")
+    return value.lower()
+
+
 def _section(where: str, name: str, raw: Any) -> Any:
     cls = _SECTIONS[name]
     if raw is None:
@@ -143,6 +158,8 @@ def _section(where: str, name: str, raw: Any) -> Any:
         if key not in known:
             raise ConfigError(f"{where}: {name}.{key}: unknown key (known: {', '.join(sorted(known))})")
         full = f"{name}.{key}"
+        if (name, key) in _AUTO_OR_BOOL:
+            value = _auto_or_bool(where, full, value)
         value = _check_value(where, full, value, hints[key])
         if (name, key) in _CHOICES and value not in _CHOICES[(name, key)]:
             raise ConfigError(f"{where}: {full}: must be one of {', '.join(_CHOICES[(name, key)])}, got {value!r}")

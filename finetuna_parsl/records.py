@@ -17,6 +17,8 @@ from ase.constraints import FixAtoms
 QUERY_RULES = ("relaxed-only", "k-steps", "uncertainty")
 #: Which parent points each fine-tune sees.
 TRAIN_ON = ("newest", "all")
+#: parent.pause_while_learning (campaign/pausing.py): auto = when the learn workers share the parent's node.
+PAUSE_WHILE_LEARNING = ("auto", "true", "false")
 
 #: Why a parent call was made (Evaluation.reason of a parent row). A reference method's calls carry its name.
 REASON_INITIAL = "initial"  # the first call, at the starting structure

@@ -10,6 +10,11 @@ from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
 from parsl.providers import LocalProvider
 
+#: Whether learn workers share the parent's node(s), for parent.pause_while_learning: auto
+#: (finetuna_parsl/campaign/pausing.py): parent sessions and learn workers
+#: on this one machine.
+LEARN_SHARES_PARENT_NODE = True
+
 
 def make_config(run_dir: str, parent_slots: int) -> Config:
     """The Parsl config for `parent_slots` concurrent relaxations on this machine."""

@@ -11,6 +11,11 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import SrunLauncher
 from parsl.providers import SlurmProvider
 
+#: Whether learn workers share the parent's node(s), for parent.pause_while_learning: auto
+#: (finetuna_parsl/campaign/pausing.py): both single-node, non-exclusive jobs
+#: on this machine.
+LEARN_SHARES_PARENT_NODE = True
+
 
 def make_config(run_dir: str, parent_slots: int) -> Config:
     """Parents: one single-node block holding `parent_slots` sessions; learn: one single-node block."""

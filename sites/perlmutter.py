@@ -13,6 +13,10 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import SrunLauncher
 from parsl.providers import SlurmProvider
 
+#: Whether learn workers share the parent's node(s), for parent.pause_while_learning: auto
+#: (finetuna_parsl/campaign/pausing.py): parents on CPU nodes, learn workers on GPU nodes: never on the same node.
+LEARN_SHARES_PARENT_NODE = False
+
 CPU_CORES = 128
 GPUS_PER_NODE = 4
 WORKERS_PER_GPU = 2

@@ -12,6 +12,10 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import MpiExecLauncher
 from parsl.providers import PBSProProvider
 
+#: Whether learn workers share the parent's node(s), for parent.pause_while_learning: auto
+#: (finetuna_parsl/campaign/pausing.py): parents and learn workers in separate PBS jobs: separate nodes.
+LEARN_SHARES_PARENT_NODE = False
+
 CORES_PER_NODE = 32
 GPUS_PER_NODE = 4
 

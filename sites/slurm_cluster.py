@@ -29,6 +29,10 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import SimpleLauncher, SrunLauncher
 from parsl.providers import SlurmProvider
 
+#: Whether learn workers share the parent's node(s), for parent.pause_while_learning: auto
+#: (finetuna_parsl/campaign/pausing.py): parents and learn workers in separate exclusive Slurm jobs: separate nodes.
+LEARN_SHARES_PARENT_NODE = False
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default

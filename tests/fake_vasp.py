@@ -21,14 +21,19 @@ Misbehaviours for tests, from the environment:
   FAKE_VASP_XML_LAG             "1": a step's vasprun.xml block is written only once the next positions arrive
   FAKE_VASP_NO_NEWLINE          "1": the prompt is printed without a trailing newline
   FAKE_VASP_SIGNAL_LOG          file that gets "<pid> TSTP" / "<pid> CONT" on those signals (TSTP then stops us)
+  FAKE_VASP_SPIN                N: keep N cores busy like VASP's MPI ranks (they busy-poll while VASP waits on
+                                stdin): N-1 forked "ranks" spin all the time, this process spins at the prompt;
+                                SIGTSTP / SIGCONT to this process stop / continue the ranks too, as mpirun does
 Like VASP it refuses an INCAR with fewer LDAUL/LDAUU/LDAUJ values than species (LDAU on) or fewer MAGMOM
 values than atoms. It always writes its pid to fake_vasp.pid in the working directory.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import select
 import signal
 import sys
 import time
@@ -270,18 +275,61 @@ def read_positions(atoms, blocks, lattice_record: bool) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def install_signal_log() -> None:
+def spin(iterations: int = 20000) -> None:
+    """Burn CPU for about a millisecond (an MPI rank busy-polling)."""
+    for _ in range(iterations):
+        pass
+
+
+def start_spinning_ranks(n: int) -> list[int]:
+    """Fork n - 1 "ranks" that spin until this process exits (they notice it through their parent pid)."""
+    leader = os.getpid()
+    ranks = []
+    for _ in range(n - 1):
+        pid = os.fork()
+        if pid == 0:
+            while os.getppid() == leader:
+                spin()
+            os._exit(0)
+        ranks.append(pid)
+    atexit.register(end_ranks, ranks)
+    return ranks
+
+
+def end_ranks(ranks: list[int]) -> None:
+    for rank in ranks:
+        try:
+            os.kill(rank, signal.SIGKILL)
+            os.waitpid(rank, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def wait_for_stdin_spinning() -> None:
+    """Return once stdin has data, spinning meanwhile (rank 0 of a VASP waiting for positions)."""
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        spin()
+
+
+def install_signal_handlers(ranks: list[int]) -> None:
+    """FAKE_VASP_SIGNAL_LOG logs TSTP/CONT; with ranks, TSTP stops them and CONT continues them (like mpirun)."""
     path = os.environ.get("FAKE_VASP_SIGNAL_LOG")
-    if not path:
+    if not path and not ranks:
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if path else None
 
     def on_tstp(signum, frame):
-        os.write(fd, f"{os.getpid()} TSTP\n".encode())
+        if fd is not None:
+            os.write(fd, f"{os.getpid()} TSTP\n".encode())
+        for rank in ranks:
+            os.kill(rank, signal.SIGSTOP)
         os.kill(os.getpid(), signal.SIGSTOP)  # really stop, as VASP would
 
     def on_cont(signum, frame):
-        os.write(fd, f"{os.getpid()} CONT\n".encode())
+        for rank in ranks:
+            os.kill(rank, signal.SIGCONT)
+        if fd is not None:
+            os.write(fd, f"{os.getpid()} CONT\n".encode())
 
     signal.signal(signal.SIGTSTP, on_tstp)
     signal.signal(signal.SIGCONT, on_cont)
@@ -307,7 +355,8 @@ def scf_count(step: int, moved: float) -> int:
 
 def main() -> None:
     Path("fake_vasp.pid").write_text(f"{os.getpid()}\n")
-    install_signal_log()
+    spinning = env_int("FAKE_VASP_SPIN") or 0
+    install_signal_handlers(start_spinning_ranks(spinning) if spinning > 1 else [])
     slow = float(os.environ.get("FAKE_VASP_SLOW_START") or 0)
     if slow:
         time.sleep(slow)
@@ -389,6 +438,8 @@ def main() -> None:
             out.finish(atoms.get_scaled_positions(wrap=False))
             sys.exit(0)
         say(" POSITIONS AND LATTICE: reading from stdin" if lattice_record else " POSITIONS: reading from stdin", end=prompt_end)
+        if spinning:
+            wait_for_stdin_spinning()  # the record is read whole after the prompt: nothing is left in stdin's buffer
         scaled = read_positions(atoms, blocks, lattice_record)
         say(" POSITIONS: read from stdin")
         previous = atoms.positions.copy()

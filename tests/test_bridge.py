@@ -16,6 +16,7 @@ from finetuna_parsl.campaign import run_campaign
 from finetuna_parsl.config import parse_config
 from finetuna_parsl.parents import ParentError, make_parent
 from finetuna_parsl.parents.bridge import ParentServer, serve_session
+from finetuna_parsl.parents.emt import EMTSession
 from finetuna_parsl.systems import demo_systems
 
 SYSTEM = demo_systems(2)[1]
@@ -87,6 +88,83 @@ def test_session_that_never_connects_is_not_waited_on_forever():
     with pytest.raises(ParentError, match="ended before connecting: worker lost"):
         server.call(SYSTEM.positions, SYSTEM.cell)
     server.stop()
+
+
+class _Recording(EMTSession):
+    """EMT that records what serve_session asks of it; `pause_fails` makes pause() raise like a failed scancel."""
+
+    def __init__(self, pause_fails: bool = False) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.pause_fails = pause_fails
+
+    def start(self, system):
+        self.events.append("start")
+        super().start(system)
+
+    def calculate(self, positions):
+        self.events.append("calculate")
+        return super().calculate(positions)
+
+    def pause(self):
+        self.events.append("pause")
+        if self.pause_fails:
+            raise ParentError("vasp parent for x: scancel -s TSTP 1.2 failed: Invalid job id")
+
+    def resume(self):
+        self.events.append("resume")
+
+    def close(self):
+        self.events.append("close")
+        super().close()
+
+
+def serve_in_thread(session, server: ParentServer, **kwargs) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run():
+        try:
+            out["served"] = serve_session(session, SYSTEM, server.bridge_address, timeout_s=30, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    server.session_alive = lambda: f"session raised {out['error']!r}" if "error" in out else None
+    return thread, out
+
+
+@pytest.mark.parametrize("pausing", [True, False])
+def test_session_is_paused_after_each_answer_only_when_asked(pausing):
+    """Paused once each answer is sent, never before the first call; calculate() resumes (the session's contract)."""
+    session = _Recording()
+    server = ParentServer(mode="unix", timeout_s=30)
+    thread, out = serve_in_thread(session, server, pause_between_calls=pausing)
+    for i in range(2):
+        server.call(SYSTEM.positions + 0.01 * i, SYSTEM.cell)
+    server.stop()
+    thread.join(timeout=10)
+    assert out == {"served": 2}
+    if pausing:
+        assert session.events == ["start", "calculate", "pause", "calculate", "pause", "close"]
+    else:
+        assert session.events == ["start", "calculate", "calculate", "close"]
+
+
+def test_a_pause_that_fails_is_a_warning_and_the_relaxation_goes_on_unpaused():
+    session = _Recording(pause_fails=True)
+    server = ParentServer(mode="unix", timeout_s=30)
+    thread, out = serve_in_thread(session, server, pause_between_calls=True)
+    first = server.call(SYSTEM.positions, SYSTEM.cell)
+    second = server.call(SYSTEM.positions + 0.01, SYSTEM.cell)
+    assert first.energy != second.energy
+    (warning,) = server.take_warnings()
+    assert "could not pause the parent between calls" in warning and "Invalid job id" in warning
+    server.call(SYSTEM.positions + 0.02, SYSTEM.cell)
+    server.stop()
+    thread.join(timeout=10)
+    assert out == {"served": 3}
+    assert session.events.count("pause") == 1  # not tried again after it failed
 
 
 CONFIG = """

@@ -54,6 +54,10 @@ def test_shipped_vasp_example_config_parses_and_builds_a_vasp_session(tmp_path):
         ("site: 3", "cfg.yaml: site: expected a string"),
         ("learner: [1, 2]", "cfg.yaml: learner: expected a mapping"),
         ("learner: {k: 3", "cfg.yaml: not valid YAML"),
+        ("parent: {pause_while_learning: sometimes}",
+         "cfg.yaml: parent.pause_while_learning: must be one of auto, true, false, got 'sometimes'"),
+        ("parent: {pause_while_learning: 1}",
+         "cfg.yaml: parent.pause_while_learning: expected auto, true or false, got int 1"),
     ],
 )
 def test_bad_configs_give_one_clear_line(text, expected):
@@ -110,3 +114,14 @@ def test_a_relative_checkpoint_is_made_absolute_once_when_the_config_is_read(tmp
     assert config.surrogate.checkpoint == str(tmp_path / "models" / "mine.pt")
     assert "checkpoint: models/mine.pt" in config.text  # the store keeps what the user wrote
     assert parse_config("surrogate: {checkpoint: shipped}\n").surrogate.checkpoint == "shipped"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, "auto"), ("auto", "auto"), ("true", "true"), ("false", "false"), ("yes", "true"), ("off", "false"),
+     ("True", "true"), ('"false"', "false")],
+)
+def test_pause_while_learning_takes_auto_or_a_yaml_boolean(value, expected):
+    """YAML's booleans (true/false, yes/no, on/off) and the strings auto/true/false; stored as auto|true|false."""
+    text = "surrogate: {factory: 'x:y'}\n" + ("" if value is None else f"parent: {{pause_while_learning: {value}}}\n")
+    assert parse_config(text).parent.pause_while_learning == expected

@@ -81,3 +81,74 @@ def test_bad_sites_are_named(tmp_path):
     )
     with pytest.raises(SiteError, match="labelled 'parent' and 'learn'"):
         load_site(str(wrong), run_dir=str(tmp_path), parent_slots=1)
+
+
+# --- parent.pause_while_learning: auto resolved against the site (campaign/pausing.py) ----------------------
+
+SHARES_PARENT_NODE = {
+    "laptop": True, "local_slurm": True, "perlmutter": False, "polaris": False, "slurm_cluster": False,
+}
+
+USER_SITE = """
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+from parsl.providers import LocalProvider, SlurmProvider
+{declaration}
+def make_config(run_dir, parent_slots):
+    return Config(executors=[{parent}, {learn}], run_dir=run_dir)
+"""
+THREADS = "ThreadPoolExecutor(label='{label}')"
+LOCAL = "HighThroughputExecutor(label='{label}', provider=LocalProvider())"
+SLURM = "HighThroughputExecutor(label='{label}', provider=SlurmProvider())"
+
+
+def user_site(tmp_path, parent: str, learn: str, declaration: str = "") -> str:
+    path = tmp_path / "mine.py"
+    path.write_text(USER_SITE.format(declaration=declaration, parent=parent.format(label="parent"),
+                                     learn=learn.format(label="learn")))
+    return str(path)
+
+
+def test_every_shipped_site_declares_whether_learn_shares_the_parent_node(tmp_path):
+    from finetuna_parsl.campaign.pausing import pause_while_learning
+    from finetuna_parsl.campaign.site import import_site
+
+    assert set(SHARES_PARENT_NODE) == set(known_sites())
+    for name, shares in SHARES_PARENT_NODE.items():
+        assert import_site(name).LEARN_SHARES_PARENT_NODE is shares, name  # declared, not inferred
+        config = load_site(name, run_dir=str(tmp_path), parent_slots=4)
+        assert pause_while_learning("auto", name, config) is shares, name
+        assert pause_while_learning("true", name, config) is True  # an explicit setting wins over the site
+        assert pause_while_learning("false", name, config) is False
+
+
+@pytest.mark.parametrize(
+    "parent, learn, declaration, expected",
+    [
+        (THREADS, THREADS, "", True),  # both in the driver's process: one machine
+        (LOCAL, LOCAL, "", True),  # both LocalProvider: the driver's machine
+        (LOCAL, SLURM, "", False),  # the learn workers in a batch job: other nodes, as far as we can tell
+        (SLURM, SLURM, "", False),  # two batch jobs: unknown, so the safe choice (never signal VASP)
+        (SLURM, SLURM, "LEARN_SHARES_PARENT_NODE = True", True),  # the site's word wins
+        (LOCAL, LOCAL, "LEARN_SHARES_PARENT_NODE = False", False),
+    ],
+    ids=["threads", "local", "local+slurm", "slurm", "slurm-declared-true", "local-declared-false"],
+)
+def test_auto_on_a_user_site_follows_its_declaration_else_where_its_executors_run(
+    tmp_path, parent, learn, declaration, expected
+):
+    from finetuna_parsl.campaign.pausing import pause_while_learning
+
+    site = user_site(tmp_path, parent, learn, declaration)
+    assert pause_while_learning("auto", site, load_site(site, run_dir=str(tmp_path), parent_slots=2)) is expected
+
+
+def test_a_bad_declaration_or_setting_is_named(tmp_path):
+    from finetuna_parsl.campaign.pausing import pause_while_learning
+
+    site = user_site(tmp_path, THREADS, THREADS, "LEARN_SHARES_PARENT_NODE = 'yes'")
+    config = load_site(site, run_dir=str(tmp_path), parent_slots=2)
+    with pytest.raises(SiteError, match="mine.py: LEARN_SHARES_PARENT_NODE must be True or False, got str 'yes'"):
+        pause_while_learning("auto", site, config)
+    with pytest.raises(ValueError, match="parent.pause_while_learning must be auto, true or false, got 'maybe'"):
+        pause_while_learning("maybe", "laptop", config)

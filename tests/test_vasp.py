@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ase.optimize import BFGS
 from conftest import TESTS_DIR
 from finetuna_parsl.records import SystemSpec
 from finetuna_parsl.parents import ParentError, make_parent
+from finetuna_parsl.parents.bridge import ParentServer, serve_session
 from finetuna_parsl.parents.vasp import VaspInteractiveSession
 from finetuna_parsl.parents.vasp_io import species_order
 
@@ -321,6 +323,51 @@ def test_pause_and_resume_signal_the_launcher(tmp_path):
     assert log.read_text().split() == [str(pid), "TSTP", str(pid), "CONT"] * 2
 
 
+@pytest.mark.parametrize("pausing", [True, False], ids=["pausing", "not-pausing"])
+def test_a_served_vasp_is_stopped_between_calls_only_when_pausing(tmp_path, pausing):
+    """serve_session(pause_between_calls=True) stops VASP once each answer is sent (state T: its MPI ranks would
+    otherwise spin while the learner works); the next call runs it again. Off, it is never signalled."""
+    system = slab_system()
+    log = tmp_path / "signals.log"
+    parent = session(tmp_path / "vasp", FAKE_VASP_SIGNAL_LOG=str(log))
+    server = ParentServer(mode="unix", timeout_s=60)
+    out: dict = {}
+
+    def serve():
+        try:
+            out["served"] = serve_session(parent, system, server.bridge_address, timeout_s=60,
+                                          pause_between_calls=pausing)
+        except Exception as exc:  # noqa: BLE001 - reported to the test through session_alive
+            out["error"] = exc
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    server.session_alive = lambda: f"session raised {out['error']!r}" if "error" in out else None
+    states = []
+    try:
+        for seed in range(3):
+            positions = moved(system, 0.02, seed=seed)
+            point = server.call(positions, system.cell)
+            assert abs(point.energy - emt(system, positions)[0]) < 1e-6  # VASP ran for this call: it computed it
+            pid = int((tmp_path / "vasp" / "fake_vasp.pid").read_text())
+            stopped = lambda p=pid: _state(p) == "T"
+            if pausing:
+                assert _wait_for(stopped), "not stopped after the answer was sent"
+            else:
+                assert not _wait_for(stopped, timeout=0.5), "stopped although pausing is off"
+            states.append(_state(pid))
+    finally:
+        server.stop()
+        thread.join(timeout=60)
+    assert out == {"served": 3} and parent.returncode == 0  # close() resumed it before STOPCAR
+    signals = log.read_text().split() if log.exists() else []
+    if pausing:
+        assert states == ["T"] * 3
+        assert signals == [str(pid), "TSTP", str(pid), "CONT"] * 3  # stopped after each answer, run for each call
+    else:
+        assert "T" not in states and signals == []
+
+
 def _script(path: Path, text: str) -> None:
     path.write_text(text)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -395,6 +442,7 @@ parent:
     incar: {{ENCUT: 350, ISMEAR: 1, SIGMA: 0.2}}
     kpoints: [2, 2, 1]
     step_timeout_s: 60
+    env: {{FAKE_VASP_SIGNAL_LOG: "{signals}"}}
 surrogate: {{factory: "toy_surrogate:make"}}
 learner: {{query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
@@ -403,7 +451,8 @@ site: laptop
 
 
 def test_campaign_with_the_vasp_parent_through_parsl(tmp_path, toy_on_workers):
-    """The run config's parent.options reach the session on a Parsl worker; one VASP process per relaxation."""
+    """The run config's parent.options reach the session on a Parsl worker; one VASP process per relaxation,
+    paused after each answer (parent.pause_while_learning: auto on the laptop site, where learning shares its node)."""
     import h5py
 
     from finetuna_parsl.campaign import run_campaign
@@ -411,7 +460,10 @@ def test_campaign_with_the_vasp_parent_through_parsl(tmp_path, toy_on_workers):
     from finetuna_parsl.systems import demo_systems
 
     output = tmp_path / "vasp.h5"
-    config = parse_config(CAMPAIGN.format(python=sys.executable, fake=FAKE, output=output), where="vasp.yaml")
+    signals = tmp_path / "signals.log"
+    config = parse_config(CAMPAIGN.format(python=sys.executable, fake=FAKE, output=output, signals=signals),
+                          where="vasp.yaml")
+    assert config.parent.pause_while_learning == "auto"
     (system,) = demo_systems(1)
     _, result = run_campaign(config, [system])
     (row,) = result.rows
@@ -430,3 +482,5 @@ def test_campaign_with_the_vasp_parent_through_parsl(tmp_path, toy_on_workers):
             assert abs(steps["energy"][i] - emt(system, steps["positions"][i])[0]) < 1e-6
         scf = steps["scf_cycles"][()][parent_rows]
         assert scf[0] == 8 and (scf[1:] < 8).all()
+    pid = (workdir / "fake_vasp.pid").read_text().strip()
+    assert signals.read_text().split() == [pid, "TSTP", pid, "CONT"] * row["parent_calls"]  # stopped while learning

@@ -134,8 +134,10 @@ class Campaign:
         on_progress: Callable[[Progress], None] | None = None,
         stop: StopRequest | None = None,
         on_warning: Callable[[str, str], None] | None = None,
+        pause_between_calls: bool = False,
     ) -> None:
         self.config = config
+        self.pause_between_calls = pause_between_calls  # parent.pause_while_learning resolved (campaign/pausing.py)
         self.on_warning = on_warning or (lambda system_id, message: None)
         self.stop = stop or StopRequest()
         self.systems = list(systems)
@@ -202,7 +204,7 @@ class Campaign:
         cfg = self.config.parent
         server = ParentServer(mode=cfg.bridge, timeout_s=cfg.timeout_s, session_alive=session_ended)
         r.server = server
-        r.session = parent_session(cfg, r.state.system, server.bridge_address)
+        r.session = parent_session(cfg, r.state.system, server.bridge_address, self.pause_between_calls)
         # the session's end (its process exiting, its worker lost) wakes a call waiting on it at once
         r.session.add_done_callback(lambda _future: server.session_ended())
 

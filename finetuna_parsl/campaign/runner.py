@@ -28,6 +28,7 @@ from ..records import SystemSpec
 from ..live import summary_path
 from ..store import CampaignStore, check_not_held
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
+from .pausing import pause_while_learning
 from .site import load_site
 
 #: How long (s) Parsl's shutdown may take after a signal before its worker pools and interchanges are killed.
@@ -164,6 +165,7 @@ def run_campaign(
     config = with_overrides(config, parent={"workdir": str(workdir)})
     run_dir = str(path.parent / "runinfo")
     parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
+    pause = pause_while_learning(config.parent.pause_while_learning, config.site, parsl_config)  # "auto" resolved once
     _isolate_interchanges(parsl_config)
     stop = StopRequest()
     dfk = None
@@ -185,7 +187,7 @@ def run_campaign(
                 raise CampaignInterrupted(stop.signum)
             dfk = parsl.load(parsl_config)
             result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop,
-                              on_warning=on_warning).run()
+                              on_warning=on_warning, pause_between_calls=pause).run()
         except CampaignInterrupted as exc:
             exc.path = path
             raise

@@ -1,9 +1,14 @@
-"""Site loading: a site is a Python file with make_config(run_dir, parent_slots) -> parsl.Config."""
+"""Site loading: a site is a Python file with make_config(run_dir, parent_slots) -> parsl.Config.
+
+It may also declare LEARN_SHARES_PARENT_NODE = True / False: whether its learn workers run on the nodes
+the parent (VASP) runs on, which decides parent.pause_while_learning: auto (campaign/pausing.py).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from parsl.config import Config
 
@@ -31,12 +36,19 @@ def site_file(name_or_path: str) -> Path:
     return shipped
 
 
-def load_site(name_or_path: str, run_dir: str, parent_slots: int) -> Config:
-    """Import the site file and build its Parsl Config (executors 'parent' and 'learn')."""
+def import_site(name_or_path: str) -> ModuleType:
+    """The site file imported as a module (a fresh import each call); SiteError when there is no such site."""
     path = site_file(name_or_path)
     spec = importlib.util.spec_from_file_location(f"finetuna_site_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_site(name_or_path: str, run_dir: str, parent_slots: int) -> Config:
+    """Import the site file and build its Parsl Config (executors 'parent' and 'learn')."""
+    path = site_file(name_or_path)
+    module = import_site(name_or_path)
     if not hasattr(module, "make_config"):
         raise SiteError(f"{path}: a site file must define make_config(run_dir, parent_slots)")
     config = module.make_config(run_dir=run_dir, parent_slots=parent_slots)

@@ -72,10 +72,17 @@ class ParentSession(abc.ABC):
         """
 
     def pause(self) -> None:
-        """Stop using CPU between calls (no-op for in-process parents)."""
+        """Stop using CPU between calls: the parent's processes are stopped, their state (wavefunctions) kept.
+
+        Called by serve_session after an answer is sent when pausing is on (parent.pause_while_learning), never
+        before the first call. The contract every session keeps: calling it again while paused does nothing;
+        calculate() and close() on a paused session resume it first, so nobody else ever calls resume().
+        No-op for in-process parents (EMT, GPAW: they use no CPU between calls). Raises ParentError when the
+        parent cannot be stopped (VASP under srun: scancel refused); serve_session then stops pausing.
+        """
 
     def resume(self) -> None:
-        """Undo pause()."""
+        """Undo pause() (no-op when not paused); raises ParentError when the parent cannot be continued."""
 
     def close(self) -> None:
         self.system = None

@@ -173,18 +173,34 @@ def _decode_info(morebytes: np.ndarray) -> dict:
         return {}
 
 
+def _pause(session: ParentSession, pending: list[str]) -> bool:
+    """session.pause(); False (do not pause again) with a warning appended to `pending` when it fails."""
+    try:
+        session.pause()
+    except ParentError as exc:
+        pending.append(f"could not pause the parent between calls ({str(exc).splitlines()[0]}); "
+                       "it keeps running between calls for the rest of this relaxation")
+        return False
+    return True
+
+
 def serve_session(
     session: ParentSession,
     system: SystemSpec,
     address: BridgeAddress,
     timeout_s: float = 86400.0,
     journal: CallJournal | None = None,
+    pause_between_calls: bool = False,
 ) -> int:
     """Session side: connect back, start the parent, answer until told to exit; returns calls served.
 
     Whatever ends the session (a parent that fails to start or crashes included) closes the socket, so the
     driver learns of it at once. With a journal, every answer is written to disk before it is sent, and positions already answered
     (a call the driver lost in a crash, then re-proposed) are served from it without recomputing.
+    With pause_between_calls, session.pause() follows each answer sent (VASP: its ranks stop spinning while the
+    learner works on the same node); the next calculate() or close() resumes it (ParentSession's contract).
+    A pause that fails (ParentError: scancel refused) costs a warning, sent with the next answer, and pausing
+    for the rest of this session; the relaxation goes on.
     """
     if address.unixsocket is not None:
         sock = socket.socket(socket.AF_UNIX)
@@ -233,6 +249,8 @@ def serve_session(
                 protocol.sendforce(result.energy, np.asarray(result.forces), np.zeros((3, 3)),
                                    np.frombuffer(info, dtype=np.byte))
                 state = "READY"
+                if pause_between_calls:
+                    pause_between_calls = _pause(session, pending)
             else:
                 raise ParentError(f"bridge: unexpected message {msg!r} from the driver")
     finally:
