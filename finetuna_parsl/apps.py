@@ -24,22 +24,19 @@ def surrogate_for(settings: SurrogateSettings):
     """The surrogate `settings` name, built once per process (the backbone stays in memory).
 
     A factory ("module:callable") is called with the settings as keywords (SurrogateSettings.factory_keywords).
-    Made repeatable (reproducible.py): deterministic torch algorithms, and each prior prediction seeded from
-    its structure and `settings.seed`, so it does not depend on what this worker predicted before.
+    Made repeatable (reproducible.py): deterministic torch algorithms; the prior seeds each of its predictions
+    from the structure and `settings.seed` (surrogate.prior.Prior), so it does not depend on what this worker
+    predicted before.
     """
-    from .reproducible import deterministic_torch, seed_each_prediction
-
-    if settings.factory:
-        module, _, name = settings.factory.partition(":")
-        model = getattr(importlib.import_module(module), name)(**settings.factory_keywords())
-        seed_each_prediction(getattr(model, "prior", None), settings.seed)
-        return model
-    from .surrogate import load_surrogate
+    from .reproducible import deterministic_torch
 
     deterministic_torch()  # before the model is built: cuBLAS reads its workspace setting when CUDA starts
-    model = load_surrogate(settings)
-    seed_each_prediction(model.prior, settings.seed)
-    return model
+    if settings.factory:
+        module, _, name = settings.factory.partition(":")
+        return getattr(importlib.import_module(module), name)(**settings.factory_keywords())
+    from .surrogate import load_surrogate
+
+    return load_surrogate(settings)
 
 
 @python_app(executors=["learn"])

@@ -14,7 +14,7 @@ from conftest import TESTS_DIR
 from finetuna_parsl.apps import surrogate_for
 from finetuna_parsl.campaign import run_campaign
 from finetuna_parsl.config import parse_config
-from finetuna_parsl.reproducible import structure_seed
+from finetuna_parsl.surrogate.prior import structure_seed
 from finetuna_parsl.systems import demo_systems
 
 CONFIG = """
@@ -59,9 +59,10 @@ def test_structure_seed_depends_on_the_structure_and_the_seed_only():
 
 
 def test_seeded_predictions_do_not_depend_on_what_came_before():
-    from finetuna_parsl.surrogate.settings import SurrogateSettings
+    """In a script too (benchmarks/learner.py calls load_surrogate itself), not only in a campaign's workers."""
+    from finetuna_parsl.surrogate import load_surrogate
 
-    surrogate = surrogate_for(SurrogateSettings(checkpoint="shipped", device="cpu"))
+    surrogate = load_surrogate("shipped", device="cpu")
     first, other = (s.to_atoms() for s in demo_systems(2))
     before = surrogate.prior.predict(first)
     surrogate.prior.predict(other)

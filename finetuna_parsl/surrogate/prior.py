@@ -16,6 +16,7 @@ a fixed-composition run, and never hits the fallback.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -66,10 +67,16 @@ class Prior:
     """
 
     def __init__(self, checkpoint: str | Path, task: str = "oc20", device: str = "cpu", units_kept: int = 8,
-                 dtype: torch.dtype = torch.float32, merge_mole: bool | None = None) -> None:
-        """merge_mole: None = merge for MoLE (UMA) checkpoints; False = fairchem's unmerged general path."""
+                 dtype: torch.dtype = torch.float32, merge_mole: bool | None = None, seed: int | None = 0) -> None:
+        """merge_mole: None = merge for MoLE (UMA) checkpoints; False = fairchem's unmerged general path.
+
+        seed: each prediction draws its random numbers (fairchem's random edge rotations in eSCN/UMA,
+        `torch.rand_like` in fairchem.core.models.uma.common.rotation) from a generator seeded by
+        structure_seed(atoms, seed), so a structure always gets the same prediction whatever was predicted
+        before it in this process; torch's global generator is left as it was. None: torch's global generator.
+        """
         self.info = inspect_checkpoint(checkpoint, task)
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.seed = device, dtype, seed
         self.merge_mole = self.info.mole if merge_mole is None else bool(merge_mole and self.info.mole)
         self._units_kept = units_kept
         self._base = self._load_unit()
@@ -133,7 +140,16 @@ class Prior:
                                  f"model's {self.info.max_elements} embedded elements")
 
     def predict(self, atoms: Atoms) -> PriorPrediction:
-        """fairchem's energy (eV) and forces (eV/A) for `atoms` (charge/spin read from atoms.info), and embeddings."""
+        """fairchem's energy (eV), forces ((n, 3) eV/A) and node embeddings for `atoms` (charge/spin read from
+        atoms.info), seeded from the structure (see __init__). SurrogateError when fairchem cannot predict."""
+        if self.seed is None:
+            return self._predict(atoms)
+        cuda = str(self.device).startswith("cuda") and torch.cuda.is_available()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
+            torch.manual_seed(structure_seed(atoms, self.seed))
+            return self._predict(atoms)
+
+    def _predict(self, atoms: Atoms) -> PriorPrediction:
         self.check_elements(atoms.numbers)
         atoms = atoms.copy()
         atoms.set_constraint()  # forces on every atom, as the parent reports them
@@ -168,6 +184,17 @@ class Prior:
             raise SurrogateError(f"surrogate checkpoint {self.info.path}: task {self.task!r} gives no forces")
         return PriorPrediction(float(results["energy"]), np.asarray(results["forces"], dtype=float).reshape(-1, 3),
                                captured["embedding"])
+
+
+def structure_seed(atoms: Atoms, base: int = 0) -> int:
+    """A 63-bit seed from the structure (atomic numbers, positions in A, cell, pbc, charge, spin) and `base`."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
+    digest.update(np.asarray(atoms.cell.array, dtype=np.float64).tobytes())
+    digest.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    digest.update(repr((atoms.info.get("charge"), atoms.info.get("spin"), int(base))).encode())
+    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 def _first_line(exc: BaseException) -> str:

@@ -171,7 +171,7 @@ def load_surrogate(settings: SurrogateSettings | str = "shipped", **changes) -> 
     settings = replace(settings, **changes)
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    prior = Prior(settings.checkpoint, settings.task, device)
+    prior = Prior(settings.checkpoint, settings.task, device, seed=settings.seed)
     card = ModelCard()
     if card_path(prior.info.path).is_file():
         card = ModelCard(**json.loads(card_path(prior.info.path).read_text()))
