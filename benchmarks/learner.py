@@ -38,7 +38,6 @@ VARIANTS: list[tuple[str, dict]] = [
     ("k=3", {"k": 3}),
     ("k=20", {"k": 20}),
     ("fine-tune on all parent points", {"train_on": "all"}),
-    ("trust radius 0.25 A", {"trust_radius": 0.25}),
     ("exact at the newest parent point", {"exact_at_newest": True}),
     ("no backoff", {"backoff": False}),
     ("all points + exact at newest", {"train_on": "all", "exact_at_newest": True}),

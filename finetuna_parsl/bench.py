@@ -27,7 +27,7 @@ from .store import load_parent_calls
 QUERY_METHODS = QUERY_RULES
 ALL_METHODS = (*REFERENCE_METHODS, *QUERY_METHODS)
 #: Column order of the breakdown: the query rule's reasons (Proposal.reason), then reference method names.
-REASON_ORDER = ("initial", "k-steps", "relaxed", "uncertainty", "backoff", "trust", "stalled", "budget",
+REASON_ORDER = ("initial", "k-steps", "relaxed", "uncertainty", "backoff", "stalled", "budget",
                 *REFERENCE_METHODS)
 
 

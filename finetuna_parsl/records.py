@@ -27,7 +27,6 @@ REASON_STALLED = "stalled"  # the surrogate optimizer stopped moving
 REASON_K_STEPS = "k-steps"  # k surrogate steps since the last call
 REASON_BACKOFF = "backoff"  # the halved segment after one that led the parent uphill
 REASON_UNCERTAINTY = "uncertainty"  # ensemble force spread above the threshold
-REASON_TRUST = "trust"  # an atom left the trust radius around the newest parent point
 REASON_BUDGET = "budget"  # the surrogate-step budget is spent
 
 #: How a relaxation ended (the learner's and a reference optimizer's; the store keeps it as a system's "outcome").
@@ -175,8 +174,6 @@ class LearnerSettings:
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
     backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, double
     # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
-    trust_radius: float | None = None  # any rule: call the parent once an atom is farther than this (A) from
-    # where it was at the newest parent point (None: no limit)
     exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
     # forces exactly (learner/residual.py)
 
@@ -191,8 +188,6 @@ class LearnerSettings:
         for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.trust_radius is not None and not self.trust_radius > 0:
-            raise ValueError(f"trust_radius must be > 0 (or null for no limit), got {self.trust_radius}")
 
     @property
     def relaxed_fmax(self) -> float:

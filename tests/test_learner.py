@@ -340,24 +340,7 @@ def test_non_finite_surrogate_is_reported():
         propose(state, Broken())
 
 
-# --- levers: trust radius, exact at the newest parent point ----------------------------------------
-def test_trust_radius_calls_the_parent_once_an_atom_moved_too_far():
-    settings = LearnerSettings(query="relaxed-only", trust_radius=0.3)
-    assert query_reason(settings, 0.5, 2, 0.0, moved=0.29) == ""
-    assert query_reason(settings, 0.5, 2, 0.0, moved=0.31) == "trust"
-    assert query_reason(LearnerSettings(query="relaxed-only"), 0.5, 2, 0.0, moved=9.0) == ""
-    with pytest.raises(ValueError, match="trust_radius"):
-        LearnerSettings(trust_radius=0.0)
-    state, proposals = relax(SYSTEMS[1], LearnerSettings(query="relaxed-only", trust_radius=0.05))
-    assert state.outcome == OUTCOME_CONVERGED
-    trusted = [p for p in proposals if p.reason == "trust"]
-    assert trusted
-    for p, before in zip(proposals[1:], state.parent_points):
-        if p.reason == "trust":  # stopped at the first step beyond the radius (a step is at most maxstep)
-            moved = np.linalg.norm(p.positions - before.positions, axis=1).max()
-            assert 0.05 < moved <= 0.05 + state.settings.maxstep
-
-
+# --- levers: exact at the newest parent point ---------------------------------------------------------
 def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservative():
     from finetuna_parsl.learner.residual import NewestPointResidual
 

@@ -125,7 +125,6 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
             settings, free_fmax(forces, fixed), len(segment), uncertainty,
             [step.positions for step in segment[-settings.stall_steps - 1:]],
             cap,
-            moved=float(np.linalg.norm(positions - newest.positions, axis=1).max()),
         )
         if not reason:
             positions = opt.step(positions, constrain(forces, fixed))

@@ -11,7 +11,6 @@ from ..records import (
     REASON_K_STEPS,
     REASON_RELAXED,
     REASON_STALLED,
-    REASON_TRUST,
     REASON_UNCERTAINTY,
     LearnerSettings,
 )
@@ -66,14 +65,12 @@ def query_reason(
     uncertainty: float,
     recent_positions: Sequence[np.ndarray] = (),
     cap: int | None = None,
-    moved: float = 0.0,
 ) -> str:
     """Why the parent should be called now, or "" to keep stepping on the surrogate.
 
     Every rule calls the parent when the surrogate says the structure is relaxed (or its optimizer has
     stalled); k-steps also after k surrogate steps since the last parent call; uncertainty also when the
-    ensemble disagrees more than the threshold. Any rule stops at `cap` steps (segment_cap's backoff), and
-    once an atom has `moved` (A) farther than settings.trust_radius from the newest parent point.
+    ensemble disagrees more than the threshold. Any rule stops at `cap` steps (segment_cap's backoff).
     """
     if surrogate_fmax <= settings.relaxed_fmax:
         return REASON_RELAXED
@@ -85,6 +82,4 @@ def query_reason(
         return REASON_UNCERTAINTY
     if cap is not None and steps_in_segment >= cap:
         return REASON_BACKOFF
-    if settings.trust_radius is not None and moved > settings.trust_radius:
-        return REASON_TRUST
     return ""
