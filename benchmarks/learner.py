@@ -127,8 +127,9 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, resu
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else checkpoint
     key = f"{digest} {n_ood} {n_demo}"  # results of other weights or another system set are not reused
     results_file.parent.mkdir(parents=True, exist_ok=True)
-    results = [r for r in map(json.loads, results_file.read_text().splitlines() if results_file.exists() else [])
-               if r.get("key") == key]
+    stored = [r for r in map(json.loads, results_file.read_text().splitlines() if results_file.exists() else [])
+              if r.get("key") == key]
+    results = list({(r["variant"], r["system"]): r for r in stored}.values())  # one per (lever, system)
     done = {(r["variant"], r["system"]) for r in results}
     todo = [j for j in jobs if (j[0], j[2].system_id) not in done]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} results already in {results_file}", flush=True)
@@ -145,10 +146,12 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, resu
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = ["# Learner ablation", "",
              f"Made by `{command.strip()}` on {platform.platform()} ({os.cpu_count()} cores), commit `{commit}`, "
-             f"checkpoint `{checkpoint}`, in {time.perf_counter() - t0:.0f} s.", "",
+             f"checkpoint `{checkpoint}`; results from {results_file} "
+             f"({sum(r['seconds'] for r in results) / 60:.0f} CPU-minutes of relaxations, resumed runs included).",
+             "",
              f"Systems: {n_ood} out-of-domain (`ood` source, seed 0) and {n_demo} in-domain (`demo`, seed 0); EMT "
              "parent; baseline learner = configs/ood-bench.yaml's (k-steps, k=10, fine-tune on the newest point, "
-             "backoff on). Each row changes one lever. Ratio = mean over systems of online / BFGS parent calls "
+             "backoff on). Each row changes the levers it names. Ratio = mean over systems of online / BFGS parent calls "
              "(the paper's measure); worst = largest per-system ratio; accurate = parent-confirmed relaxed and "
              "final energy <= BFGS's + 0.02 eV.", "",
              f"BFGS: {sum(r['calls'] for r in ref.values())} parent calls in all.", "",
