@@ -32,7 +32,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-#: (row name, what changes from the baseline). The baseline is configs/ood-bench.yaml's learner.
+#: (row name, what changes from the baseline): k-steps k=10, fine-tune on the newest point, backoff on.
 VARIANTS: list[tuple[str, dict]] = [
     ("baseline: k-steps k=10, newest point, backoff", {}),
     ("k=3", {"k": 3}),
@@ -150,8 +150,8 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, resu
              f"({sum(r['seconds'] for r in results) / 60:.0f} CPU-minutes of relaxations, resumed runs included).",
              "",
              f"Systems: {n_ood} out-of-domain (`ood` source, seed 0) and {n_demo} in-domain (`demo`, seed 0); EMT "
-             "parent; baseline learner = configs/ood-bench.yaml's (k-steps, k=10, fine-tune on the newest point, "
-             "backoff on). Each row changes the levers it names. Ratio = mean over systems of online / BFGS parent calls "
+             "parent; baseline learner: k-steps, k=10, fine-tune on the newest point, "
+             "backoff on. Each row changes the levers it names. Ratio = mean over systems of online / BFGS parent calls "
              "(the paper's measure); worst = largest per-system ratio; accurate = parent-confirmed relaxed and "
              "final energy <= BFGS's + 0.02 eV.", "",
              f"BFGS: {sum(r['calls'] for r in ref.values())} parent calls in all.", "",

@@ -367,7 +367,7 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both sections, print the tables and write the markdown file."""
+    """Run the chosen sections, print their tables and write them into the markdown file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10, help="GPAW calls on the replayed path")
     parser.add_argument("--bridge-calls", type=int, default=200, help="timed EMT calls per bridge mode")

@@ -41,7 +41,7 @@ def surrogate_for(settings: SurrogateSettings):
 
 @python_app(executors=["learn"])
 def learn_and_propose(state: LearnerState, surrogate: SurrogateSettings) -> Proposal:
-    """Fine-tune on the newest parent point, rebuild the Hessian, run the surrogate segment."""
+    """Fine-tune on the parent points (settings.train_on), rebuild the Hessian, run the surrogate segment."""
     from finetuna_parsl.apps import surrogate_for
     from finetuna_parsl.learner.online import propose
 

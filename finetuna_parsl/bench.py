@@ -20,15 +20,14 @@ from .campaign.driver import Progress
 from .config import RunConfig, with_overrides
 from .learner.metrics import SETTLED_FMAX, CallBreakdown, MethodRow, call_breakdown, missed_systems, table_row
 from .learner.reference import REFERENCE_METHODS
-from .records import QUERY_RULES, SystemSpec
+from .records import QUERY_RULES, QUERY_UNCERTAINTY, REASONS, SystemSpec
 from .reproducible import HOW
 from .store import load_parent_calls
 
 QUERY_METHODS = QUERY_RULES
 ALL_METHODS = (*REFERENCE_METHODS, *QUERY_METHODS)
 #: Column order of the breakdown: the query rule's reasons (Proposal.reason), then reference method names.
-REASON_ORDER = ("initial", "k-steps", "relaxed", "uncertainty", "backoff", "stalled", "budget",
-                *REFERENCE_METHODS)
+REASON_ORDER = (*REASONS, *REFERENCE_METHODS)
 
 
 @dataclass
@@ -48,7 +47,7 @@ def method_config(config: RunConfig, method: str) -> tuple[RunConfig, str]:
     out = Path(config.campaign.output)
     store = str(out.with_name(f"{out.stem}.{method}{out.suffix or '.h5'}"))
     if method in QUERY_METHODS:
-        surrogate = {"ensemble_size": max(config.surrogate.ensemble_size, 3)} if method == "uncertainty" else {}
+        surrogate = {"ensemble_size": max(config.surrogate.ensemble_size, 3)} if method == QUERY_UNCERTAINTY else {}
         return with_overrides(config, learner={"query": method}, campaign={"output": store}, surrogate=surrogate), "online"
     if method in REFERENCE_METHODS:
         return with_overrides(config, campaign={"output": str(out)}), method

@@ -62,7 +62,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
                                     on_warning=warn_once)
     except CampaignInterrupted as exc:
         _interrupted(exc)
-    except StoreError as exc:
+    except (StoreError, SiteError) as exc:  # SiteError: a site file's declarations, read once the run starts
         _fail(str(exc))
     click.echo(summary_table(result.rows))
     click.echo(f"store: {path}")
@@ -72,7 +72,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
             ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
         except CampaignInterrupted as exc:
             _interrupted(exc)
-        except StoreError as exc:
+        except (StoreError, SiteError) as exc:
             _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
         click.echo(summary_table(ref.rows))
@@ -171,6 +171,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
         _fail(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
     systems, unusable = _load_systems(config_path, config, count)
     from .campaign import CampaignInterrupted
+    from .campaign.site import SiteError
     from .store import StoreError
 
     try:
@@ -178,7 +179,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
                            repeats=repeats)
     except CampaignInterrupted as exc:
         _interrupted(exc)
-    except StoreError as exc:
+    except (StoreError, SiteError) as exc:
         _fail(str(exc))
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from .learner.metrics import MethodRow  # noqa: E402
 from .learner.reference import REFERENCE_METHODS  # noqa: E402
+from .records import OUTCOME_CONVERGED  # noqa: E402
 from .store import load_parent_energies, load_summary  # noqa: E402
 
 #: The reference method's bars: grey, hatched, left of the others in each group.
@@ -125,7 +126,7 @@ def plot_store(store: str | Path, out_dir: str | Path,
         ax.bar(x + j * width, [by_id[s]["parent_calls"] if s in by_id else np.nan for s in ids], width,
                label=f"{method} (reference)", **style)
     online = x + len(refs) * width
-    converged = np.array([r["outcome"] == "converged" for r in rows])
+    converged = np.array([r["outcome"] == OUTCOME_CONVERGED for r in rows])
     calls = np.array([r["parent_calls"] for r in rows], dtype=float)
     ax.bar(online[converged], calls[converged], width, color="tab:green", label=f"{name}: parent-confirmed relaxed")
     if (~converged).any():

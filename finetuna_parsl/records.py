@@ -14,9 +14,14 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 
 #: Query rules (learner/query.py): when the learner pays for a parent call besides "the surrogate says relaxed".
-QUERY_RULES = ("relaxed-only", "k-steps", "uncertainty")
+QUERY_RELAXED_ONLY = "relaxed-only"
+QUERY_K_STEPS = "k-steps"
+QUERY_UNCERTAINTY = "uncertainty"
+QUERY_RULES = (QUERY_RELAXED_ONLY, QUERY_K_STEPS, QUERY_UNCERTAINTY)
 #: Which parent points each fine-tune sees.
-TRAIN_ON = ("newest", "all")
+TRAIN_NEWEST = "newest"
+TRAIN_ALL = "all"
+TRAIN_ON = (TRAIN_NEWEST, TRAIN_ALL)
 #: parent.pause_while_learning (campaign/pausing.py): auto = when the learn workers share the parent's node.
 PAUSE_WHILE_LEARNING = ("auto", "true", "false")
 
@@ -24,10 +29,13 @@ PAUSE_WHILE_LEARNING = ("auto", "true", "false")
 REASON_INITIAL = "initial"  # the first call, at the starting structure
 REASON_RELAXED = "relaxed"  # the surrogate says fmax <= threshold
 REASON_STALLED = "stalled"  # the surrogate optimizer stopped moving
-REASON_K_STEPS = "k-steps"  # k surrogate steps since the last call
+REASON_K_STEPS = QUERY_K_STEPS  # k surrogate steps since the last call
 REASON_BACKOFF = "backoff"  # the halved segment after one that led the parent uphill
-REASON_UNCERTAINTY = "uncertainty"  # ensemble force spread above the threshold
+REASON_UNCERTAINTY = QUERY_UNCERTAINTY  # ensemble force spread above the threshold
 REASON_BUDGET = "budget"  # the surrogate-step budget is spent
+#: Every reason the learner gives, in the order bench's breakdown shows them.
+REASONS = (REASON_INITIAL, REASON_K_STEPS, REASON_RELAXED, REASON_UNCERTAINTY, REASON_BACKOFF, REASON_STALLED,
+           REASON_BUDGET)
 
 #: How a relaxation ended (the learner's and a reference optimizer's; the store keeps it as a system's "outcome").
 OUTCOME_RUNNING = "running"  # not ended

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 from .learner.metrics import Comparison
+from .records import OUTCOME_CONVERGED
 
 
 def _num(value: float, fmt: str) -> str:
@@ -24,7 +25,7 @@ def summary_table(rows: Sequence[dict]) -> str:
         if r.get("error"):
             lines.append(f"    error: {first_line(r['error'])}")
     total_parent = sum(r["parent_calls"] for r in rows)
-    converged = sum(r.get("outcome") == "converged" for r in rows)
+    converged = sum(r.get("outcome") == OUTCOME_CONVERGED for r in rows)
     lines.append("-" * len(header))
     lines.append(f"{len(rows)} systems, {converged} parent-confirmed relaxed, {total_parent} parent calls")
     if any("\n" in (r.get("error") or "") for r in rows):

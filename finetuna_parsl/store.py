@@ -136,9 +136,9 @@ def check_not_held(path: str | Path) -> None:
 class CampaignStore:
     """Single-writer access to a campaign store. Use as a context manager.
 
-    Opening it starts a run of the store: the run's config text, method, package versions and start time are
-    appended to /runs (read_runs), and the root attributes run_config / package_versions hold this run's
-    (`created` stays the first run's). Raises StoreError when the file cannot be opened or is another format.
+    Opening it with a run_config starts a run of the store: the run's config text, method, package versions and
+    start time are appended to /runs (read_runs), and the root attributes run_config / package_versions hold
+    this run's (`created` stays the first run's). Raises StoreError when the file cannot be opened or is another format.
     """
 
     def __init__(self, path: str | Path, run_config: str = "", method: str = "online", keep_surrogate_every: int = 1):
@@ -152,13 +152,20 @@ class CampaignStore:
             root["format_version"] = FORMAT_VERSION
             root["method"] = method
             root["created"] = now
+            root["package_versions"] = _versions()
+            root["run_config"] = ""
         elif int(root["format_version"]) != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format {root['format_version']} is not {FORMAT_VERSION}")
-        versions = _versions()
-        root["package_versions"] = versions
-        root["run_config"] = run_config
-        _append_run(self.file, {"started": now, "method": method, "package_versions": versions,
-                                "run_config": run_config})
+        if run_config:  # a run of the store (opened without a config: read or repaired, not run)
+            if "runs" not in self.file:  # a store from before runs were kept: its first run goes first
+                for earlier in read_runs(self.file):
+                    if earlier["run_config"]:
+                        _append_run(self.file, earlier)
+            versions = _versions()
+            root["package_versions"] = versions
+            root["run_config"] = run_config
+            _append_run(self.file, {"started": now, "method": method, "package_versions": versions,
+                                    "run_config": run_config})
         self.file.require_group("systems")
         self._rows: dict[str, dict] = {}  # live_rows' cache, re-read only for systems changed since
         self._changed: set[str] = set(self.file["systems"].keys())

@@ -1,5 +1,6 @@
 """The import graph keeps the layers the package docstring draws: records at the bottom; learner, parents,
-surrogate and store above it; campaign (the only Parsl user) above them; only the store touches h5py."""
+surrogate and store above it; apps and campaign (the only Parsl users) above them; only the store touches
+h5py."""
 
 from __future__ import annotations
 

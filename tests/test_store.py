@@ -99,6 +99,22 @@ def test_every_run_of_a_store_appends_its_config_and_versions(tmp_path):
         assert runs[0]["started"] == f.attrs["created"]
 
 
+def test_a_store_from_before_runs_were_kept_keeps_its_first_config_when_resumed(tmp_path):
+    path = tmp_path / "old.h5"
+    with CampaignStore(path, run_config="learner: {k: 3}\n"):
+        pass
+    with h5py.File(path, "a") as f:  # as written before /runs existed: the first run's config in the root only
+        del f["runs"]
+        f.attrs["run_config"] = "learner: {k: 3}\n"
+    with CampaignStore(path, run_config="learner: {k: 20}\n"):
+        pass
+    with CampaignStore(path):  # opened without a config (a reader, a repair): not a run
+        pass
+    with h5py.File(path, "r") as f:
+        assert [r["run_config"] for r in read_runs(f)] == ["learner: {k: 3}\n", "learner: {k: 20}\n"]
+        assert f.attrs["run_config"] == "learner: {k: 20}\n"
+
+
 def test_load_state_gives_parent_points_and_head_for_resume(tmp_path):
     with CampaignStore(tmp_path / "c.h5") as store:
         store.add_system(SYSTEM)

@@ -323,6 +323,38 @@ def test_pause_and_resume_signal_the_launcher(tmp_path):
     assert log.read_text().split() == [str(pid), "TSTP", str(pid), "CONT"] * 2
 
 
+def test_no_pause_while_vasp_still_computes_its_first_step(tmp_path):
+    """A resumed relaxation's first call may be answered from the journal while VASP computes step 1; pausing
+    it then would stall a step that startup_timeout_s is counting. The pause waits for a read step."""
+    system = slab_system()
+    log = tmp_path / "signals.log"
+    parent = session(tmp_path / "vasp", FAKE_VASP_SIGNAL_LOG=str(log))
+    parent.start(system)
+    try:
+        parent.pause()  # step 1 not read yet
+        assert not log.exists() or log.read_text() == ""
+        parent.calculate(system.positions)
+        parent.pause()
+        assert _wait_for(lambda: log.exists() and "TSTP" in log.read_text())
+    finally:
+        parent.close()
+
+
+def test_a_command_the_shell_cannot_find_is_a_setup_error(tmp_path):
+    """A string command runs through the shell, so a missing program is exit 127, not an OSError: still a
+    setup error (not retried), like a missing executable in a list command."""
+    from finetuna_parsl.parents import ParentSetupError
+
+    system = slab_system()
+    parent = VaspInteractiveSession(workdir=tmp_path / "vasp", command="/nonexistent/bin/vasp_std -n 4")
+    parent.start(system)
+    try:
+        with pytest.raises(ParentSetupError, match="exited with code 127"):
+            parent.calculate(system.positions)
+    finally:
+        parent.close()
+
+
 @pytest.mark.parametrize("pausing", [True, False], ids=["pausing", "not-pausing"])
 def test_a_served_vasp_is_stopped_between_calls_only_when_pausing(tmp_path, pausing):
     """serve_session(pause_between_calls=True) stops VASP once each answer is sent (state T: its MPI ranks would

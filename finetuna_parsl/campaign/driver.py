@@ -317,7 +317,7 @@ class Campaign:
         self.parent_calls_this_run += result.parent_calls
         self.progress.parent_calls += result.parent_calls
         if result.error:  # the optimizer gave up (GPMin: no descent model); its parent calls are kept and counted
-            self._finish(sid, FAILED, "", f"{self.method} failed: {result.error}")
+            self._finish(sid, FAILED, result.outcome, f"{self.method} failed: {result.error}")
             return False
         self._finish(sid, DONE, result.outcome)
         return False

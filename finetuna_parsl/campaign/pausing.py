@@ -36,7 +36,7 @@ def pause_while_learning(setting: str, site: str, parsl_config: Config) -> bool:
     Raises ValueError for a setting other than auto/true/false, SiteError for a declaration that is not a bool.
     """
     if setting not in SETTINGS:
-        raise ValueError(f"parent.pause_while_learning must be auto, true or false, got {setting!r}")
+        raise ValueError(f"parent.pause_while_learning must be one of {', '.join(SETTINGS)}, got {setting!r}")
     if setting != "auto":
         return setting == "true"
     return learn_shares_parent_node(site, parsl_config)

@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..records import OUTCOME_CONVERGED
+
 ENERGY_TOLERANCE = 0.02  # eV: no worse than the reference + 0.02 eV counts as accurate
 SETTLED_FMAX = 0.1  # eV/A: parent calls after the parent fmax first fell below this are spent on the last stretch
 
@@ -36,12 +38,12 @@ class Comparison:
 
 def is_accurate(row: dict, reference_row: dict, tolerance: float = ENERGY_TOLERANCE) -> bool:
     """Parent-confirmed relaxed and parent energy <= reference energy + tolerance."""
-    return row.get("outcome") == "converged" and row["final_energy"] <= reference_row["final_energy"] + tolerance
+    return row.get("outcome") == OUTCOME_CONVERGED and row["final_energy"] <= reference_row["final_energy"] + tolerance
 
 
 def why_not_accurate(row: dict, reference_row: dict, tolerance: float = ENERGY_TOLERANCE) -> str:
     """'' when accurate; otherwise why: 'not relaxed: <outcome or status>' or 'dE +0.051 eV' (eV)."""
-    if row.get("outcome") != "converged":
+    if row.get("outcome") != OUTCOME_CONVERGED:
         return f"not relaxed: {row.get('outcome') or row.get('status') or 'unfinished'}"
     de = row["final_energy"] - reference_row["final_energy"]
     return f"dE {de:+.3f} eV" if not de <= tolerance else ""
@@ -70,7 +72,7 @@ def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: S
         systems=len(matched),
         method_parent_calls=sum(r["parent_calls"] for r, _ in matched),
         reference_parent_calls=sum(q["parent_calls"] for _, q in matched),
-        method_converged=sum(r.get("outcome") == "converged" for r, _ in matched),
+        method_converged=sum(r.get("outcome") == OUTCOME_CONVERGED for r, _ in matched),
         accurate=sum(is_accurate(r, q) for r, q in matched),
         missed=missed_systems(rows, reference_rows),
     )
@@ -113,7 +115,7 @@ def table_row(method: str, rows: Sequence[dict], reference_rows: Sequence[dict],
     percents = [100.0 * r["parent_calls"] / q["parent_calls"] for r, q in matched]
     mean, sem = _mean_sem(percents)
     de = [r["final_energy"] - q["final_energy"] for r, q in matched]
-    relaxed = [r.get("outcome") == "converged" for r, _ in matched]
+    relaxed = [r.get("outcome") == OUTCOME_CONVERGED for r, _ in matched]
     frac = (lambda k: k / n if n else math.nan)
     return MethodRow(
         method=method,

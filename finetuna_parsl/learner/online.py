@@ -1,6 +1,6 @@
 """The FINETUNA online learner as two pure functions: propose the next parent call, record its answer.
 
-propose(): fine-tune the surrogate head on the newest parent point, rebuild BFGS's Hessian from
+propose(): fine-tune the surrogate head on the newest parent point or all of them (settings.train_on), rebuild BFGS's Hessian from
 parent points only, take the parent-force step, then relax on the surrogate until the query rule
 fires. record_parent(): add the parent point and decide whether the relaxation is done.
 """
@@ -27,6 +27,7 @@ from ..records import (
     REASON_BUDGET,
     REASON_INITIAL,
     SOURCE_SURROGATE,
+    TRAIN_NEWEST,
     Evaluation,
 )
 from .state import LearnerState, Proposal
@@ -88,7 +89,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     fine_tune_s = 0.0
     head_points = state.head_points
     if head_points < len(state.parent_points):
-        train = state.parent_points[-1:] if settings.train_on == "newest" else state.parent_points
+        train = state.parent_points[-1:] if settings.train_on == TRAIN_NEWEST else state.parent_points
         t0 = time.perf_counter()
         head, _info = surrogate.fine_tune(head, [point_atoms(state, p) for p in train])
         fine_tune_s = time.perf_counter() - t0

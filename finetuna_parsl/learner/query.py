@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..records import (
+    QUERY_K_STEPS,
+    QUERY_UNCERTAINTY,
     REASON_BACKOFF,
     REASON_K_STEPS,
     REASON_RELAXED,
@@ -41,7 +43,7 @@ def segment_cap(settings: LearnerSettings, parent_energies: Sequence[float]) -> 
     up to the rule's own (k for k-steps, none otherwise). A pure function of stored parent points, so a
     resumed run agrees.
     """
-    ceiling = settings.k if settings.query == "k-steps" else None
+    ceiling = settings.k if settings.query == QUERY_K_STEPS else None
     if not settings.backoff or not parent_energies:
         return ceiling
     cap, lowest = ceiling, parent_energies[0]
@@ -76,9 +78,9 @@ def query_reason(
         return REASON_RELAXED
     if stalled(settings, recent_positions):
         return REASON_STALLED
-    if settings.query == "k-steps" and steps_in_segment >= settings.k:
+    if settings.query == QUERY_K_STEPS and steps_in_segment >= settings.k:
         return REASON_K_STEPS
-    if settings.query == "uncertainty" and uncertainty > settings.uncertainty_threshold:
+    if settings.query == QUERY_UNCERTAINTY and uncertainty > settings.uncertainty_threshold:
         return REASON_UNCERTAINTY
     if cap is not None and steps_in_segment >= cap:
         return REASON_BACKOFF

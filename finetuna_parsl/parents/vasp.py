@@ -19,6 +19,7 @@ folder (a retry, a resumed run) first moves them to vasp.out.N / vasp.err.N, so 
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import queue
 import re
@@ -267,8 +268,10 @@ class VaspInteractiveSession(ParentSession):
                 self._argv(), cwd=self.workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, **group,
             )
-        except OSError as exc:  # no such executable, not executable: the command as set up cannot run
-            raise ParentSetupError(f"vasp parent for {self._sid}: cannot launch {self.command!r}: {exc}") from None
+        except OSError as exc:
+            # no such executable, not executable: the command as set up cannot run; EAGAIN, ENOMEM...: may pass
+            error = ParentSetupError if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC) else ParentError
+            raise error(f"vasp parent for {self._sid}: cannot launch {self.command!r}: {exc}") from None
         self._launched = time.monotonic()
         self._threads = [
             threading.Thread(target=self._pump, args=(self._proc.stdout, "vasp.out", True), daemon=True),
@@ -439,7 +442,9 @@ class VaspInteractiveSession(ParentSession):
         for thread in self._threads:
             thread.join(timeout=2)  # the last stderr lines (forrtl ...) arrive with the exit
         hint = "" if self._potcar else " (no POTCAR was written: set parent.options.potcar_dir or VASP_PP_PATH)"
-        return ParentError(
+        # 126/127: the shell could not run the command (not executable / not found), before VASP said anything
+        setup = code in (126, 127) and self._step == 1 and not self._step_read
+        return (ParentSetupError if setup else ParentError)(
             f"vasp parent for {self._sid}: VASP exited with code {code} {when}{hint} "
             f"[command: {self.command}; workdir: {self.workdir}; {self._logs()}]" + self._tails()
         )
@@ -464,8 +469,11 @@ class VaspInteractiveSession(ParentSession):
     # ------------------------------------------------------------------------------- pause and stop
 
     def pause(self) -> None:
-        """Stop VASP between calls: SIGTSTP to the launcher, or `scancel -s TSTP <job>.<step>` for srun."""
-        if self._proc is None or self._paused or self._proc.poll() is not None:
+        """Stop VASP between calls: SIGTSTP to the launcher, or `scancel -s TSTP <job>.<step>` for srun.
+
+        Not while VASP still computes its first step (a call answered from the journal on resume): its
+        startup_timeout_s would count the paused time. ParentError when the signal cannot be sent."""
+        if self._proc is None or self._paused or self._proc.poll() is not None or not self._step_read:
             return
         self._signal("TSTP")
         self._paused = True
@@ -479,6 +487,14 @@ class VaspInteractiveSession(ParentSession):
         self._paused = False
 
     def _signal(self, name: str) -> None:
+        """SIG<name> to VASP's launcher (or its srun step); ParentError whatever stops it (a process gone, no
+        scancel/squeue, a Slurm controller that does not answer), so a failed pause stays a warning."""
+        try:
+            self._send_signal(name)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ParentError(f"vasp parent for {self._sid}: cannot send SIG{name}: {type(exc).__name__}: {exc}") from exc
+
+    def _send_signal(self, name: str) -> None:
         if not self._uses_srun:
             os.kill(self._proc.pid, getattr(signal, f"SIG{name}"))
             return
