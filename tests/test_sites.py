@@ -150,5 +150,5 @@ def test_a_bad_declaration_or_setting_is_named(tmp_path):
     config = load_site(site, run_dir=str(tmp_path), parent_slots=2)
     with pytest.raises(SiteError, match="mine.py: LEARN_SHARES_PARENT_NODE must be True or False, got str 'yes'"):
         pause_while_learning("auto", site, config)
-    with pytest.raises(ValueError, match="parent.pause_while_learning must be auto, true or false, got 'maybe'"):
+    with pytest.raises(ValueError, match="parent.pause_while_learning must be one of auto, true, false, got 'maybe'"):
         pause_while_learning("maybe", "laptop", config)
