@@ -138,7 +138,8 @@ class CampaignStore:
 
     Opening it with a run_config starts a run of the store: the run's config text, method, package versions and
     start time are appended to /runs (read_runs), and the root attributes run_config / package_versions hold
-    this run's (`created` stays the first run's). Raises StoreError when the file cannot be opened or is another format.
+    this run's (`created` stays the first run's). Raises StoreError when the file cannot be opened or is another
+    format.
     """
 
     def __init__(self, path: str | Path, run_config: str = "", method: str = "online", keep_surrogate_every: int = 1):

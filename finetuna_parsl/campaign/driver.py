@@ -30,6 +30,7 @@ from ..records import STATUS_INTERRUPTED as INTERRUPTED
 from ..records import STATUS_RUNNING as RUNNING
 from ..records import SystemSpec
 from ..store import CampaignStore
+
 #: Seconds the main loop waits on futures before it looks at a stop request again.
 POLL_S = 0.25
 #: Seconds between rewrites of the live summary beside the store (live.py) while something changed.

@@ -492,7 +492,8 @@ class VaspInteractiveSession(ParentSession):
         try:
             self._send_signal(name)
         except (OSError, subprocess.SubprocessError) as exc:
-            raise ParentError(f"vasp parent for {self._sid}: cannot send SIG{name}: {type(exc).__name__}: {exc}") from exc
+            raise ParentError(
+                f"vasp parent for {self._sid}: cannot send SIG{name}: {type(exc).__name__}: {exc}") from exc
 
     def _send_signal(self, name: str) -> None:
         if not self._uses_srun:
