@@ -260,13 +260,13 @@ def test_uncertainty_rule_fires_on_ensemble_disagreement():
     assert state.outcome == OUTCOME_CONVERGED
 
 
-def test_parent_budget_stops_with_its_status():
+def test_parent_budget_stops_with_its_outcome():
     state, _ = relax(SYSTEMS[2], LearnerSettings(query="k-steps", k=2, max_parent_calls=3))
     assert state.outcome == OUTCOME_PARENT_BUDGET
     assert state.parent_calls == 3
 
 
-def test_surrogate_budget_stops_with_its_status():
+def test_surrogate_budget_stops_with_its_outcome():
     state, proposals = relax(SYSTEMS[2], LearnerSettings(query="relaxed-only", max_surrogate_steps=7))
     assert state.outcome == OUTCOME_SURROGATE_BUDGET
     assert state.surrogate_steps == 7
@@ -289,16 +289,16 @@ def test_fixed_atoms_never_move_and_fmax_ignores_them():
 def test_state_round_trips_through_pickle():
     """What Parsl does to it on the way to a learn worker and back."""
     state, _ = relax(SYSTEMS[6], LearnerSettings(query="k-steps", k=3, max_parent_calls=4))
-    for copy in (pickle.loads(pickle.dumps(state)),):
-        assert copy.settings == state.settings
-        assert copy.outcome == state.outcome and copy.head == state.head and copy.head_points == state.head_points
-        assert copy.surrogate_steps == state.surrogate_steps
-        assert len(copy.parent_points) == len(state.parent_points)
-        for a, b in zip(copy.parent_points, state.parent_points):
-            np.testing.assert_array_equal(a.positions, b.positions)
-            np.testing.assert_array_equal(a.forces, b.forces)
-            assert a.energy == b.energy
-        np.testing.assert_array_equal(copy.system.fixed, state.system.fixed)
+    copy = pickle.loads(pickle.dumps(state))
+    assert copy.settings == state.settings
+    assert copy.outcome == state.outcome and copy.head == state.head and copy.head_points == state.head_points
+    assert copy.surrogate_steps == state.surrogate_steps
+    assert len(copy.parent_points) == len(state.parent_points)
+    for a, b in zip(copy.parent_points, state.parent_points):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.forces, b.forces)
+        assert a.energy == b.energy and a.reason == b.reason
+    np.testing.assert_array_equal(copy.system.fixed, state.system.fixed)
 
 
 def test_resumed_state_continues_exactly_like_the_uninterrupted_one():

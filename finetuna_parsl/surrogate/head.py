@@ -1,6 +1,6 @@
 """Head-only fine-tuning on cached backbone features, and the head state that travels with the learner.
 
-The fine-tuned part is a residual force head per ensemble member (GatedForceResidual), added to the
+The fine-tuned part is a residual force head per ensemble member (ElementForceResidual), added to the
 prior's forces. The backbone never changes, so a parent point's node embeddings are computed once and
 every epoch is a few small matrix products.
 
