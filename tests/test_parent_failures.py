@@ -144,6 +144,8 @@ def test_setup_errors_are_ase_setup_errors_and_run_time_failures_are_not():
     assert isinstance(info.value, CalculatorSetupError) and isinstance(info.value, ParentError)
     with pytest.raises(ParentSetupError, match="unknown parent kind"):
         make_parent("castep")
+    with pytest.raises(ParentSetupError, match="bad parent.options.*encut"):
+        make_parent("vasp", command="vasp_std", encut=400)  # an option the session does not take
     crash = make_parent("emt", fail_after_calls=0)
     crash.start(SYSTEM)
     with pytest.raises(ParentError) as info:

@@ -23,7 +23,7 @@ from ase.optimize import BFGS
 
 from conftest import TESTS_DIR
 from finetuna_parsl.records import SystemSpec
-from finetuna_parsl.parents import ParentError, make_parent
+from finetuna_parsl.parents import ParentError, ParentSetupError, make_parent
 from finetuna_parsl.parents.bridge import ParentServer, serve_session
 from finetuna_parsl.parents.vasp import VaspInteractiveSession
 from finetuna_parsl.parents.vasp_io import species_order
@@ -343,8 +343,6 @@ def test_no_pause_while_vasp_still_computes_its_first_step(tmp_path):
 def test_a_command_the_shell_cannot_find_is_a_setup_error(tmp_path):
     """A string command runs through the shell, so a missing program is exit 127, not an OSError: still a
     setup error (not retried), like a missing executable in a list command."""
-    from finetuna_parsl.parents import ParentSetupError
-
     system = slab_system()
     parent = VaspInteractiveSession(workdir=tmp_path / "vasp", command="/nonexistent/bin/vasp_std -n 4")
     parent.start(system)
@@ -461,7 +459,7 @@ def test_registry_builds_a_vasp_session_from_config_options(tmp_path):
     assert isinstance(parent, VaspInteractiveSession) and parent.kpoints == [4, 4, 1]
     with pytest.raises(ParentError, match="calculate\\(\\) before start\\(\\)"):
         parent.calculate(np.zeros((1, 3)))
-    with pytest.raises(TypeError, match="incarr"):
+    with pytest.raises(ParentSetupError, match="incarr"):  # a misspelt option: a setup error, never retried
         make_parent("vasp", workdir=tmp_path, incarr={})
 
 

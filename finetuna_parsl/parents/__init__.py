@@ -32,8 +32,16 @@ def parent_class(kind: str) -> type[ParentSession]:
 
 
 def make_parent(kind: str, workdir: str | Path | None = None, **options: Any) -> ParentSession:
-    """A new, unstarted parent session of `kind`."""
-    return parent_class(kind)(workdir=workdir, **options)
+    """A new, unstarted parent session of `kind`.
+
+    ParentSetupError for an unknown or unavailable kind, and for options the session does not take (an unknown
+    name, a value of the wrong type): retrying cannot help with either.
+    """
+    cls = parent_class(kind)
+    try:
+        return cls(workdir=workdir, **options)
+    except (TypeError, ValueError) as exc:
+        raise ParentSetupError(f"{kind} parent: bad parent.options: {exc}") from exc
 
 
 def check_systems(kind: str, options: Mapping[str, Any], systems: Sequence[Any]) -> tuple[list, list[tuple[str, str]]]:
