@@ -43,6 +43,15 @@ VARIANTS: list[tuple[str, dict]] = [
     ("all points + exact at newest", {"train_on": "all", "exact_at_newest": True}),
     ("k=20 + all points", {"k": 20, "train_on": "all"}),
     ("k=20 + all points + exact at newest", {"k": 20, "train_on": "all", "exact_at_newest": True}),
+    ("all points + residual GP (newest 10 points)", {"train_on": "all", "residual_points": 10}),
+    ("all points + exact at newest + residual GP (newest 10)",
+     {"train_on": "all", "exact_at_newest": True, "residual_points": 10}),
+    ("k=20 + all points + exact at newest + residual GP (newest 10)",
+     {"k": 20, "train_on": "all", "exact_at_newest": True, "residual_points": 10}),
+    ("all points + exact at newest + residual GP (newest 30)",
+     {"train_on": "all", "exact_at_newest": True, "residual_points": 30}),
+    ("all points + exact at newest + residual GP (newest 10, scale 0.8 A)",
+     {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "residual_scale": 0.8}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000}
 

@@ -184,16 +184,21 @@ class LearnerSettings:
     # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
     exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
     # forces exactly (learner/residual.py)
+    residual_points: int = 0  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
+    # newest residual_points parent points, so the surrogate reproduces all of them; 0: off (learner/residual.py)
+    residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_RULES:
             raise ValueError(f"query must be one of {', '.join(QUERY_RULES)}, got {self.query!r}")
         if self.train_on not in TRAIN_ON:
             raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+        if self.residual_points < 0:
+            raise ValueError(f"residual_points must be >= 0, got {self.residual_points}")
         for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance"):
+        for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance", "residual_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 

@@ -89,6 +89,10 @@ def test_bad_settings_are_rejected():
         LearnerSettings(query="sometimes")
     with pytest.raises(ValueError, match="k must be >= 1"):
         LearnerSettings(k=0)
+    with pytest.raises(ValueError, match="residual_points must be >= 0"):
+        LearnerSettings(residual_points=-1)
+    with pytest.raises(ValueError, match="residual_scale must be > 0"):
+        LearnerSettings(residual_scale=0.0)
 
 
 # --- Hessian replay --------------------------------------------------------------------------------
@@ -369,3 +373,52 @@ def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservativ
         atoms.positions = minus
         e_minus = atoms.get_potential_energy()
         assert -(e_plus - e_minus) / (2 * h) == pytest.approx(f[i, axis], abs=1e-5)
+
+
+# --- levers: a residual Gaussian process over the newest parent points ---------------------------------
+def test_residual_gp_reproduces_every_parent_point_and_reverts_to_the_surrogate_far_away():
+    from finetuna_parsl.learner.residual import ParentPointsResidual
+
+    system = SYSTEMS[2]
+    free = ~system.fixed
+    rng = np.random.default_rng(1)
+    points = []
+    for _ in range(4):  # parent points near the start: EMT, which the toy surrogate misses by a smooth error
+        atoms = system.to_atoms(system.positions + np.where(free[:, None], rng.normal(0, 0.05, (system.n_atoms, 3)), 0))
+        atoms.calc = EMT()
+        points.append((atoms.positions.copy(), atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False)))
+    surrogate = ToySurrogate().calculator(ToySurrogate().initial_head())
+    calc = ParentPointsResidual(surrogate, system.to_atoms(), points, free)
+    raw = system.to_atoms()
+    raw.calc = surrogate
+    for positions, _, forces in points:
+        atoms = system.to_atoms(positions)
+        atoms.calc = calc
+        np.testing.assert_allclose(atoms.get_forces(apply_constraint=False)[free], forces[free], atol=1e-4)
+        raw.positions = positions
+        assert np.abs(raw.get_forces(apply_constraint=False)[free] - forces[free]).max() > 1e-2  # it had an error
+    far = system.positions + np.where(free[:, None], 1.5, 0.0)  # tens of length scales from every point
+    atoms, raw.positions = system.to_atoms(far), far
+    atoms.calc = calc
+    np.testing.assert_allclose(atoms.get_forces(apply_constraint=False)[free],
+                               raw.get_forces(apply_constraint=False)[free], atol=1e-8)
+
+
+def test_residual_gp_passes_the_surrogate_uncertainty_through_and_relaxes_with_few_calls():
+    from finetuna_parsl.learner.residual import ParentPointsResidual
+
+    system = SYSTEMS[0]
+    surrogate = ToySurrogate().calculator(ToySurrogate().initial_head())  # uncertainty 0.5 before fine-tuning
+    atoms = system.to_atoms()
+    atoms.calc = EMT()
+    point = (atoms.positions.copy(), atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False))
+    atoms.calc = ParentPointsResidual(surrogate, system.to_atoms(), [point], ~system.fixed)
+    atoms.get_forces()
+    assert atoms.calc.results["uncertainty"] == 0.5
+    with_gp, _ = relax(system, LearnerSettings(query="k-steps", k=10, residual_points=10))
+    bfgs = system.to_atoms()
+    bfgs.calc = EMT()
+    opt = BFGS(bfgs, logfile=None)
+    opt.run(fmax=0.03, steps=500)
+    assert with_gp.outcome == OUTCOME_CONVERGED
+    assert with_gp.parent_calls < 0.6 * (opt.nsteps + 1), (with_gp.parent_calls, opt.nsteps + 1)

@@ -1,8 +1,9 @@
 """The FINETUNA online learner as two pure functions: propose the next parent call, record its answer.
 
-propose(): fine-tune the surrogate head on the newest parent point or all of them (settings.train_on), rebuild BFGS's Hessian from
-parent points only, take the parent-force step, then relax on the surrogate until the query rule
-fires. record_parent(): add the parent point and decide whether the relaxation is done.
+propose(): fine-tune the surrogate head on the newest parent point or all of them (settings.train_on),
+rebuild BFGS's Hessian from parent points only, take the parent-force step, then relax on the surrogate
+(optionally made exact at parent points: learner/residual.py) until the query rule fires.
+record_parent(): add the parent point and decide whether the relaxation is done.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from .bfgs import HessianBFGS, constrain, free_fmax
 from .query import query_reason, segment_cap
-from .residual import NewestPointResidual
+from .residual import NewestPointResidual, ParentPointsResidual
 from ..records import (
     OUTCOME_CONVERGED,
     OUTCOME_PARENT_BUDGET,
@@ -103,6 +104,10 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     calc = surrogate.calculator(head)
     if settings.exact_at_newest:
         calc = NewestPointResidual(calc, state.system.to_atoms(newest.positions), newest.energy, newest.forces)
+    if settings.residual_points:
+        points = [(p.positions, p.energy, p.forces) for p in state.parent_points[-settings.residual_points:]]
+        calc = ParentPointsResidual(calc, state.system.to_atoms(newest.positions), points, ~fixed,
+                                    scale=settings.residual_scale)
     atoms = state.system.to_atoms(positions)
     atoms.calc = calc
     budget_left = settings.max_surrogate_steps - state.surrogate_steps

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
+from ase.optimize.gpmin.gp import GaussianProcess
+from ase.optimize.gpmin.kernel import SquaredExponential
+from ase.optimize.gpmin.prior import Prior
+from scipy.linalg import cho_factor, cho_solve
 
 
 class NewestPointResidual(Calculator):
@@ -47,3 +51,87 @@ class NewestPointResidual(Calculator):
                         if key not in ("energy", "free_energy", "forces")}
         self.results["energy"] = self.results["free_energy"] = energy + self.d_energy - shift
         self.results["forces"] = forces + self.d_forces
+
+
+class _SurrogateMean(Prior):
+    """ASE GPMin prior: the surrogate's energy (plus a constant) and gradient over the free coordinates."""
+
+    def __init__(self, surrogate: Calculator, atoms, free: np.ndarray, energy_offset: float) -> None:
+        super().__init__()
+        self.atoms = atoms.copy()
+        self.atoms.calc = surrogate
+        self.free = free
+        self.energy_offset = energy_offset
+        self.results: dict = {}
+
+    def potential(self, x: np.ndarray) -> np.ndarray:
+        positions = self.atoms.positions.copy()
+        positions[self.free] = x.reshape(-1, 3)
+        self.atoms.positions = positions
+        energy = float(self.atoms.get_potential_energy())
+        forces = np.asarray(self.atoms.get_forces(apply_constraint=False), dtype=float)
+        self.results = dict(self.atoms.calc.results)
+        return np.concatenate([[energy + self.energy_offset], -forces[self.free].ravel()])
+
+
+class _ForceResidualGP(GaussianProcess):
+    """ASE's GaussianProcess, except that observed energies carry `energy_noise` (eV): a direct-force
+    surrogate's energy need not integrate its forces, so the residual's energies are weak evidence."""
+
+    def __init__(self, prior: Prior, energy_noise: float) -> None:
+        super().__init__(prior=prior, kernel=SquaredExponential())
+        self.energy_noise = energy_noise
+
+    def train(self, X: np.ndarray, Y: np.ndarray, noise: float | None = None) -> None:
+        n, d = X.shape
+        self.X = X.copy()
+        K = self.kernel.kernel_matrix(X)
+        K[np.diag_indices_from(K)] += np.array(n * ([self.energy_noise] + d * [self.noise])) ** 2
+        self.m = self.prior.prior(X)
+        self.a = Y.flatten() - self.m
+        self.L, self.lower = cho_factor(K, lower=True)
+        self.a = cho_solve((self.L, self.lower), self.a)
+
+
+class ParentPointsResidual(Calculator):
+    """ASE calculator: `surrogate` plus a Gaussian process fitted to its residual (parent - surrogate) at
+    parent points, so it reproduces every given parent point's forces and reverts to the surrogate far from
+    them (a length `scale` A away, in the space of free coordinates).
+
+    This is GPMin's model (ASE's GaussianProcess and SquaredExponential kernel; Garijo del Rio et al., PRB 100,
+    104103 (2019)) with the surrogate as its prior mean instead of a constant, i.e. ASE's CalculatorPrior
+    idea; as in Delta-ML only the surrogate's error is learned. points: (positions (n_atoms, 3) A,
+    energy eV, unconstrained forces (n_atoms, 3) eV/A). GPMin's defaults: weight 1 eV, force noise
+    0.001 eV/A. Extra surrogate results (e.g. "uncertainty") are passed through.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, surrogate: Calculator, atoms, points: list[tuple[np.ndarray, float, np.ndarray]],
+                 free: np.ndarray, scale: float = 0.4, weight: float = 1.0, noise: float = 0.001,
+                 energy_noise: float = 1.0) -> None:
+        super().__init__()
+        self.free = np.asarray(free, dtype=bool)
+        self.surrogate = surrogate
+        probe = atoms.copy()
+        probe.calc = surrogate
+        offsets = []
+        for positions, energy, _ in points:
+            probe.positions = positions
+            offsets.append(float(energy) - float(probe.get_potential_energy()))
+        self.prior = _SurrogateMean(surrogate, atoms, self.free, float(np.mean(offsets)))
+        self.gp = _ForceResidualGP(self.prior, energy_noise)
+        self.gp.set_hyperparams(np.array([weight, scale, noise]))
+        X = np.array([np.asarray(p, dtype=float)[self.free].ravel() for p, _, _ in points])
+        Y = np.array([np.concatenate([[e], -np.asarray(f, dtype=float)[self.free].ravel()]) for _, e, f in points])
+        self.gp.train(X, Y)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        prediction = self.gp.predict(self.atoms.positions[self.free].ravel())
+        self.results = {key: value for key, value in self.prior.results.items()
+                        if key not in ("energy", "free_energy", "forces")}
+        forces = np.zeros((len(self.atoms), 3))
+        forces[self.free] = -prediction[1:].reshape(-1, 3)
+        self.results["energy"] = self.results["free_energy"] = float(prediction[0])
+        self.results["forces"] = forces
