@@ -93,11 +93,12 @@ _POSITIVE = {
     ("systems", "count"), ("parent", "timeout_s"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
     ("campaign", "max_concurrent"), ("learner", "k"), ("learner", "fmax"), ("learner", "max_parent_calls"),
     ("learner", "max_surrogate_steps"), ("learner", "maxstep"), ("learner", "alpha"),
-    ("learner", "uncertainty_threshold"),
+    ("learner", "uncertainty_threshold"), ("learner", "residual_scale"),
 }
 #: Keys that take auto or a boolean: YAML's true/false (yes/no, on/off) are stored as the strings "true"/"false".
 _AUTO_OR_BOOL = {("parent", "pause_while_learning")}
-_NON_NEGATIVE = {("campaign", "keep_surrogate_every"), ("campaign", "learn_retries"), ("campaign", "parent_retries")}
+_NON_NEGATIVE = {("campaign", "keep_surrogate_every"), ("campaign", "learn_retries"), ("campaign", "parent_retries"),
+                 ("learner", "residual_points")}
 
 
 def _type_name(value: Any) -> str:

@@ -47,6 +47,8 @@ def test_shipped_vasp_example_config_parses_and_builds_a_vasp_session(tmp_path):
         ("learner: {fmax: -0.1}", "cfg.yaml: learner.fmax: must be > 0"),
         ("learner: {fmax: true}", "cfg.yaml: learner.fmax: expected a number, got bool"),
         ("learner: {backoff: 3}", "cfg.yaml: learner.backoff: expected true or false, got int 3"),
+        ("learner: {residual_points: -1}", "cfg.yaml: learner.residual_points: must be >= 0, got -1"),
+        ("learner: {residual_scale: 0}", "cfg.yaml: learner.residual_scale: must be > 0"),
         ("campaign: {max_concurrent: 0}", "cfg.yaml: campaign.max_concurrent: must be > 0"),
         ("systems: {source: /no/such/file.db}", "cfg.yaml: systems.source: no such file or folder: /no/such/file.db"),
         ("surrogate: {checkpoint: /no/model.pt}", "cfg.yaml: surrogate.checkpoint: /no/model.pt: no such file"),
