@@ -56,7 +56,7 @@ class NewestPointResidual(Calculator):
 class _SurrogateMean(Prior):
     """ASE GPMin prior: the surrogate's energy (plus a constant) and gradient over the free coordinates."""
 
-    def __init__(self, surrogate: Calculator, atoms, free: np.ndarray, energy_offset: float) -> None:
+    def __init__(self, surrogate: Calculator, atoms, free: np.ndarray, energy_offset: float = 0.0) -> None:
         super().__init__()
         self.atoms = atoms.copy()
         self.atoms.calc = surrogate
@@ -82,12 +82,15 @@ class _ForceResidualGP(GaussianProcess):
         super().__init__(prior=prior, kernel=SquaredExponential())
         self.energy_noise = energy_noise
 
-    def train(self, X: np.ndarray, Y: np.ndarray, noise: float | None = None) -> None:
+    def train(self, X: np.ndarray, Y: np.ndarray, noise: float | None = None,
+              prior_values: np.ndarray | None = None) -> None:
+        """As GaussianProcess.train; `prior_values` (n, D+1), the prior already evaluated at X, saves those
+        surrogate calls."""
         n, d = X.shape
         self.X = X.copy()
         K = self.kernel.kernel_matrix(X)
         K[np.diag_indices_from(K)] += np.array(n * ([self.energy_noise] + d * [self.noise])) ** 2
-        self.m = self.prior.prior(X)
+        self.m = self.prior.prior(X) if prior_values is None else np.asarray(prior_values).ravel()
         self.a = Y.flatten() - self.m
         self.L, self.lower = cho_factor(K, lower=True)
         self.a = cho_solve((self.L, self.lower), self.a)
@@ -113,25 +116,23 @@ class ParentPointsResidual(Calculator):
         super().__init__()
         self.free = np.asarray(free, dtype=bool)
         self.surrogate = surrogate
-        probe = atoms.copy()
-        probe.calc = surrogate
-        offsets = []
-        for positions, energy, _ in points:
-            probe.positions = positions
-            offsets.append(float(energy) - float(probe.get_potential_energy()))
-        self.prior = _SurrogateMean(surrogate, atoms, self.free, float(np.mean(offsets)))
-        self.gp = _ForceResidualGP(self.prior, energy_noise)
-        self.gp.set_hyperparams(np.array([weight, scale, noise]))
         X = np.array([np.asarray(p, dtype=float)[self.free].ravel() for p, _, _ in points])
         Y = np.array([np.concatenate([[e], -np.asarray(f, dtype=float)[self.free].ravel()]) for _, e, f in points])
-        self.gp.train(X, Y)
+        self.prior = _SurrogateMean(surrogate, atoms, self.free)
+        prior_values = np.array([self.prior.potential(x) for x in X])  # one surrogate call per point
+        # The surrogate's energy zero need not be the parent's: the prior mean carries their mean offset.
+        self.prior.energy_offset = float(np.mean(Y[:, 0] - prior_values[:, 0]))
+        prior_values[:, 0] += self.prior.energy_offset
+        self.gp = _ForceResidualGP(self.prior, energy_noise)
+        self.gp.set_hyperparams(np.array([weight, scale, noise]))
+        self.gp.train(X, Y, prior_values=prior_values)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         prediction = self.gp.predict(self.atoms.positions[self.free].ravel())
         self.results = {key: value for key, value in self.prior.results.items()
                         if key not in ("energy", "free_energy", "forces")}
-        forces = np.zeros((len(self.atoms), 3))
+        forces = np.array(self.prior.results["forces"], dtype=float)  # fixed atoms: the surrogate's own
         forces[self.free] = -prediction[1:].reshape(-1, 3)
         self.results["energy"] = self.results["free_energy"] = float(prediction[0])
         self.results["forces"] = forces
