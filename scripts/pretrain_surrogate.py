@@ -2,7 +2,7 @@
 """Pretrain the shipped surrogate (finetuna_parsl/surrogate/data/finetuna-small.pt) on EMT labels.
 
 Usage: python scripts/pretrain_surrogate.py [--minutes 95] [--systems 1700] [--workdir runs/pretrain]
-                                            [--output PATH] [--seed 0] [--threads 2] [--workers 2]
+                                            [--output PATH] [--seed 0] [--threads 2] [--workers 2] [--strain 0.03]
 
 The split and the frames are described in finetuna_parsl/surrogate/pretrain.py (issue 12): in domain, unary
 and Ni/Cu/Pd/Ag/Pt-alloy slabs (fcc111/100/110/211) and bulk with 16 C/H/N/O adsorbates; out of domain,
@@ -36,7 +36,10 @@ from finetuna_parsl.systems import ALLOY_METALS, OOD_ADSORBATES, TRAIN_ADSORBATE
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="torch threads for training")
 @click.option("--workers", default=2, show_default=True, help="processes labelling frames with EMT")
-def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int, threads: int, workers: int) -> None:
+@click.option("--strain", default=0.03, show_default=True,
+              help="largest fractional strain of in-domain lattice constants (a new value needs a new --workdir)")
+def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int, threads: int, workers: int,
+         strain: float) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     logfile = (workdir / "pretrain.log").open("a")
 
@@ -51,7 +54,7 @@ def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int,
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    recipe = DataRecipe(n_systems=n_systems, seed=seed)
+    recipe = DataRecipe(n_systems=n_systems, seed=seed, strain=strain)
     data = generate_frames(recipe, workdir, workers=workers, log=log)
     counts = {"train": len(data.train), "valid_in": len(data.valid_in), "valid_out": len(data.valid_out)}
     log(f"frames: {counts} ({time.perf_counter() - t0:.0f} s)")

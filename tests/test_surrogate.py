@@ -202,3 +202,32 @@ def test_fine_tuning_on_several_points_in_one_batch_is_the_mean_of_their_losses(
     for a, b in zip(heads, looped):
         torch.testing.assert_close(a.shared, b.shared, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(a.table, b.table, rtol=1e-4, atol=1e-6)
+
+
+def test_pretraining_strain_range_is_part_of_the_recipe_and_a_work_folder_holds_one_recipe(tmp_path):
+    """Lattice constants span the recipe's strain (the out-of-domain alloys squeeze Al and Au by ~7%,
+    benchmarks/prior-errors.md), and frames of one recipe are never mixed with another's on resume."""
+    from ase.data import atomic_numbers, reference_states
+
+    from finetuna_parsl.surrogate.pretrain import DataRecipe, generate_frames, in_domain_system
+
+    def strains(strain: float) -> list[float]:
+        out = []
+        for i in range(200):
+            system_id, atoms = in_domain_system(i, seed=0, strain=strain)
+            if system_id.startswith("bulk") and len(set(atoms.numbers)) == 1:  # unary bulk: 2x2x2 cubic cells
+                a0 = reference_states[atomic_numbers[atoms[0].symbol]]["a"]
+                out.append(atoms.cell[0, 0] / 2 / a0 - 1)
+        return out
+
+    assert max(abs(s) for s in strains(0.03)) <= 0.03
+    wide = strains(0.12)
+    assert max(abs(s) for s in wide) <= 0.12 and max(abs(s) for s in wide) > 0.03
+    assert DataRecipe().strain == 0.03  # the shipped checkpoint's recipe
+
+    tiny = DataRecipe(n_systems=1, n_out_of_domain=1, seed=3)
+    data = generate_frames(tiny, tmp_path, workers=1, chunk=1, log=lambda _m: None)
+    assert data.valid_out and (data.train or data.valid_in)
+    with pytest.raises(ValueError, match="another recipe"):
+        generate_frames(DataRecipe(n_systems=1, n_out_of_domain=1, seed=3, strain=0.12), tmp_path, workers=1,
+                        log=lambda _m: None)

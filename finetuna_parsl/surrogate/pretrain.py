@@ -63,10 +63,11 @@ def labelled(atoms: Atoms) -> Atoms:
     return frame
 
 
-def _lattice_constant(metals: list[str], rng: np.random.Generator) -> float:
-    """Mean fcc lattice constant (A) of `metals` (ASE reference states), strained by up to 3%."""
+def _lattice_constant(metals: list[str], rng: np.random.Generator, strain: float = 0.03) -> float:
+    """Mean fcc lattice constant (A) of `metals` (ASE reference states), strained uniformly by up to
+    `strain` (a fraction) either way."""
     a = np.mean([reference_states[atomic_numbers[m]]["a"] for m in metals])
-    return float(a * rng.uniform(0.97, 1.03))
+    return float(a * rng.uniform(1 - strain, 1 + strain))
 
 
 def _decorate(atoms: Atoms, metals: list[str], mode: str, rng: np.random.Generator, layer_key: np.ndarray) -> None:
@@ -99,19 +100,19 @@ def _composition(rng: np.random.Generator) -> tuple[list[str], str]:
     return [str(m) for m in rng.choice(ALLOY_METALS, size=2, replace=False)], str(rng.choice(["random", "ordered"]))
 
 
-def in_domain_system(index: int, seed: int = 0) -> tuple[str, Atoms]:
+def in_domain_system(index: int, seed: int = 0, strain: float = 0.03) -> tuple[str, Atoms]:
     """(id, system) number `index` of the in-domain set, drawn from its own generator (seed, index): a slab with
-    an adsorbate (or clean, 10%), or a 32-atom bulk cell (12%)."""
+    an adsorbate (or clean, 10%), or a 32-atom bulk cell (12%); lattice constants strained by up to `strain`."""
     rng = np.random.default_rng([seed, index])
     metals, mode = _composition(rng)
     label = "".join(metals) + ("" if mode == "unary" else f"-{mode}")
     if rng.random() < 0.12:
-        cell = bulk(metals[0], "fcc", a=_lattice_constant(metals, rng), cubic=True).repeat((2, 2, 2))
+        cell = bulk(metals[0], "fcc", a=_lattice_constant(metals, rng, strain), cubic=True).repeat((2, 2, 2))
         _decorate(cell, metals, mode, rng, cell.positions[:, 2])
         return f"bulk-{label}-{index}", cell
     facet = str(rng.choice(FACETS))
     size = _SIZES[facet][int(rng.integers(2))]
-    slab = _BUILDERS[facet](metals[0], size=size, a=_lattice_constant(metals, rng), vacuum=7.0)
+    slab = _BUILDERS[facet](metals[0], size=size, a=_lattice_constant(metals, rng, strain), vacuum=7.0)
     _decorate(slab, metals, mode, rng, slab.positions[:, 2])
     _fix_lower_slab(slab, 0.5)
     ads = "clean" if rng.random() < 0.1 else str(rng.choice(TRAIN_ADSORBATES))
@@ -189,12 +190,16 @@ class Dataset:
 
 @dataclass(frozen=True)
 class DataRecipe:
-    """How many systems of each split; the seed; one in `valid_every` in-domain systems is held out whole."""
+    """How many systems of each split; the seed; one in `valid_every` in-domain systems is held out whole;
+    `strain`, the largest fractional strain of in-domain lattice constants (0.03 made the shipped checkpoint;
+    the out-of-domain alloys squeeze Al and Au by about 7%, where that prior's error grows: see
+    benchmarks/prior-errors.md)."""
 
     n_systems: int = 1700
     n_out_of_domain: int = 60
     seed: int = 0
     valid_every: int = 20
+    strain: float = 0.03
 
 
 def _chunk_frames(recipe: DataRecipe, split: str, indices: list[int]) -> list[Atoms]:
@@ -204,7 +209,7 @@ def _chunk_frames(recipe: DataRecipe, split: str, indices: list[int]) -> list[At
             spec = ood_systems(i + 1, seed=recipe.seed + 101)[i]
             system_id, system = spec.system_id, spec.to_atoms()
         else:
-            system_id, system = in_domain_system(i, recipe.seed)
+            system_id, system = in_domain_system(i, recipe.seed, recipe.strain)
         rng = np.random.default_rng([recipe.seed, i, 7])
         bulk_cell = system_id.startswith("bulk")
         for frame in system_frames(system, rng, n_path=0 if bulk_cell else 10, n_rattle=6 if bulk_cell else 2):
@@ -229,12 +234,19 @@ def _write_chunk(args: tuple[DataRecipe, str, list[int], str]) -> int:
 def generate_frames(recipe: DataRecipe, folder: Path, workers: int = 2, chunk: int = 25,
                     log: Callable[[str], None] = print) -> Dataset:
     """Label every frame of `recipe` with EMT into `folder/frames/*.extxyz` (chunks already there are kept, so
-    a killed run resumes) and read them back. Raises OSError if `folder` cannot be written."""
+    a killed run resumes) and read them back. Raises OSError if `folder` cannot be written, ValueError if it
+    holds frames of another recipe (a folder holds one recipe's frames; resume only with the same one)."""
     from ase.io import read
 
     out = folder / "frames"
     out.mkdir(parents=True, exist_ok=True)
-    (folder / "recipe.json").write_text(json.dumps(recipe.__dict__, indent=1) + "\n")
+    saved = folder / "recipe.json"
+    if saved.exists() and any(out.glob("*.extxyz")):
+        before = DataRecipe(**json.loads(saved.read_text()))  # a field added since takes its default
+        if before != recipe:
+            raise ValueError(f"{folder} holds frames of another recipe ({before}, not {recipe}): "
+                             "use another work folder")
+    saved.write_text(json.dumps(recipe.__dict__, indent=1) + "\n")
     jobs = []
     in_domain = list(range(recipe.n_systems))
     for split, indices in (("valid_out", list(range(recipe.n_out_of_domain))), ("in", in_domain)):
