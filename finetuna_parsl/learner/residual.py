@@ -105,7 +105,9 @@ class ParentPointsResidual(Calculator):
     104103 (2019)) with the surrogate as its prior mean instead of a constant, i.e. ASE's CalculatorPrior
     idea; as in Delta-ML only the surrogate's error is learned. points: (positions (n_atoms, 3) A,
     energy eV, unconstrained forces (n_atoms, 3) eV/A). GPMin's defaults: weight 1 eV, force noise
-    0.001 eV/A. Extra surrogate results (e.g. "uncertainty") are passed through.
+    0.001 eV/A; energies enter with `energy_noise` 1 eV, i.e. barely (see _ForceResidualGP). Extra surrogate
+    results (e.g. "uncertainty") are passed through. Costs one surrogate call per point to build, then one per
+    prediction; scipy's LinAlgError if the points make the kernel matrix singular (not seen with the noise).
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
