@@ -56,12 +56,12 @@ class NewestPointResidual(Calculator):
 class _SurrogateMean(Prior):
     """ASE GPMin prior: the surrogate's energy (plus a constant) and gradient over the free coordinates."""
 
-    def __init__(self, surrogate: Calculator, atoms, free: np.ndarray, energy_offset: float = 0.0) -> None:
+    def __init__(self, surrogate: Calculator, atoms, free: np.ndarray) -> None:
         super().__init__()
         self.atoms = atoms.copy()
         self.atoms.calc = surrogate
         self.free = free
-        self.energy_offset = energy_offset
+        self.energy_offset = 0.0  # eV, set by ParentPointsResidual from the parent points
         self.results: dict = {}
 
     def potential(self, x: np.ndarray) -> np.ndarray:
@@ -117,7 +117,6 @@ class ParentPointsResidual(Calculator):
                  energy_noise: float = 1.0) -> None:
         super().__init__()
         self.free = np.asarray(free, dtype=bool)
-        self.surrogate = surrogate
         X = np.array([np.asarray(p, dtype=float)[self.free].ravel() for p, _, _ in points])
         Y = np.array([np.concatenate([[e], -np.asarray(f, dtype=float)[self.free].ravel()]) for _, e, f in points])
         self.prior = _SurrogateMean(surrogate, atoms, self.free)
