@@ -8,7 +8,9 @@ Where run-to-run differences came from, and what this module does about each:
   whether a feature was cached), about 1e-7 eV apart; the online learner amplifies that into different
   paths and parent-call counts. The prior (surrogate.prior.Prior) gives each prediction its own generator
   state, seeded from the structure itself (and surrogate.seed), so a structure always gets the same rotations,
-  in a campaign's workers and in a script that calls load_surrogate alike.
+  in a campaign's workers and in a script that calls load_surrogate alike. The generator is one per process,
+  so predictions take a process-wide lock: otherwise a prediction in another thread (a second surrogate, or a
+  learn task left over from an earlier campaign in the same process) draws from this one's seed.
 - Nondeterministic torch kernels (scatter/index-add on GPU): `deterministic_torch` asks for deterministic
   algorithms (warning, not failing, where torch has none: there, bench --repeats reports the spread).
 - Thread count changes float reductions: each learn worker runs with the site's OMP_NUM_THREADS (1 on the

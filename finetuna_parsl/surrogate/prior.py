@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 
 from .checkpoint import CheckpointInfo, SurrogateError, inspect_checkpoint
+
+#: One prediction at a time in this process: fairchem draws its random edge rotations from torch's global
+#: generator, which all threads share, so a prediction seeded in one thread while another draws (two priors,
+#: or one prior from two threads) would hand each other's random numbers on (tests/test_reproducible.py).
+_GLOBAL_GENERATOR = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class Prior:
         `torch.rand_like` in fairchem.core.models.uma.common.rotation) from a generator seeded by
         structure_seed(atoms, seed), so a structure always gets the same prediction whatever was predicted
         before it in this process; torch's global generator is left as it was. None: torch's global generator.
+        Predictions take a process-wide lock (the generator is process-wide), so priors in several threads wait
+        for each other.
         """
         self.info = inspect_checkpoint(checkpoint, task)
         self.device, self.dtype, self.seed = device, dtype, seed
@@ -142,12 +150,13 @@ class Prior:
     def predict(self, atoms: Atoms) -> PriorPrediction:
         """fairchem's energy (eV), forces ((n, 3) eV/A) and node embeddings for `atoms` (charge/spin read from
         atoms.info), seeded from the structure (see __init__). SurrogateError when fairchem cannot predict."""
-        if self.seed is None:
-            return self._predict(atoms)
-        cuda = str(self.device).startswith("cuda") and torch.cuda.is_available()
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
-            torch.manual_seed(structure_seed(atoms, self.seed))
-            return self._predict(atoms)
+        with _GLOBAL_GENERATOR:  # an unseeded prediction draws from the generator too: it waits as well
+            if self.seed is None:
+                return self._predict(atoms)
+            cuda = str(self.device).startswith("cuda") and torch.cuda.is_available()
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
+                torch.manual_seed(structure_seed(atoms, self.seed))
+                return self._predict(atoms)
 
     def _predict(self, atoms: Atoms) -> PriorPrediction:
         self.check_elements(atoms.numbers)
