@@ -78,6 +78,7 @@ def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int,
             f"and short Langevin MD: {counts['train']} train, {counts['valid_in']} held-out in-domain, "
             f"{counts['valid_out']} out-of-domain. Trained on {where} for {minutes:g} min; made by {command.strip()}"),
         metrics={k: float(v) for k, v in metrics.items()},
+        recipe=dict(recipe.__dict__),
     )
     save_checkpoint(model, config, output, card)
     log(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")

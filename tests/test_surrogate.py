@@ -223,7 +223,10 @@ def test_pretraining_strain_range_is_part_of_the_recipe_and_a_work_folder_holds_
     assert max(abs(s) for s in strains(0.03)) <= 0.03
     wide = strains(0.12)
     assert max(abs(s) for s in wide) <= 0.12 and max(abs(s) for s in wide) > 0.03
-    assert DataRecipe().strain == 0.03  # the shipped checkpoint's recipe
+    # the script's defaults remake the shipped checkpoint's frames: its card records the recipe it was made with
+    from finetuna_parsl.surrogate import load_surrogate
+
+    assert load_surrogate("shipped", device="cpu").card.recipe == DataRecipe().__dict__
 
     tiny = DataRecipe(n_systems=1, n_out_of_domain=1, seed=3)
     data = generate_frames(tiny, tmp_path, workers=1, chunk=1, log=lambda _m: None)
@@ -231,3 +234,26 @@ def test_pretraining_strain_range_is_part_of_the_recipe_and_a_work_folder_holds_
     with pytest.raises(ValueError, match="another recipe"):
         generate_frames(DataRecipe(n_systems=1, n_out_of_domain=1, seed=3, strain=0.12), tmp_path, workers=1,
                         log=lambda _m: None)
+
+
+def test_a_model_card_from_another_version_still_loads_and_a_broken_one_is_named(tmp_path):
+    """The card only informs: a field this version does not know (a card written by a newer finetuna-parsl) is
+    left out; before read_card, it stopped every learn task with ModelCard's TypeError. A card that is not a
+    JSON object is a one-line SurrogateError naming the file."""
+    import json
+    import shutil
+
+    checkpoint = tmp_path / "mine.pt"
+    shutil.copy(SHIPPED, checkpoint)
+    card = {"elements": ["Pt", "O"], "description": "mine", "metrics": {}, "recipe": {"strain": 0.12},
+            "field_from_a_newer_version": 1}
+    checkpoint.with_suffix(".json").write_text(json.dumps(card))
+    loaded = load_surrogate(str(checkpoint), device="cpu").card
+    assert (loaded.elements, loaded.description, loaded.recipe) == (["Pt", "O"], "mine", {"strain": 0.12})
+
+    checkpoint.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(SurrogateError, match=r"mine\.json.*JSON object"):
+        load_surrogate(str(checkpoint), device="cpu")
+    checkpoint.with_suffix(".json").write_text("{not json")
+    with pytest.raises(SurrogateError, match=r"mine\.json.*not JSON"):
+        load_surrogate(str(checkpoint), device="cpu")

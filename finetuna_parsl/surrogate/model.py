@@ -67,10 +67,33 @@ class ModelCard:
     elements: list[str] = field(default_factory=list)
     description: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    #: The frames' recipe (surrogate.pretrain.DataRecipe's fields: n_systems, n_out_of_domain, seed,
+    #: valid_every, strain as a fraction of the lattice constant); empty where the card predates it.
+    recipe: dict[str, float] = field(default_factory=dict)
 
 
 def card_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
+
+
+def read_card(checkpoint: Path) -> ModelCard:
+    """The model card next to `checkpoint` (an empty card where there is none).
+
+    The card only informs (unseen-element warnings, reports), so fields this version does not know (a card
+    written by another version of finetuna-parsl) are left out rather than stopping the surrogate. Raises
+    ValueError naming the file when it is not a JSON object.
+    """
+    path = card_path(Path(checkpoint))
+    if not path.is_file():
+        return ModelCard()
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"model card {path}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"model card {path}: expected a JSON object, got {type(data).__name__}")
+    known = ModelCard.__dataclass_fields__
+    return ModelCard(**{k: v for k, v in data.items() if k in known})
 
 
 def save_inference_checkpoint(model: torch.nn.Module, config: dict[str, Any], tasks_config: list[dict[str, Any]],

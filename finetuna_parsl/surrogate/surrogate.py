@@ -6,7 +6,6 @@ MLIPPredictUnit); the residual heads read the node embeddings of that same forwa
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import warnings
@@ -22,7 +21,7 @@ from ase.constraints import FixAtoms
 from .checkpoint import SurrogateError
 from .head import (Features, ElementForceResidual, HeadState, fine_tune, initial_state, member_heads, residual_forces,
                    state_from_heads)
-from .model import ModelCard, card_path, unseen_elements
+from .model import ModelCard, read_card, unseen_elements
 from .prior import Prior
 from .settings import SurrogateSettings
 
@@ -164,7 +163,8 @@ def load_surrogate(settings: SurrogateSettings | str = "shipped", **changes) -> 
 
     settings: the whole SurrogateSettings (what a campaign passes), or a checkpoint, with any other setting
     given by keyword (load_surrogate("shipped", device="cpu", epochs=100)). Nothing is downloaded. Raises
-    SurrogateError (one line) when the file or task cannot serve, or cuda is asked for without a GPU.
+    SurrogateError (one line) when the file or task cannot serve, its model card is not a JSON object, or cuda
+    is asked for without a GPU.
     """
     if not isinstance(settings, SurrogateSettings):
         settings = SurrogateSettings(checkpoint=str(settings))
@@ -172,7 +172,8 @@ def load_surrogate(settings: SurrogateSettings | str = "shipped", **changes) -> 
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     prior = Prior(settings.checkpoint, settings.task, device, seed=settings.seed)
-    card = ModelCard()
-    if card_path(prior.info.path).is_file():
-        card = ModelCard(**json.loads(card_path(prior.info.path).read_text()))
+    try:
+        card = read_card(prior.info.path)
+    except ValueError as exc:
+        raise SurrogateError(str(exc)) from exc
     return Surrogate(prior, card, replace(settings, device=device))
