@@ -2,7 +2,7 @@
 """Pretrain the shipped surrogate (finetuna_parsl/surrogate/data/finetuna-small.pt) on EMT labels.
 
 Usage: python scripts/pretrain_surrogate.py [--minutes 95] [--systems 1700] [--workdir runs/pretrain]
-                                            [--output PATH] [--seed 0] [--threads 2] [--workers 2] [--strain 0.03]
+                                            [--output PATH] [--seed 0] [--threads 2] [--workers 2] [--strain 0.12]
 
 The split and the frames are described in finetuna_parsl/surrogate/pretrain.py (issue 12): in domain, unary
 and Ni/Cu/Pd/Ag/Pt-alloy slabs (fcc111/100/110/211) and bulk with 16 C/H/N/O adsorbates; out of domain,
@@ -24,7 +24,7 @@ import torch
 
 from finetuna_parsl.surrogate.checkpoint import SHIPPED
 from finetuna_parsl.surrogate.model import ModelCard, build_model, save_checkpoint, small_model_config
-from finetuna_parsl.surrogate.pretrain import METALS, DataRecipe, generate_frames, train
+from finetuna_parsl.surrogate.pretrain import METALS, STRAIN, DataRecipe, generate_frames, train
 from finetuna_parsl.systems import ALLOY_METALS, OOD_ADSORBATES, TRAIN_ADSORBATES
 
 
@@ -36,7 +36,7 @@ from finetuna_parsl.systems import ALLOY_METALS, OOD_ADSORBATES, TRAIN_ADSORBATE
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=2, show_default=True, help="torch threads for training")
 @click.option("--workers", default=2, show_default=True, help="processes labelling frames with EMT")
-@click.option("--strain", default=0.03, show_default=True,
+@click.option("--strain", default=STRAIN, show_default=True,
               help="largest fractional strain of in-domain lattice constants (a new value needs a new --workdir)")
 def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int, threads: int, workers: int,
          strain: float) -> None:

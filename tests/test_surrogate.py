@@ -232,7 +232,7 @@ def test_pretraining_strain_range_is_part_of_the_recipe_and_a_work_folder_holds_
     data = generate_frames(tiny, tmp_path, workers=1, chunk=1, log=lambda _m: None)
     assert data.valid_out and (data.train or data.valid_in)
     with pytest.raises(ValueError, match="another recipe"):
-        generate_frames(DataRecipe(n_systems=1, n_out_of_domain=1, seed=3, strain=0.12), tmp_path, workers=1,
+        generate_frames(DataRecipe(n_systems=1, n_out_of_domain=1, seed=3, strain=tiny.strain / 4), tmp_path, workers=1,
                         log=lambda _m: None)
 
 
