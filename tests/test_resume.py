@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import psutil
 
 from conftest import TESTS_DIR, processes_mentioning
 
@@ -43,17 +44,29 @@ def test_sigkill_of_the_driver_loses_no_parent_call(tmp_path):
             break
         assert first.poll() is None, first.communicate()[1][-3000:]
         time.sleep(0.05)
+    # The first run's Parsl processes, recorded now to tidy after the test: the driver's descendants (its
+    # interchanges) and the worker pools, which the provider's `bash -c ... &` already detached from it (found by
+    # their run folder). Other process groups, so killpg misses them; psutil's handles refuse a reused pid.
+    orphans = psutil.Process(first.pid).children(recursive=True)
+    for pid in processes_mentioning(str(tmp_path / "runinfo")):
+        try:
+            orphans.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
     os.kill(first.pid, signal.SIGKILL)  # the driver only; its Parsl workers are orphaned mid-call
     first.wait(timeout=30)
     calls_before = len(log.read_text().splitlines())
     assert 40 <= calls_before < 150  # killed mid-run, not after the end
 
     second = cli(["run", str(cfg)], tmp_path)
-    out, err = second.communicate(timeout=600)
     try:
-        os.killpg(first.pid, signal.SIGKILL)  # tidy the orphaned workers of the first run
-    except ProcessLookupError:
-        pass
+        out, err = second.communicate(timeout=600)
+    finally:
+        for proc in orphans:  # tidy the first run's orphaned Parsl processes, whatever the second run did
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
     for sock in Path("/tmp").glob(f"ipi_finetuna-{first.pid}-*"):  # bridge sockets a killed driver leaves
         sock.unlink()
     assert second.returncode == 0, err[-3000:]
