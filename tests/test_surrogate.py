@@ -224,8 +224,6 @@ def test_pretraining_strain_range_is_part_of_the_recipe_and_a_work_folder_holds_
     wide = strains(0.12)
     assert max(abs(s) for s in wide) <= 0.12 and max(abs(s) for s in wide) > 0.03
     # the script's defaults remake the shipped checkpoint's frames: its card records the recipe it was made with
-    from finetuna_parsl.surrogate import load_surrogate
-
     assert load_surrogate("shipped", device="cpu").card.recipe == DataRecipe().__dict__
 
     tiny = DataRecipe(n_systems=1, n_out_of_domain=1, seed=3)

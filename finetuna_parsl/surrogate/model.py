@@ -18,6 +18,8 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from .checkpoint import SurrogateError
+
 BACKBONE = "fairchem.core.models.uma.escn_md.eSCNMDBackbone"  # full dotted path: registry short names fail in fresh processes
 ENERGY_HEAD = "fairchem.core.models.uma.escn_md.Linear_Energy_Head"
 FORCE_HEAD = "fairchem.core.models.uma.escn_md.Linear_Force_Head"
@@ -81,7 +83,7 @@ def read_card(checkpoint: Path) -> ModelCard:
 
     The card only informs (unseen-element warnings, reports), so fields this version does not know (a card
     written by another version of finetuna-parsl) are left out rather than stopping the surrogate. Raises
-    ValueError naming the file when it is not a JSON object.
+    SurrogateError (one line, naming the file) when it is not a JSON object.
     """
     path = card_path(Path(checkpoint))
     if not path.is_file():
@@ -89,9 +91,9 @@ def read_card(checkpoint: Path) -> ModelCard:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"model card {path}: not JSON ({exc})") from exc
+        raise SurrogateError(f"model card {path}: not JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"model card {path}: expected a JSON object, got {type(data).__name__}")
+        raise SurrogateError(f"model card {path}: expected a JSON object, got {type(data).__name__}")
     known = ModelCard.__dataclass_fields__
     return ModelCard(**{k: v for k, v in data.items() if k in known})
 

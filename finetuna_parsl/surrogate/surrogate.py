@@ -172,8 +172,4 @@ def load_surrogate(settings: SurrogateSettings | str = "shipped", **changes) -> 
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     prior = Prior(settings.checkpoint, settings.task, device, seed=settings.seed)
-    try:
-        card = read_card(prior.info.path)
-    except ValueError as exc:
-        raise SurrogateError(str(exc)) from exc
-    return Surrogate(prior, card, replace(settings, device=device))
+    return Surrogate(prior, read_card(prior.info.path), replace(settings, device=device))
