@@ -114,9 +114,9 @@ def main(repeats: int, threads: int, output: str) -> None:
         for label, checkpoint, task_name in (("UMA-S widths, MoLE merged per composition", path, task),
                                              ("UMA-S widths, MoLE unmerged", path, task),
                                              ("shipped (32 ch, 2 layers, direct)", "shipped", "oc20")):
-            surrogate = load_surrogate(str(checkpoint), task=task_name, device=device)
+            surrogate = load_surrogate(str(checkpoint), task=task_name, device=device, threads=threads)
             if "unmerged" in label:  # fairchem's general path: the predict unit a changing composition falls back to
-                surrogate.prior = Prior(checkpoint, task_name, device, merge_mole=False)
+                surrogate.prior = Prior(checkpoint, task_name, device, merge_mole=False, threads=threads)
             for name, atoms in systems.items():
                 step = step_cost(surrogate, atoms, repeats)
                 if device == "cpu" and "UMA" in label:  # parameters of the model the steps ran on

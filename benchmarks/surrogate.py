@@ -113,7 +113,7 @@ def main(checkpoint: str, n_systems: int, threads: int, data: Path, output: Path
     lines = ["# Surrogate benchmark", "", f"Made by `{command.strip()}` on {machine()}.",
              f"Commit: `{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}`.", ""]
 
-    cpu = load_surrogate(checkpoint, device="cpu")
+    cpu = load_surrogate(checkpoint, device="cpu", threads=threads)
     card = cpu.card
     lines += [f"Checkpoint: `{checkpoint}` ({cpu.checkpoint}); {card.description}", ""]
 
@@ -157,7 +157,7 @@ def main(checkpoint: str, n_systems: int, threads: int, data: Path, output: Path
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         for members in (1, 5):
-            model = load_surrogate(checkpoint, device=device, ensemble_size=members)
+            model = load_surrogate(checkpoint, device=device, ensemble_size=members, threads=threads)
             c = fine_tune_cost(model, atoms)
             cost.append(f"| {device} | {members} | {c['cold']:.3f} | {c['warm']:.3f} |")
     if not torch.cuda.is_available():

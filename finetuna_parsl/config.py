@@ -91,6 +91,7 @@ _CHOICES = {
 }
 _POSITIVE = {
     ("systems", "count"), ("parent", "timeout_s"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
+    ("surrogate", "threads"),
     ("campaign", "max_concurrent"), ("learner", "k"), ("learner", "fmax"), ("learner", "max_parent_calls"),
     ("learner", "max_surrogate_steps"), ("learner", "maxstep"), ("learner", "alpha"),
     ("learner", "uncertainty_threshold"), ("learner", "residual_scale"),

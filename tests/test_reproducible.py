@@ -96,3 +96,37 @@ def test_seeded_predictions_do_not_depend_on_other_threads_predicting_at_once():
     for t in threads:
         t.join()
     assert not mismatches, f"{len(mismatches)} of 60 predictions made at once differed from the same made alone"
+
+
+def test_predictions_and_fine_tuning_do_not_depend_on_the_calling_threads_torch_threads():
+    """Float sums depend on the number of torch threads, which is per OS thread (OpenMP) and set by whoever ran
+    there before: a learn task in a worker whose threads someone changed (a test fixture, a user's script,
+    pretraining) must still predict and fine-tune bit for bit as one in a fresh worker. Before
+    SurrogateSettings.threads, a thread at 1 torch thread and one at 2 differed by ~2e-7 eV."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from ase.calculators.emt import EMT
+    from finetuna_parsl.surrogate import load_surrogate
+
+    surrogate = load_surrogate("shipped", device="cpu", epochs=20)
+    atoms, point = (s.to_atoms() for s in demo_systems(2))
+    point.calc = EMT()
+    point.get_forces()
+
+    def learn_task(torch_threads):
+        torch.set_num_threads(torch_threads)  # what ran in this thread before
+        surrogate._cache.clear()
+        prior = surrogate.prior.predict(atoms)
+        head, _ = surrogate.fine_tune(surrogate.initial_head(), [point])
+        energy, forces, _ = surrogate.predict(atoms, head)
+        return prior.energy, prior.forces, energy, forces, torch.get_num_threads()
+
+    results = []
+    for torch_threads in (1, 2, 3):
+        with ThreadPoolExecutor(1) as pool:  # a fresh thread each time
+            results.append(pool.submit(learn_task, torch_threads).result())
+    assert [r[-1] for r in results] == [1, 2, 3]  # the worker's own setting is left as it was
+    for other in results[1:]:
+        for a, b in zip(results[0][:4], other[:4]):
+            np.testing.assert_array_equal(a, b)

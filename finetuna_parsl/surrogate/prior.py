@@ -20,6 +20,7 @@ import hashlib
 import logging
 import threading
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,20 @@ from .checkpoint import CheckpointInfo, SurrogateError, inspect_checkpoint
 #: generator, which all threads share, so a prediction seeded in one thread while another draws (two priors,
 #: or one prior from two threads) would hand each other's random numbers on (tests/test_reproducible.py).
 _GLOBAL_GENERATOR = threading.RLock()
+
+
+@contextmanager
+def torch_threads(count: int):
+    """torch's intra-op CPU threads at `count` on this OS thread for the block, restored after (the count is per
+    thread: OpenMP's, so other threads are untouched). Float sums depend on it (tests/test_reproducible.py)."""
+    previous = torch.get_num_threads()
+    if previous != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if previous != count:
+            torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,8 @@ class Prior:
     """
 
     def __init__(self, checkpoint: str | Path, task: str = "oc20", device: str = "cpu", units_kept: int = 8,
-                 dtype: torch.dtype = torch.float32, merge_mole: bool | None = None, seed: int | None = 0) -> None:
+                 dtype: torch.dtype = torch.float32, merge_mole: bool | None = None, seed: int | None = 0,
+                 threads: int = 1) -> None:
         """merge_mole: None = merge for MoLE (UMA) checkpoints; False = fairchem's unmerged general path.
 
         seed: each prediction draws its random numbers (fairchem's random edge rotations in eSCN/UMA,
@@ -82,9 +98,10 @@ class Prior:
         before it in this process; torch's global generator is left as it was. None: torch's global generator.
         Predictions take a process-wide lock (the generator is process-wide), so priors in several threads wait
         for each other.
+        threads: torch CPU threads for each prediction (torch_threads; SurrogateSettings.threads).
         """
         self.info = inspect_checkpoint(checkpoint, task)
-        self.device, self.dtype, self.seed = device, dtype, seed
+        self.device, self.dtype, self.seed, self.threads = device, dtype, seed, threads
         self.merge_mole = self.info.mole if merge_mole is None else bool(merge_mole and self.info.mole)
         self._units_kept = units_kept
         self._base = self._load_unit()
@@ -150,7 +167,7 @@ class Prior:
     def predict(self, atoms: Atoms) -> PriorPrediction:
         """fairchem's energy (eV), forces ((n, 3) eV/A) and node embeddings for `atoms` (charge/spin read from
         atoms.info), seeded from the structure (see __init__). SurrogateError when fairchem cannot predict."""
-        with _GLOBAL_GENERATOR:  # an unseeded prediction draws from the generator too: it waits as well
+        with _GLOBAL_GENERATOR, torch_threads(self.threads):  # an unseeded prediction draws too: it waits as well
             if self.seed is None:
                 return self._predict(atoms)
             cuda = str(self.device).startswith("cuda") and torch.cuda.is_available()

@@ -17,6 +17,10 @@ class SurrogateSettings:
     epochs, lr, scheduler_factor, scheduler_patience: head fine-tuning, AdamW with a plateau scheduler; the
     defaults are the FINETUNA paper's (Musielewicz et al. 2022: lr 3e-4, ~400 epochs, x0.9, patience 3).
     seed: of the heads' initial weights and of each prior prediction (reproducible.py).
+    threads: torch CPU threads for each prediction and fine-tuning, set on the calling thread for the call and
+    restored after. Float sums depend on the thread count, which is per OS thread and left by whatever ran there
+    before, so a fixed count makes a run repeat bit for bit in any worker on any machine (1: as the shipped sites'
+    learn workers, OMP_NUM_THREADS=1; raise it for one learn worker on a many-core CPU node).
     """
 
     checkpoint: str = "shipped"
@@ -29,6 +33,7 @@ class SurrogateSettings:
     scheduler_factor: float = 0.9
     scheduler_patience: int = 3
     seed: int = 0
+    threads: int = 1
 
     def factory_keywords(self) -> dict:
         """What a user's factory is called with: every setting but the factory itself."""

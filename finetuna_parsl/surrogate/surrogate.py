@@ -22,7 +22,7 @@ from .checkpoint import SurrogateError
 from .head import (Features, ElementForceResidual, HeadState, fine_tune, initial_state, member_heads, residual_forces,
                    state_from_heads)
 from .model import ModelCard, read_card, unseen_elements
-from .prior import Prior
+from .prior import Prior, torch_threads
 from .settings import SurrogateSettings
 
 
@@ -105,7 +105,8 @@ class Surrogate:
                                      device=self.device)
             data.append((feats, target, torch.as_tensor(free_mask(atoms), device=self.device)))
         s = self.settings
-        info = fine_tune(heads, data, s.epochs, s.lr, s.scheduler_factor, s.scheduler_patience)
+        with torch_threads(s.threads):
+            info = fine_tune(heads, data, s.epochs, s.lr, s.scheduler_factor, s.scheduler_patience)
         newest = points[-1]
         offset = float(newest.get_potential_energy()) - self.features(newest).energy
         info["seconds"] = time.perf_counter() - t0
@@ -118,7 +119,7 @@ class Surrogate:
 
     def _predict(self, atoms: Atoms, state: HeadState, heads: list[torch.nn.Module]) -> tuple[float, np.ndarray, float]:
         feats = self.features(atoms)
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(self.settings.threads):
             members = feats.forces.unsqueeze(0) + residual_forces(heads, feats)
         forces = members.mean(0).double().cpu().numpy()
         uncertainty = 0.0
@@ -171,5 +172,5 @@ def load_surrogate(settings: SurrogateSettings | str = "shipped", **changes) -> 
     settings = replace(settings, **changes)
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    prior = Prior(settings.checkpoint, settings.task, device, seed=settings.seed)
+    prior = Prior(settings.checkpoint, settings.task, device, seed=settings.seed, threads=settings.threads)
     return Surrogate(prior, read_card(prior.info.path), replace(settings, device=device))
