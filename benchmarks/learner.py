@@ -52,6 +52,10 @@ VARIANTS: list[tuple[str, dict]] = [
      {"train_on": "all", "exact_at_newest": True, "residual_points": 30}),
     ("all points + exact at newest + residual GP (newest 10, scale 0.8 A)",
      {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "residual_scale": 0.8}),
+    ("all points + exact at newest + damped Hessian", {"train_on": "all", "exact_at_newest": True,
+                                                       "hessian_damping": 0.2}),
+    ("all points + exact at newest + residual GP (newest 10) + damped Hessian",
+     {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.2}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000}
 

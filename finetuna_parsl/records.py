@@ -187,6 +187,8 @@ class LearnerSettings:
     residual_points: int = 0  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
     # newest residual_points parent points, so the surrogate reproduces all of them; 0: off (learner/residual.py)
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
+    hessian_damping: float = 0.0  # Powell's damped BFGS update (learner/bfgs.py): 0 = ASE's update; 0.2 keeps
+    # the Hessian rebuilt from far-apart parent points from losing its curvature (benchmarks/learner-damped.md)
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_RULES:
@@ -195,6 +197,8 @@ class LearnerSettings:
             raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if self.residual_points < 0:
             raise ValueError(f"residual_points must be >= 0, got {self.residual_points}")
+        if not 0.0 <= self.hessian_damping < 1.0:
+            raise ValueError(f"hessian_damping must be in [0, 1), got {self.hessian_damping}")
         for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -93,6 +93,8 @@ def test_bad_settings_are_rejected():
         LearnerSettings(residual_points=-1)
     with pytest.raises(ValueError, match="residual_scale must be > 0"):
         LearnerSettings(residual_scale=0.0)
+    with pytest.raises(ValueError, match=r"hessian_damping must be in \[0, 1\)"):
+        LearnerSettings(hessian_damping=-0.1)
 
 
 # --- Hessian replay --------------------------------------------------------------------------------
@@ -117,6 +119,35 @@ def test_hessian_replay_equals_ase_bfgs_fed_the_same_parent_points():
     ours = HessianBFGS.replay(((p, constrain(f, system.fixed)) for p, f in path), system.n_atoms, fixed=system.fixed)
     np.testing.assert_allclose(ours.H, ase_opt.H, rtol=1e-10, atol=1e-10)
     assert not np.allclose(ours.H, np.eye(3 * system.n_atoms) * 70.0)  # the replay really changed it
+
+
+def test_damped_update_keeps_the_curvature_a_far_apart_secant_pair_would_erase():
+    """Two parent points 0.3 A apart (a segment between them) with small, almost unchanged forces: ASE's update
+    leaves a mode of almost no curvature, or a negative one, along the step, and the next step from a
+    near-relaxed point then runs a full maxstep. Powell's damping keeps at least 0.2 of the curvature."""
+    n_atoms = 2
+    step = np.zeros((n_atoms, 3))
+    step[1] = [0.3, 0.0, 0.0]
+    forces_a = np.zeros((n_atoms, 3))
+    forces_a[1] = [0.05, 0.02, 0.0]
+    for forces_b_x in (0.049, 0.06):  # almost flat along the step, then uphill (negative curvature)
+        forces_b = forces_a.copy()
+        forces_b[1, 0] = forces_b_x
+        plain, damped = HessianBFGS(n_atoms), HessianBFGS(n_atoms, damping=0.2)
+        for opt in (plain, damped):
+            opt.update(np.zeros((n_atoms, 3)), forces_a)
+            opt.update(step, forces_b)
+        s = step.ravel()
+        assert s @ plain.H @ s / (s @ s) < 0.01  # 70 eV/A^2 before the update
+        assert np.linalg.eigvalsh(damped.H).min() > 0
+        assert s @ damped.H @ s / (s @ s) == pytest.approx(0.2 * 70.0)
+        # the next step from a point with fmax 0.05 eV/A: a full maxstep with ASE's update, a short one damped
+        near_relaxed = np.zeros((n_atoms, 3))
+        near_relaxed[1] = [0.04, 0.03, 0.0]
+        lengths = [np.linalg.norm(opt.step(step, near_relaxed) - step, axis=1).max() for opt in (plain, damped)]
+        assert lengths[0] == pytest.approx(0.2) and lengths[1] < 0.01
+    with pytest.raises(ValueError, match="damping"):
+        HessianBFGS(n_atoms, damping=1.0)
 
 
 def test_step_matches_ase_bfgs_trajectory():

@@ -75,6 +75,7 @@ def rebuild_optimizer(state: LearnerState) -> HessianBFGS:
         alpha=state.settings.alpha,
         maxstep=state.settings.maxstep,
         fixed=fixed,
+        damping=state.settings.hessian_damping,
     )
 
 
