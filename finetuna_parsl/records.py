@@ -187,8 +187,8 @@ class LearnerSettings:
     residual_points: int = 0  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
     # newest residual_points parent points, so the surrogate reproduces all of them; 0: off (learner/residual.py)
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
-    hessian_damping: float = 0.0  # Powell's damped BFGS update (learner/bfgs.py): 0 = ASE's update; 0.2 keeps
-    # the Hessian rebuilt from far-apart parent points from losing its curvature (benchmarks/learner-damped.md)
+    hessian_damping: float = 0.2  # Powell's damped BFGS update (learner/bfgs.py; 0 = ASE's update): keeps the
+    # Hessian rebuilt from far-apart parent points from losing its curvature (benchmarks/learner-damped.md)
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_RULES:

@@ -176,12 +176,12 @@ def test_parent_point_rebuilds_hessian_from_parent_points_only():
     from finetuna_parsl.learner.online import rebuild_optimizer
 
     rebuilt = rebuild_optimizer(state)
-    direct = HessianBFGS(system.n_atoms, fixed=system.fixed)
+    direct = HessianBFGS(system.n_atoms, fixed=system.fixed, damping=state.settings.hessian_damping)
     for p in state.parent_points[:-1]:
         direct.update(p.positions, constrain(p.forces, system.fixed))
     np.testing.assert_allclose(rebuilt.H, direct.H)
     # the surrogate steps in between never entered it: a replay that includes them differs
-    mixed = HessianBFGS(system.n_atoms, fixed=system.fixed)
+    mixed = HessianBFGS(system.n_atoms, fixed=system.fixed, damping=state.settings.hessian_damping)
     for proposal, point in zip(proposals[:-1], state.parent_points[:-1]):
         for step in proposal.segment[:-1]:
             mixed.update(step.positions, constrain(step.forces, system.fixed))
@@ -267,20 +267,34 @@ class UphillSurrogate:
         return Reversed()
 
 
-def test_backoff_degrades_a_misleading_surrogate_to_parent_only_bfgs():
-    system = SYSTEMS[0]
+def bfgs_calls(system) -> int:
     atoms = system.to_atoms()
     atoms.calc = EMT()
     opt = BFGS(atoms, logfile=None)
     opt.run(fmax=0.03, steps=500)
-    settings = dict(query="k-steps", k=10, max_parent_calls=4 * (opt.nsteps + 1))
+    return opt.nsteps + 1
+
+
+def test_backoff_degrades_a_misleading_surrogate_to_parent_only_bfgs():
+    """A surrogate that always points uphill. The cost is bounded by the probing (after each good step the cap
+    grows by one, and an uphill probe costs a call) and by the Hessian, rebuilt from parent points that include
+    the probes' wild ones. Over the 20 demo systems: BFGS 915 calls; Powell-damped Hessian 3341; ASE's update
+    4351, and on demo-003 it never converged (1000 calls), while the damped one took 119."""
+    system = SYSTEMS[0]
+    reference = bfgs_calls(system)
+    settings = dict(query="k-steps", k=10, max_parent_calls=6 * reference)
     state, proposals = relax(system, LearnerSettings(**settings), UphillSurrogate())
-    assert state.outcome == OUTCOME_CONVERGED
-    # Bounded by the probing: after each good step the cap grows by one, and an uphill probe costs a call.
-    assert state.parent_calls <= 4 * (opt.nsteps + 1), (state.parent_calls, opt.nsteps + 1)
+    assert state.outcome == OUTCOME_CONVERGED, (state.parent_calls, reference)
     assert "backoff" in {p.reason for p in proposals}
     stuck, _ = relax(system, LearnerSettings(**settings, backoff=False), UphillSurrogate())
-    assert stuck.outcome == OUTCOME_PARENT_BUDGET  # without backoff the learner never gets there
+    assert stuck.outcome in (OUTCOME_PARENT_BUDGET, OUTCOME_SURROGATE_BUDGET)  # without backoff: never there
+
+    system = SYSTEMS[3]
+    settings = dict(query="k-steps", k=10, max_parent_calls=4 * bfgs_calls(system))
+    damped, _ = relax(system, LearnerSettings(**settings), UphillSurrogate())
+    assert damped.outcome == OUTCOME_CONVERGED
+    plain, _ = relax(system, LearnerSettings(**settings, hessian_damping=0.0), UphillSurrogate())
+    assert plain.outcome == OUTCOME_PARENT_BUDGET
 
 
 def test_uncertainty_rule_fires_on_ensemble_disagreement():
