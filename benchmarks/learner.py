@@ -57,9 +57,10 @@ VARIANTS: list[tuple[str, dict]] = [
                                                        "hessian_damping": 0.2}),
     ("all points + exact at newest + residual GP (newest 10) + damped Hessian",
      {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.2}),
-    ("all points + exact at newest + residual GP (newest 10) + damped Hessian, not updated by the surrogate",
-     {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.2,
-      "hessian_from_surrogate": False}),
+    ("all points + exact at newest + residual GP (newest 10) + damped Hessian (0.5)",
+     {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.5}),
+    ("k=20 + all points + exact at newest + residual GP (newest 10) + damped Hessian",
+     {"k": 20, "train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.2}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0}  # ASE's Hessian update, as every row before the damped one was measured

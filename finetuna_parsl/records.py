@@ -189,8 +189,6 @@ class LearnerSettings:
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
     hessian_damping: float = 0.2  # Powell's damped BFGS update (learner/bfgs.py; 0 = ASE's update): keeps the
     # Hessian rebuilt from far-apart parent points from losing its curvature (benchmarks/learner-damped.md)
-    hessian_from_surrogate: bool = True  # update the Hessian with the surrogate's own steps along a segment (BFGS
-    # on the surrogate); False: every surrogate step uses the Hessian rebuilt from parent points
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_RULES:

@@ -26,8 +26,8 @@ import os
 
 #: How bench and the README say a run was made repeatable (one line).
 HOW = ("repeatable on CPU: each surrogate prediction seeded from its structure and surrogate.seed (fairchem's "
-       "random edge rotations), torch deterministic algorithms, a fixed thread count per learn worker "
-       "(OMP_NUM_THREADS), finished relaxations handled in system order")
+       "random edge rotations), torch deterministic algorithms, every prediction and fine-tuning on "
+       "surrogate.threads torch threads, finished relaxations handled in system order")
 
 
 def deterministic_torch() -> None:

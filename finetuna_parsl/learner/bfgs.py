@@ -76,14 +76,12 @@ class HessianBFGS:
         self.pos0 = pos.copy()
         self.forces0 = f.copy()
 
-    def step(self, positions: np.ndarray, forces: np.ndarray, update: bool = True) -> np.ndarray:
+    def step(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
         """Update with (positions, forces) and return the next positions (maxstep-limited).
 
         Like ASE (step, then Atoms.set_positions through FixAtoms), fixed atoms stay where they are.
-        update=False: the step with the Hessian as it is (these forces never enter it).
         """
-        if update:
-            self.update(positions, forces)
+        self.update(positions, forces)
         f = np.asarray(forces, dtype=float).ravel()
         omega, vectors = np.linalg.eigh(self.H)
         dpos = (vectors @ (f @ vectors / np.fabs(omega))).reshape(-1, 3)

@@ -134,7 +134,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
             cap,
         )
         if not reason:
-            positions = opt.step(positions, constrain(forces, fixed), update=settings.hessian_from_surrogate)
+            positions = opt.step(positions, constrain(forces, fixed))
 
     call_at = segment[-1].positions if segment else positions
     return Proposal(
