@@ -389,6 +389,42 @@ def test_non_finite_surrogate_is_reported():
         propose(state, Broken())
 
 
+def test_a_non_finite_bfgs_step_is_reported_before_the_surrogate_sees_it(monkeypatch):
+    """A Hessian with no curvature along a direction (relaxed-only on ood-017: the H2O driven 100 A off the slab)
+    makes an infinite step; the learner must say so, not hand +-inf positions to the surrogate (fairchem then
+    failed with 'zeros: Dimension size must be non-negative')."""
+    from finetuna_parsl.learner import SurrogateDiverged, online
+
+    system = SYSTEMS[0]
+    state, _ = relax(system, LearnerSettings(max_parent_calls=1))
+    state = replace(state, outcome=OUTCOME_RUNNING, settings=LearnerSettings())
+
+    def flat_hessian(state):
+        opt = HessianBFGS(system.n_atoms, fixed=system.fixed)
+        free = np.flatnonzero(~np.repeat(system.fixed, 3))
+        opt.H[free[0], free[0]] = 0.0  # no curvature along one free coordinate
+        return opt
+
+    monkeypatch.setattr(online, "rebuild_optimizer", flat_hessian)
+    seen = []
+
+    class Watching(ToySurrogate):
+        def calculator(self, head):
+            calc = super().calculator(head)
+            original = calc.calculate
+
+            def calculate(atoms=None, *args, **kwargs):
+                seen.append(np.isfinite(atoms.positions).all())
+                original(atoms, *args, **kwargs)
+
+            calc.calculate = calculate
+            return calc
+
+    with pytest.raises(SurrogateDiverged, match=f"{system.system_id}.*not finite"):
+        propose(state, Watching())
+    assert all(seen)
+
+
 # --- levers: exact at the newest parent point ---------------------------------------------------------
 def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservative():
     from finetuna_parsl.learner.residual import NewestPointResidual

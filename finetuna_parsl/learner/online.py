@@ -79,6 +79,18 @@ def rebuild_optimizer(state: LearnerState) -> HessianBFGS:
     )
 
 
+def bfgs_step(opt: HessianBFGS, positions: np.ndarray, forces: np.ndarray, state: LearnerState,
+              steps: int) -> np.ndarray:
+    """opt.step, or SurrogateDiverged when the step is not finite (a Hessian with no curvature along some
+    direction, e.g. atoms driven far off the slab), before any surrogate sees +-inf positions."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        new = opt.step(positions, forces)
+    if not np.isfinite(new).all():
+        raise SurrogateDiverged(f"system {state.system.system_id}: the BFGS step after {steps} surrogate steps is "
+                                "not finite (the Hessian has no curvature along some direction)")
+    return new
+
+
 def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     """Run one learn step: the positions of the next parent call and the surrogate segment that led there."""
     settings = state.settings
@@ -100,7 +112,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     fixed = state.system.fixed
     newest = state.parent_points[-1]
     opt = rebuild_optimizer(state)
-    positions = opt.step(newest.positions, constrain(newest.forces, fixed))
+    positions = bfgs_step(opt, newest.positions, constrain(newest.forces, fixed), state, 0)
 
     calc = surrogate.calculator(head)
     if settings.exact_at_newest:
@@ -134,7 +146,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
             cap,
         )
         if not reason:
-            positions = opt.step(positions, constrain(forces, fixed))
+            positions = bfgs_step(opt, positions, constrain(forces, fixed), state, len(segment))
 
     call_at = segment[-1].positions if segment else positions
     return Proposal(
