@@ -30,6 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import all_changes
 
 from .checkpoint import CheckpointInfo, SurrogateError, inspect_checkpoint
+from .settings import SurrogateSettings
 
 #: One prediction at a time in this process: fairchem draws its random edge rotations from torch's global
 #: generator, which all threads share, so a prediction seeded in one thread while another draws (two priors,
@@ -89,7 +90,7 @@ class Prior:
 
     def __init__(self, checkpoint: str | Path, task: str = "oc20", device: str = "cpu", units_kept: int = 8,
                  dtype: torch.dtype = torch.float32, merge_mole: bool | None = None, seed: int | None = 0,
-                 threads: int = 1) -> None:
+                 threads: int = SurrogateSettings.threads) -> None:
         """merge_mole: None = merge for MoLE (UMA) checkpoints; False = fairchem's unmerged general path.
 
         seed: each prediction draws its random numbers (fairchem's random edge rotations in eSCN/UMA,
