@@ -8,6 +8,7 @@ live parent per relaxation, reached through the socket bridge) and reference_rel
 from __future__ import annotations
 
 import importlib
+import threading
 from functools import lru_cache
 
 from parsl import python_app
@@ -19,24 +20,40 @@ from .records import LearnerSettings, SystemSpec
 from .surrogate.settings import SurrogateSettings
 
 
-@lru_cache(maxsize=4)
+#: One build at a time in a worker: learn tasks that start together (a thread site, a worker with several learn
+#: threads) wait for the first one's surrogate instead of each loading the backbone (lru_cache alone lets every
+#: caller that misses build its own).
+_BUILD = threading.Lock()
+
+
 def surrogate_for(settings: SurrogateSettings):
     """The surrogate `settings` name, built once per process (the backbone stays in memory).
 
     A factory ("module:callable") is called with the settings as keywords (SurrogateSettings.factory_keywords).
     Made repeatable (reproducible.py): deterministic torch algorithms; the prior seeds each of its predictions
     from the structure and `settings.seed` (surrogate.prior.Prior), so it does not depend on what this worker
-    predicted before.
+    predicted before; the build holds reproducible.GLOBAL_GENERATOR, so its draws cannot fall between another
+    thread's seeding and that prediction.
     """
-    from .reproducible import deterministic_torch
+    with _BUILD:
+        return _built_surrogate(settings)
+
+
+@lru_cache(maxsize=4)
+def _built_surrogate(settings: SurrogateSettings):
+    from .reproducible import GLOBAL_GENERATOR, deterministic_torch
 
     deterministic_torch()  # before the model is built: cuBLAS reads its workspace setting when CUDA starts
-    if settings.factory:
-        module, _, name = settings.factory.partition(":")
-        return getattr(importlib.import_module(module), name)(**settings.factory_keywords())
-    from .surrogate import load_surrogate
+    with GLOBAL_GENERATOR:
+        if settings.factory:
+            module, _, name = settings.factory.partition(":")
+            return getattr(importlib.import_module(module), name)(**settings.factory_keywords())
+        from .surrogate import load_surrogate
 
-    return load_surrogate(settings)
+        return load_surrogate(settings)
+
+
+surrogate_for.cache_clear = _built_surrogate.cache_clear  # a fresh worker's state, for tests
 
 
 @python_app(executors=["learn"])

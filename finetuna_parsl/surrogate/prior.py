@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import threading
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,14 +28,9 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 
+from ..reproducible import GLOBAL_GENERATOR
 from .checkpoint import CheckpointInfo, SurrogateError, inspect_checkpoint
 from .settings import SurrogateSettings
-
-#: One prediction at a time in this process: fairchem draws its random edge rotations from torch's global
-#: generator, which all threads share, so a prediction seeded in one thread while another draws (two priors,
-#: or one prior from two threads) would hand each other's random numbers on (tests/test_reproducible.py).
-_GLOBAL_GENERATOR = threading.RLock()
-
 
 @contextmanager
 def torch_threads(count: int):
@@ -133,7 +127,8 @@ class Prior:
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # fairchem logs its settings and the direct-force caveat at every load
         try:
-            return load_predict_unit(str(self.info.path), inference_settings=settings, device=self.device)
+            with GLOBAL_GENERATOR:  # building the model draws its initial weights (reproducible.GLOBAL_GENERATOR)
+                return load_predict_unit(str(self.info.path), inference_settings=settings, device=self.device)
         except Exception as exc:  # noqa: BLE001 - fairchem raises many types for a checkpoint it cannot build
             raise SurrogateError(f"surrogate checkpoint {self.info.path}: fairchem cannot build it "
                                  f"({type(exc).__name__}: {_first_line(exc)})") from exc
@@ -168,7 +163,9 @@ class Prior:
     def predict(self, atoms: Atoms) -> PriorPrediction:
         """fairchem's energy (eV), forces ((n, 3) eV/A) and node embeddings for `atoms` (charge/spin read from
         atoms.info), seeded from the structure (see __init__). SurrogateError when fairchem cannot predict."""
-        with _GLOBAL_GENERATOR, torch_threads(self.threads):  # an unseeded prediction draws too: it waits as well
+        # One prediction at a time in this process: fairchem draws its random edge rotations from torch's global
+        # generator, which all threads share (reproducible.GLOBAL_GENERATOR). An unseeded prediction draws too.
+        with GLOBAL_GENERATOR, torch_threads(self.threads):
             if self.seed is None:
                 return self._predict(atoms)
             cuda = str(self.device).startswith("cuda") and torch.cuda.is_available()

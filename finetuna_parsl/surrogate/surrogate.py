@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixAtoms
 
+from ..reproducible import GLOBAL_GENERATOR
 from .checkpoint import SurrogateError
 from .head import (Features, ElementForceResidual, HeadState, fine_tune, initial_state, member_heads, residual_forces,
                    state_from_heads)
@@ -171,6 +172,7 @@ def load_surrogate(settings: SurrogateSettings | str = "shipped", **changes) -> 
         settings = SurrogateSettings(checkpoint=str(settings))
     settings = replace(settings, **changes)
     device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
-    prior = Prior(settings.checkpoint, settings.task, device, seed=settings.seed, threads=settings.threads)
+    with GLOBAL_GENERATOR:  # the seed and the build's draws, with no prediction in another thread between them
+        torch.manual_seed(settings.seed)
+        prior = Prior(settings.checkpoint, settings.task, device, seed=settings.seed, threads=settings.threads)
     return Surrogate(prior, read_card(prior.info.path), replace(settings, device=device))
