@@ -61,6 +61,12 @@ VARIANTS: list[tuple[str, dict]] = [
      {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.5}),
     ("k=20 + all points + exact at newest + residual GP (newest 10) + damped Hessian",
      {"k": 20, "train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.2}),
+    ("all points + exact at newest + residual GP (newest 10) + damped Hessian + restart from the lowest point",
+     {"train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.2,
+      "restart_from_lowest": True}),
+    ("k=20 + all points + exact at newest + residual GP (newest 10) + damped Hessian + restart from the lowest",
+     {"k": 20, "train_on": "all", "exact_at_newest": True, "residual_points": 10, "hessian_damping": 0.2,
+      "restart_from_lowest": True}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0}  # ASE's Hessian update, as every row before the damped one was measured
