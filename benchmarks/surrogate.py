@@ -115,7 +115,10 @@ def main(checkpoint: str, n_systems: int, threads: int, data: Path, output: Path
 
     cpu = load_surrogate(checkpoint, device="cpu", threads=threads)
     card = cpu.card
-    lines += [f"Checkpoint: `{checkpoint}` ({cpu.checkpoint}); {card.description}", ""]
+    path = Path(cpu.checkpoint).resolve()
+    repo = Path(__file__).resolve().parent.parent
+    shown = path.relative_to(repo) if path.is_relative_to(repo) else path  # not the checkout it ran in
+    lines += [f"Checkpoint: `{checkpoint}` ({shown}); {card.description}", ""]
 
     recipe = DataRecipe(**json.loads((data / "recipe.json").read_text())) if (data / "recipe.json").exists() \
         else DataRecipe()

@@ -21,11 +21,7 @@ def toy_on_workers(monkeypatch):
 
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains `text` (a run's folder appears in its Parsl worker pools' command lines)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                pids.append(int(proc.name))
-        except OSError:
-            pass
-    return pids
+    import psutil
+
+    # process_iter with attrs leaves a process that vanished or is not ours to read as cmdline None
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if text in " ".join(p.info["cmdline"] or ())]
