@@ -32,7 +32,7 @@ def surrogate_for(settings: SurrogateSettings):
     A factory ("module:callable") is called with the settings as keywords (SurrogateSettings.factory_keywords).
     Made repeatable (reproducible.py): deterministic torch algorithms; the prior seeds each of its predictions
     from the structure and `settings.seed` (surrogate.prior.Prior), so it does not depend on what this worker
-    predicted before; the build holds reproducible.GLOBAL_GENERATOR, so its draws cannot fall between another
+    predicted before; the build holds surrogate.prior.GLOBAL_GENERATOR, so its draws cannot fall between another
     thread's seeding and that prediction.
     """
     with _BUILD:
@@ -41,7 +41,8 @@ def surrogate_for(settings: SurrogateSettings):
 
 @lru_cache(maxsize=4)
 def _built_surrogate(settings: SurrogateSettings):
-    from .reproducible import GLOBAL_GENERATOR, deterministic_torch
+    from .reproducible import deterministic_torch
+    from .surrogate.prior import GLOBAL_GENERATOR
 
     deterministic_torch()  # before the model is built: cuBLAS reads its workspace setting when CUDA starts
     with GLOBAL_GENERATOR:

@@ -9,10 +9,11 @@ Where run-to-run differences came from, and what this module does about each:
   paths and parent-call counts. The prior (surrogate.prior.Prior) gives each prediction its own generator
   state, seeded from the structure itself (and surrogate.seed), so a structure always gets the same rotations,
   in a campaign's workers and in a script that calls load_surrogate alike. The generator is one per process,
-  so predictions take a process-wide lock (GLOBAL_GENERATOR): otherwise a prediction in another thread (a second
-  surrogate, or a learn task left over from an earlier campaign in the same process) draws from this one's seed.
-  Building a model draws its initial weights from the same generator, so builds take the lock too; and a worker
-  builds its surrogate once (apps.surrogate_for), however many learn tasks start at once.
+  so predictions take a process-wide lock (surrogate.prior.GLOBAL_GENERATOR): otherwise a prediction in another
+  thread (a second surrogate, or a learn task left over from an earlier campaign in the same process) draws
+  from this one's seed. Building a model draws its initial weights from the same generator, so builds take
+  the lock too; and a worker builds its surrogate once (apps.surrogate_for), however many learn tasks start
+  at once.
 - Nondeterministic torch kernels (scatter/index-add on GPU): `deterministic_torch` asks for deterministic
   algorithms (warning, not failing, where torch has none: there, bench --repeats reports the spread).
 - Thread count changes float reductions: each learn worker runs with the site's OMP_NUM_THREADS (1 on the
@@ -25,12 +26,6 @@ store is written in the same order too.
 from __future__ import annotations
 
 import os
-import threading
-
-#: Held by whatever draws from torch's global generator in this process: each prior prediction (seeded or not)
-#: and each model build. A draw in another thread between a prediction's seeding and its own draws would change
-#: that prediction (tests/test_reproducible.py: 5 of 20 predictions made during builds differed, by 2e-7 eV).
-GLOBAL_GENERATOR = threading.RLock()
 
 #: How bench and the README say a run was made repeatable (one line).
 HOW = ("repeatable on CPU: each surrogate prediction seeded from its structure and surrogate.seed (fairchem's "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import threading
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,9 +29,14 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 
-from ..reproducible import GLOBAL_GENERATOR
 from .checkpoint import CheckpointInfo, SurrogateError, inspect_checkpoint
 from .settings import SurrogateSettings
+
+#: Held by whatever draws from torch's global generator in this process: each prior prediction (seeded or not)
+#: and each model build. A draw in another thread between a prediction's seeding and its own draws would change
+#: that prediction (tests/test_reproducible.py: 5 of 20 predictions made during builds differed, by 2e-7 eV).
+GLOBAL_GENERATOR = threading.RLock()
+
 
 @contextmanager
 def torch_threads(count: int):
@@ -127,7 +133,7 @@ class Prior:
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # fairchem logs its settings and the direct-force caveat at every load
         try:
-            with GLOBAL_GENERATOR:  # building the model draws its initial weights (reproducible.GLOBAL_GENERATOR)
+            with GLOBAL_GENERATOR:  # building the model draws its initial weights (GLOBAL_GENERATOR)
                 return load_predict_unit(str(self.info.path), inference_settings=settings, device=self.device)
         except Exception as exc:  # noqa: BLE001 - fairchem raises many types for a checkpoint it cannot build
             raise SurrogateError(f"surrogate checkpoint {self.info.path}: fairchem cannot build it "
@@ -164,7 +170,7 @@ class Prior:
         """fairchem's energy (eV), forces ((n, 3) eV/A) and node embeddings for `atoms` (charge/spin read from
         atoms.info), seeded from the structure (see __init__). SurrogateError when fairchem cannot predict."""
         # One prediction at a time in this process: fairchem draws its random edge rotations from torch's global
-        # generator, which all threads share (reproducible.GLOBAL_GENERATOR). An unseeded prediction draws too.
+        # generator, which all threads share (GLOBAL_GENERATOR). An unseeded prediction draws too.
         with GLOBAL_GENERATOR, torch_threads(self.threads):
             if self.seed is None:
                 return self._predict(atoms)

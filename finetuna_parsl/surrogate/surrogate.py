@@ -18,12 +18,11 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixAtoms
 
-from ..reproducible import GLOBAL_GENERATOR
 from .checkpoint import SurrogateError
 from .head import (Features, ElementForceResidual, HeadState, fine_tune, initial_state, member_heads, residual_forces,
                    state_from_heads)
 from .model import ModelCard, read_card, unseen_elements
-from .prior import Prior, torch_threads
+from .prior import GLOBAL_GENERATOR, Prior, torch_threads
 from .settings import SurrogateSettings
 
 
