@@ -189,8 +189,6 @@ class LearnerSettings:
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
     hessian_damping: float = 0.2  # Powell's damped BFGS update (learner/bfgs.py; 0 = ASE's update): keeps the
     # Hessian rebuilt from far-apart parent points from losing its curvature (benchmarks/learner-damped.md)
-    restart_from_lowest: bool = False  # after a segment that led the parent uphill, start the next one from the
-    # lowest-energy parent point, not the newest (a trust region's step rejection); learner/online.py
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_RULES:

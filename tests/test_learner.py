@@ -297,34 +297,6 @@ def test_backoff_degrades_a_misleading_surrogate_to_parent_only_bfgs():
     assert plain.outcome == OUTCOME_PARENT_BUDGET
 
 
-def test_after_an_uphill_parent_point_a_restart_starts_from_the_lowest_one():
-    """restart_from_lowest: a segment that led the parent uphill is rejected (a trust region's step rejection):
-    the next one starts with the BFGS step from the lowest-energy parent point, on the Hessian replayed over
-    every parent point in order, the rejected one included. Without it, from the newest point."""
-    from finetuna_parsl.learner.online import start_point
-
-    system = SYSTEMS[0]
-    settings = LearnerSettings(query="k-steps", k=10, max_parent_calls=200, restart_from_lowest=True)
-    state, proposals = relax(system, settings, UphillSurrogate())
-    assert state.outcome == OUTCOME_CONVERGED
-    restarts = 0
-    for i, proposal in enumerate(proposals[2:], start=2):
-        before = replace(state, parent_points=state.parent_points[:i])
-        lowest = min(before.parent_points, key=lambda p: p.energy)
-        newest = before.parent_points[-1]
-        start = lowest if lowest.energy < newest.energy else newest
-        assert start_point(before) is start
-        opt = HessianBFGS(system.n_atoms, fixed=system.fixed, damping=settings.hessian_damping)
-        for p in before.parent_points if start is not newest else before.parent_points[:-1]:
-            opt.update(p.positions, constrain(p.forces, system.fixed))
-        expected = opt.step(start.positions, constrain(start.forces, system.fixed))
-        np.testing.assert_allclose(proposal.segment[0].positions, expected, atol=1e-12)
-        restarts += start is not newest
-    assert restarts >= 3, restarts  # the uphill surrogate leads the parent uphill again and again
-    off = replace(state, parent_points=state.parent_points[:3], settings=replace(settings, restart_from_lowest=False))
-    assert start_point(off) is off.parent_points[-1]
-
-
 def test_uncertainty_rule_fires_on_ensemble_disagreement():
     # the toy ensemble's spread grows with distance from the newest parent point (0.5 * max displacement)
     state, proposals = relax(SYSTEMS[0], LearnerSettings(query="uncertainty", uncertainty_threshold=0.05))
@@ -427,7 +399,7 @@ def test_a_non_finite_bfgs_step_is_reported_before_the_surrogate_sees_it(monkeyp
     state, _ = relax(system, LearnerSettings(max_parent_calls=1))
     state = replace(state, outcome=OUTCOME_RUNNING, settings=LearnerSettings())
 
-    def flat_hessian(state, start=None):
+    def flat_hessian(state):
         opt = HessianBFGS(system.n_atoms, fixed=system.fixed)
         free = np.flatnonzero(~np.repeat(system.fixed, 3))
         opt.H[free[0], free[0]] = 0.0  # no curvature along one free coordinate

@@ -66,31 +66,11 @@ def point_atoms(state: LearnerState, point: Evaluation) -> Atoms:
     return atoms
 
 
-def start_point(state: LearnerState) -> Evaluation:
-    """The parent point the next segment starts from: the newest, or with settings.restart_from_lowest the
-    lowest-energy one when the newest is above it.
-
-    The restart is a trust region's step rejection (Nocedal & Wright, Numerical Optimization, 2nd ed.,
-    Algorithm 4.1: keep x_k when the step did not reduce the objective); the backoff (query.segment_cap) is its
-    shrinking radius, and the rejected point still updates the Hessian (rebuild_optimizer).
-    """
-    newest = state.parent_points[-1]
-    if not state.settings.restart_from_lowest:
-        return newest
-    lowest = min(state.parent_points, key=lambda p: p.energy)  # the first of equals: no restart on a tie
-    return lowest if lowest.energy < newest.energy else newest
-
-
-def rebuild_optimizer(state: LearnerState, start: Evaluation | None = None) -> HessianBFGS:
-    """BFGS whose Hessian is replayed over the parent points in order (reset, then updated), up to the one the
-    next step starts from: all but the newest when it starts from the newest (the caller's step() then updates
-    with it); all of them when it starts from an earlier point (`start`), whose step() then updates with the
-    pair from the newest back to it."""
+def rebuild_optimizer(state: LearnerState) -> HessianBFGS:
+    """BFGS whose Hessian is replayed over all parent points but the newest (reset, then updated)."""
     fixed = state.system.fixed
-    points = state.parent_points
-    replayed = points[:-1] if start is None or start is points[-1] else points
     return HessianBFGS.replay(
-        ((p.positions, constrain(p.forces, fixed)) for p in replayed),
+        ((p.positions, constrain(p.forces, fixed)) for p in state.parent_points[:-1]),
         n_atoms=state.system.n_atoms,
         alpha=state.settings.alpha,
         maxstep=state.settings.maxstep,
@@ -130,19 +110,16 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
         head_points = len(state.parent_points)
 
     fixed = state.system.fixed
-    start = start_point(state)
-    opt = rebuild_optimizer(state, start)
-    positions = bfgs_step(opt, start.positions, constrain(start.forces, fixed), state, 0)
+    newest = state.parent_points[-1]
+    opt = rebuild_optimizer(state)
+    positions = bfgs_step(opt, newest.positions, constrain(newest.forces, fixed), state, 0)
 
     calc = surrogate.calculator(head)
-    if settings.exact_at_newest:  # exact where the segment starts (the newest point unless restarted)
-        calc = NewestPointResidual(calc, state.system.to_atoms(start.positions), start.energy, start.forces)
+    if settings.exact_at_newest:
+        calc = NewestPointResidual(calc, state.system.to_atoms(newest.positions), newest.energy, newest.forces)
     if settings.residual_points:
-        near = state.parent_points[-settings.residual_points:]
-        if not any(p is start for p in near):
-            near = [start, *near[1:]]
-        points = [(p.positions, p.energy, p.forces) for p in near]
-        calc = ParentPointsResidual(calc, state.system.to_atoms(start.positions), points, ~fixed,
+        points = [(p.positions, p.energy, p.forces) for p in state.parent_points[-settings.residual_points:]]
+        calc = ParentPointsResidual(calc, state.system.to_atoms(newest.positions), points, ~fixed,
                                     scale=settings.residual_scale)
     atoms = state.system.to_atoms(positions)
     atoms.calc = calc
