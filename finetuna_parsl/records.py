@@ -184,6 +184,7 @@ class LearnerSettings:
     # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
     exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
     # forces exactly (learner/residual.py)
+    exact_fade: float | None = None  # that shift's fade length, A: None = the same force shift everywhere
     residual_points: int = 0  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
     # newest residual_points parent points, so the surrogate reproduces all of them; 0: off (learner/residual.py)
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
@@ -202,6 +203,8 @@ class LearnerSettings:
         for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.exact_fade is not None and not self.exact_fade > 0:
+            raise ValueError(f"exact_fade must be > 0 (A) or null, got {self.exact_fade}")
         for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance", "residual_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

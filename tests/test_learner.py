@@ -426,7 +426,8 @@ def test_a_non_finite_bfgs_step_is_reported_before_the_surrogate_sees_it(monkeyp
 
 
 # --- levers: exact at the newest parent point ---------------------------------------------------------
-def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservative():
+@pytest.mark.parametrize("fade", [None, 0.5])
+def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservative(fade):
     from finetuna_parsl.learner.residual import NewestPointResidual
 
     system = SYSTEMS[2]
@@ -434,7 +435,7 @@ def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservativ
     point.calc = EMT()
     energy, forces = point.get_potential_energy(), point.get_forces(apply_constraint=False)
     surrogate = ToySurrogate().calculator(ToySurrogate().initial_head())  # EMT plus a smooth error
-    calc = NewestPointResidual(surrogate, system.to_atoms(), energy, forces)
+    calc = NewestPointResidual(surrogate, system.to_atoms(), energy, forces, fade=fade)
     atoms = system.to_atoms()
     atoms.calc = calc
     assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-9)
@@ -454,6 +455,37 @@ def test_exact_residual_reproduces_the_newest_parent_point_and_stays_conservativ
         atoms.positions = minus
         e_minus = atoms.get_potential_energy()
         assert -(e_plus - e_minus) / (2 * h) == pytest.approx(f[i, axis], abs=1e-5)
+
+
+def test_a_faded_exact_residual_reverts_to_the_surrogate_far_from_the_point():
+    """The constant shift pushed an H2O 124 A off the slab under relaxed-only (a constant force that nothing on
+    the surrogate balances far away); faded, the correction is gone a few fade lengths away, and the energy's
+    constant offset is all that is left."""
+    from finetuna_parsl.learner.residual import NewestPointResidual
+
+    system = SYSTEMS[2]
+    point = system.to_atoms()
+    point.calc = EMT()
+    energy, forces = point.get_potential_energy(), point.get_forces(apply_constraint=False)
+    toy = ToySurrogate()
+    raw = system.to_atoms()
+    raw.calc = toy.calculator(toy.initial_head())
+    d_energy = energy - raw.get_potential_energy()
+    far = system.positions.copy()
+    far[-1, 2] += 3.0  # the adsorbate's last atom 3 A up: 6 fade lengths
+    raw.positions = far
+    for fade, expect_raw in ((0.5, True), (None, False)):
+        atoms = system.to_atoms(far)
+        atoms.calc = NewestPointResidual(toy.calculator(toy.initial_head()), system.to_atoms(), energy, forces,
+                                         fade=fade)
+        same = np.allclose(atoms.get_forces(apply_constraint=False), raw.get_forces(apply_constraint=False),
+                           atol=1e-6)
+        assert same == expect_raw
+    assert atoms.get_potential_energy() != pytest.approx(raw.get_potential_energy() + d_energy)  # unfaded: tilted
+    atoms.calc = NewestPointResidual(toy.calculator(toy.initial_head()), system.to_atoms(), energy, forces, fade=0.5)
+    assert atoms.get_potential_energy() == pytest.approx(raw.get_potential_energy() + d_energy, abs=1e-6)
+    with pytest.raises(ValueError, match="fade"):
+        NewestPointResidual(toy.calculator(toy.initial_head()), system.to_atoms(), energy, forces, fade=0.0)
 
 
 # --- levers: a residual Gaussian process over the newest parent points ---------------------------------

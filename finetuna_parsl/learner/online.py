@@ -116,7 +116,8 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
 
     calc = surrogate.calculator(head)
     if settings.exact_at_newest:
-        calc = NewestPointResidual(calc, state.system.to_atoms(newest.positions), newest.energy, newest.forces)
+        calc = NewestPointResidual(calc, state.system.to_atoms(newest.positions), newest.energy, newest.forces,
+                                   fade=settings.exact_fade)
     if settings.residual_points:
         points = [(p.positions, p.energy, p.forces) for p in state.parent_points[-settings.residual_points:]]
         calc = ParentPointsResidual(calc, state.system.to_atoms(newest.positions), points, ~fixed,

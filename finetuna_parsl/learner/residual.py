@@ -9,6 +9,14 @@ so F' = -dE'/dx still holds, and at x_n the corrected surrogate returns the pare
 The relaxation after a parent call then starts from the parent's forces (as parent-only BFGS would) and only
 the change of the forces along the segment comes from the surrogate: its curvature, not its absolute error.
 This is the delta-learning idea of Delta-ML (Ramakrishnan et al., JCTC 11, 2087 (2015)), applied locally.
+
+The constant dF acts everywhere, also where nothing on the surrogate balances it: under relaxed-only (segments
+with no step limit) it pushed an H2O 124 A off its slab. With a fade length l (A) the tilt fades out,
+
+    E'(x) = E_s(x) + dE - dF . u w(u),   u = x - x_n,   w(u) = exp(-|u|^2 / (2 l^2))
+    F'(x) = F_s(x) + w(u) (dF - (dF . u) u / l^2)
+
+still conservative, still exact at x_n, and the surrogate itself (plus the constant dE) a few l away.
 Units: eV, eV/A, A.
 """
 
@@ -26,13 +34,18 @@ class NewestPointResidual(Calculator):
     """ASE calculator: `surrogate` shifted to reproduce one parent point exactly.
 
     positions: (n_atoms, 3) A of the parent point; energy eV; forces (n_atoms, 3) eV/A, unconstrained.
+    fade: None (the force shift everywhere) or its fade length, A (module docstring); ValueError if not > 0.
     The surrogate's extra results (e.g. "uncertainty") are passed through unchanged.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, surrogate: Calculator, atoms_at_point, energy: float, forces: np.ndarray) -> None:
+    def __init__(self, surrogate: Calculator, atoms_at_point, energy: float, forces: np.ndarray,
+                 fade: float | None = None) -> None:
         super().__init__()
+        if fade is not None and not fade > 0:
+            raise ValueError(f"fade must be > 0 A (or None for no fade), got {fade}")
+        self.fade = fade
         self.surrogate = surrogate
         probe = atoms_at_point.copy()
         probe.calc = surrogate
@@ -46,11 +59,16 @@ class NewestPointResidual(Calculator):
         probe.calc = self.surrogate
         energy = float(probe.get_potential_energy())
         forces = np.asarray(probe.get_forces(apply_constraint=False), dtype=float)
-        shift = float((self.d_forces * (self.atoms.positions - self.anchor)).sum())
+        u = self.atoms.positions - self.anchor
+        tilt = float((self.d_forces * u).sum())
+        d_forces, weight = self.d_forces, 1.0
+        if self.fade is not None:
+            weight = float(np.exp(-(u**2).sum() / (2 * self.fade**2)))
+            d_forces = weight * (self.d_forces - tilt * u / self.fade**2)
         self.results = {key: value for key, value in self.surrogate.results.items()
                         if key not in ("energy", "free_energy", "forces")}
-        self.results["energy"] = self.results["free_energy"] = energy + self.d_energy - shift
-        self.results["forces"] = forces + self.d_forces
+        self.results["energy"] = self.results["free_energy"] = energy + self.d_energy - tilt * weight
+        self.results["forces"] = forces + d_forces
 
 
 class _SurrogateMean(Prior):
