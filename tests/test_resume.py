@@ -50,7 +50,8 @@ def test_sigkill_of_the_driver_loses_no_parent_call(tmp_path):
     orphans = psutil.Process(first.pid).children(recursive=True)
     for pid in processes_mentioning(str(tmp_path / "runinfo")):
         try:
-            orphans.append(psutil.Process(pid))
+            pool = psutil.Process(pid)
+            orphans += [pool, *pool.children(recursive=True)]  # its workers too: killed alone, a pool leaves them
         except psutil.NoSuchProcess:
             pass
     os.kill(first.pid, signal.SIGKILL)  # the driver only; its Parsl workers are orphaned mid-call
