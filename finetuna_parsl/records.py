@@ -184,7 +184,8 @@ class LearnerSettings:
     # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
     exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
     # forces exactly (learner/residual.py)
-    exact_fade: float | None = None  # that shift's fade length, A: None = the same force shift everywhere
+    exact_fade: float | None = 1.0  # that shift's fade length, A (learner/residual.py); None = the same force
+    # shift everywhere, which under relaxed-only pushed adsorbates off their slabs (benchmarks/learner-shift.md)
     residual_points: int = 0  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
     # newest residual_points parent points, so the surrogate reproduces all of them; 0: off (learner/residual.py)
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
