@@ -76,7 +76,8 @@ VARIANTS: list[tuple[str, dict]] = [
       "residual_points": 10, "hessian_damping": 0.2}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
-            "hessian_damping": 0.0}  # ASE's Hessian update, as every row before the damped one was measured
+            "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
+            "exact_fade": None}  # the unfaded shift, as every row before the faded ones was measured
 
 _SURROGATE = None
 
