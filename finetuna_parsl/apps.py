@@ -23,7 +23,7 @@ from .surrogate.settings import SurrogateSettings
 #: One build at a time in a worker: learn tasks that start together (a thread site, a worker with several learn
 #: threads) wait for the first one's surrogate instead of each loading the backbone (lru_cache alone lets every
 #: caller that misses build its own).
-_BUILD = threading.Lock()
+_BUILD = threading.RLock()  # reentrant: a user's factory may itself ask for a surrogate
 
 
 def surrogate_for(settings: SurrogateSettings):

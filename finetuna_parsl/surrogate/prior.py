@@ -133,7 +133,7 @@ class Prior:
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # fairchem logs its settings and the direct-force caveat at every load
         try:
-            with GLOBAL_GENERATOR:  # building the model draws its initial weights (GLOBAL_GENERATOR)
+            with GLOBAL_GENERATOR:  # building the model draws its initial weights from the same generator
                 return load_predict_unit(str(self.info.path), inference_settings=settings, device=self.device)
         except Exception as exc:  # noqa: BLE001 - fairchem raises many types for a checkpoint it cannot build
             raise SurrogateError(f"surrogate checkpoint {self.info.path}: fairchem cannot build it "
