@@ -3,6 +3,10 @@
 
 Usage: python scripts/pretrain_surrogate.py [--minutes 95] [--systems 1700] [--workdir runs/pretrain]
                                             [--output PATH] [--seed 0] [--threads 2] [--workers 2] [--strain 0.12]
+                                            [--batch 16]
+
+Trains on the GPU when torch sees one (scripts/device_pretrain.sh is how the shipped checkpoint was trained on a
+lent GPU machine), else on the CPU.
 
 The split and the frames are described in finetuna_parsl/surrogate/pretrain.py (issue 12): in domain, unary
 and Ni/Cu/Pd/Ag/Pt-alloy slabs (fcc111/100/110/211) and bulk with 16 C/H/N/O adsorbates; out of domain,
@@ -38,8 +42,9 @@ from finetuna_parsl.systems import ALLOY_METALS, OOD_ADSORBATES, TRAIN_ADSORBATE
 @click.option("--workers", default=2, show_default=True, help="processes labelling frames with EMT")
 @click.option("--strain", default=STRAIN, show_default=True,
               help="largest fractional strain of in-domain lattice constants (a new value needs a new --workdir)")
+@click.option("--batch", default=16, show_default=True, help="frames per optimizer step")
 def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int, threads: int, workers: int,
-         strain: float) -> None:
+         strain: float, batch: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     logfile = (workdir / "pretrain.log").open("a")
 
@@ -62,7 +67,8 @@ def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int,
     model = build_model(config)
     log(f"parameters: {sum(p.numel() for p in model.parameters())}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = train(model, data, minutes=minutes, seed=seed, device=device, state_file=workdir / "train_state.pt",
+    metrics = train(model, data, minutes=minutes, batch=batch, seed=seed, device=device,
+                    state_file=workdir / "train_state.pt",
                     log=log)
     log(f"free-atom force MAE in-domain {metrics['valid_in_force_mae']:.4f} eV/A, "
         f"out-of-domain {metrics['valid_out_force_mae']:.4f} eV/A after {metrics['epochs']} epochs")

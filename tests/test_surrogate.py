@@ -255,3 +255,40 @@ def test_a_model_card_from_another_version_still_loads_and_a_broken_one_is_named
     checkpoint.with_suffix(".json").write_text("{not json")
     with pytest.raises(SurrogateError, match=r"mine\.json.*not JSON"):
         load_surrogate(str(checkpoint), device="cpu")
+
+
+def test_pretraining_steps_on_graphs_made_once_predict_what_fresh_batches_predict_and_lower_the_loss(tmp_path):
+    """train() makes each frame's graph input once and only collates per step (a GPU waited on to_batch);
+    a collated batch must give the model exactly the input to_batch gives, and the loop must still learn."""
+    import re
+
+    from ase.build import add_adsorbate, fcc111
+
+    from finetuna_parsl.surrogate.model import atomic_data, build_model, collate, small_model_config
+    from finetuna_parsl.surrogate.pretrain import Dataset, predict, predict_batch, train
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    frames = []
+    for metal in ("Cu", "Pt", "Ni"):
+        slab = fcc111(metal, (2, 2, 3), vacuum=6.0)
+        add_adsorbate(slab, "O", 1.5, "fcc")
+        for _ in range(2):
+            frame = slab.copy()
+            frame.positions += rng.normal(0, 0.05, frame.positions.shape)
+            frames.append(labelled(frame))
+    model = build_model(small_model_config()).eval()
+    with torch.no_grad():  # seeded: the backbone draws random edge rotations every forward pass
+        torch.manual_seed(1)
+        e1, f1 = predict(model, frames)
+        torch.manual_seed(1)
+        e2, f2 = predict_batch(model, collate([atomic_data(f) for f in frames]))
+    assert torch.equal(e1, e2) and torch.equal(f1, f2)
+
+    lines = []
+    metrics = train(model, Dataset(train=frames, valid_in=frames[:2], valid_out=frames[2:4]), minutes=0.1, batch=3,
+                    log=lines.append)
+    losses = [float(m.group(1)) for m in (re.search(r"train loss (\S+)", line) for line in lines) if m]
+    assert metrics["epochs"] >= 2 and len(losses) == metrics["epochs"]
+    assert losses[-1] < losses[0]
+    assert np.isfinite(metrics["valid_out_force_mae"])

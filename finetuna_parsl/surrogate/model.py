@@ -119,15 +119,24 @@ def save_checkpoint(model: torch.nn.Module, config: dict[str, Any], path: Path, 
     card_path(path).write_text(json.dumps(card.__dict__, indent=1) + "\n")
 
 
+def atomic_data(atoms: Atoms, cutoff: float = 6.0):
+    """One frame as fairchem's AtomicData (no edges: the backbone builds its graph on the fly)."""
+    from fairchem.core.datasets.atomic_data import AtomicData
+
+    plain = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    return AtomicData.from_ase(plain, task_name=TASK_NAME, r_edges=False, radius=cutoff)
+
+
+def collate(data: list, device: str = "cpu"):
+    """A batch of AtomicData frames (made by `atomic_data`), on `device`."""
+    from fairchem.core.datasets.atomic_data import atomicdata_list_to_batch
+
+    return atomicdata_list_to_batch(data).to(device)
+
+
 def to_batch(atoms_list: list[Atoms], device: str = "cpu", cutoff: float = 6.0):
     """A fairchem AtomicData batch (graph built on the fly by the backbone)."""
-    from fairchem.core.datasets.atomic_data import AtomicData, atomicdata_list_to_batch
-
-    data = []
-    for atoms in atoms_list:
-        plain = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        data.append(AtomicData.from_ase(plain, task_name=TASK_NAME, r_edges=False, radius=cutoff))
-    return atomicdata_list_to_batch(data).to(device)
+    return collate([atomic_data(atoms, cutoff) for atoms in atoms_list], device)
 
 
 def unseen_elements(numbers: np.ndarray, card: ModelCard) -> list[str]:
