@@ -74,6 +74,12 @@ VARIANTS: list[tuple[str, dict]] = [
     ("relaxed-only + all points + exact at newest, faded over 1 A + residual GP (newest 10) + damped Hessian",
      {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
       "residual_points": 10, "hessian_damping": 0.2}),
+    ("all points + exact at newest, faded over 0.5 A + residual GP (newest 10) + damped Hessian",
+     {"train_on": "all", "exact_at_newest": True, "exact_fade": 0.5, "residual_points": 10,
+      "hessian_damping": 0.2}),
+    ("all points + exact at newest, faded over 2 A + residual GP (newest 10) + damped Hessian",
+     {"train_on": "all", "exact_at_newest": True, "exact_fade": 2.0, "residual_points": 10,
+      "hessian_damping": 0.2}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
