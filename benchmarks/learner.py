@@ -80,10 +80,20 @@ VARIANTS: list[tuple[str, dict]] = [
     ("all points + exact at newest, faded over 2 A + residual GP (newest 10) + damped Hessian",
      {"train_on": "all", "exact_at_newest": True, "exact_fade": 2.0, "residual_points": 10,
       "hessian_damping": 0.2}),
+    ("faded 1 A + residual GP + damped Hessian + trust radius 0.15 A below 0.1 eV/A",
+     {"train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "residual_points": 10,
+      "hessian_damping": 0.2, "trust_radius": 0.15, "trust_fmax": 0.1}),
+    ("faded 1 A + residual GP + damped Hessian + trust radius 0.1 A below 0.1 eV/A",
+     {"train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "residual_points": 10,
+      "hessian_damping": 0.2, "trust_radius": 0.1, "trust_fmax": 0.1}),
+    ("relaxed-only + faded 1 A + residual GP + damped Hessian + trust radius 0.15 A below 0.1 eV/A",
+     {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
+      "residual_points": 10, "hessian_damping": 0.2, "trust_radius": 0.15, "trust_fmax": 0.1}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
-            "exact_fade": None}  # the unfaded shift, as every row before the faded ones was measured
+            "exact_fade": None,  # the unfaded shift, as every row before the faded ones was measured
+            "trust_radius": None}  # no trust radius, as every row before the trust rows was measured
 
 _SURROGATE = None
 

@@ -33,9 +33,10 @@ REASON_K_STEPS = QUERY_K_STEPS  # k surrogate steps since the last call
 REASON_BACKOFF = "backoff"  # the halved segment after one that led the parent uphill
 REASON_UNCERTAINTY = QUERY_UNCERTAINTY  # ensemble force spread above the threshold
 REASON_BUDGET = "budget"  # the surrogate-step budget is spent
+REASON_TRUST = "trust"  # near convergence, the next step would leave the newest parent point's trust radius
 #: Every reason the learner gives, in the order bench's breakdown shows them.
-REASONS = (REASON_INITIAL, REASON_K_STEPS, REASON_RELAXED, REASON_UNCERTAINTY, REASON_BACKOFF, REASON_STALLED,
-           REASON_BUDGET)
+REASONS = (REASON_INITIAL, REASON_K_STEPS, REASON_RELAXED, REASON_UNCERTAINTY, REASON_BACKOFF, REASON_TRUST,
+           REASON_STALLED, REASON_BUDGET)
 
 #: How a relaxation ended (the learner's and a reference optimizer's; the store keeps it as a system's "outcome").
 OUTCOME_RUNNING = "running"  # not ended
@@ -180,8 +181,11 @@ class LearnerSettings:
     train_on: str = "newest"  # TRAIN_ON: which parent points each fine-tune sees
     stall_steps: int = 10  # any rule: call the parent if the surrogate optimizer has stalled, i.e. no atom
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
-    backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, double
-    # it back after one that did not; a misleading surrogate then degrades to parent-only BFGS, no worse
+    backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, grow it
+    # by one step after one that set a new low; a misleading surrogate then degrades to parent-only BFGS, no worse
+    trust_radius: float | None = None  # A: once the newest parent point's fmax is below trust_fmax, a segment
+    # ends (reason "trust") before a step that would move any atom farther than this from that point; None: off
+    trust_fmax: float = 0.1  # eV/A: where trust_radius starts to apply (benchmarks/learner-trust.md)
     exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
     # forces exactly (learner/residual.py)
     exact_fade: float | None = 1.0  # that shift's fade length, A (learner/residual.py); None = the same force
@@ -206,7 +210,10 @@ class LearnerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.exact_fade is not None and not self.exact_fade > 0:
             raise ValueError(f"exact_fade must be > 0 (A) or null, got {self.exact_fade}")
-        for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance", "residual_scale"):
+        if self.trust_radius is not None and not self.trust_radius > 0:
+            raise ValueError(f"trust_radius must be > 0 (A) or null, got {self.trust_radius}")
+        for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance", "residual_scale",
+                     "trust_fmax"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 

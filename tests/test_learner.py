@@ -95,6 +95,33 @@ def test_bad_settings_are_rejected():
         LearnerSettings(residual_scale=0.0)
     with pytest.raises(ValueError, match=r"hessian_damping must be in \[0, 1\)"):
         LearnerSettings(hessian_damping=-0.1)
+    with pytest.raises(ValueError, match="trust_radius must be > 0"):
+        LearnerSettings(trust_radius=0.0)
+    with pytest.raises(ValueError, match="trust_fmax must be > 0"):
+        LearnerSettings(trust_fmax=-1.0)
+
+
+def test_near_convergence_a_segment_ends_at_the_trust_radius_of_the_newest_parent_point():
+    """Once the newest parent point's fmax is below trust_fmax, a surrogate segment must not carry any atom
+    farther than trust_radius from it: the parent is called at the last step inside (reason "trust"). On the
+    ood bench (k-steps, 20 systems), 41 of 126 segments started below 0.1 eV/A moved an atom more than 0.2 A,
+    and 34 of those left the parent above 0.1 eV/A again (benchmarks/learner-trust.md)."""
+    system = SYSTEMS[2]
+    radius = 0.05
+    settings = LearnerSettings(query="k-steps", k=10, trust_radius=radius, trust_fmax=10.0)
+    state, proposals = relax(system, settings)
+    assert state.outcome == OUTCOME_CONVERGED
+    trusted = [p for p in proposals if p.reason == "trust"]
+    assert trusted
+    for before, proposal in zip(state.parent_points, proposals[1:]):
+        if len(proposal.segment) > 1:  # the first step is the parent BFGS step (maxstep), taken in any case
+            moved = np.linalg.norm(proposal.positions - before.positions, axis=1).max()
+            assert moved <= radius + 1e-12, (proposal.reason, moved)
+
+    # above trust_fmax (here: everywhere) the radius does not apply
+    off, off_proposals = relax(system, replace(settings, trust_fmax=1e-6))
+    assert "trust" not in {p.reason for p in off_proposals}
+    assert off.outcome == OUTCOME_CONVERGED
 
 
 # --- Hessian replay --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .bfgs import HessianBFGS, constrain, free_fmax
-from .query import query_reason, segment_cap
+from .query import leaves_trust, query_reason, segment_cap, trust_radius
 from .residual import NewestPointResidual, ParentPointsResidual
 from ..records import (
     OUTCOME_CONVERGED,
@@ -126,6 +126,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     atoms.calc = calc
     budget_left = settings.max_surrogate_steps - state.surrogate_steps
     cap = segment_cap(settings, [p.energy for p in state.parent_points])
+    radius = trust_radius(settings, free_fmax(newest.forces, fixed))
     segment: list[Evaluation] = []
     reason = ""
     while not reason:
@@ -148,6 +149,7 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
         )
         if not reason:
             positions = bfgs_step(opt, positions, constrain(forces, fixed), state, len(segment))
+            reason = leaves_trust(radius, newest.positions, positions)
 
     call_at = segment[-1].positions if segment else positions
     return Proposal(

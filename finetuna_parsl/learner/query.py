@@ -13,6 +13,7 @@ from ..records import (
     REASON_K_STEPS,
     REASON_RELAXED,
     REASON_STALLED,
+    REASON_TRUST,
     REASON_UNCERTAINTY,
     LearnerSettings,
 )
@@ -85,3 +86,24 @@ def query_reason(
     if cap is not None and steps_in_segment >= cap:
         return REASON_BACKOFF
     return ""
+
+
+def trust_radius(settings: LearnerSettings, newest_fmax: float) -> float | None:
+    """The radius (A) around the newest parent point that a surrogate segment must stay inside, or None.
+
+    Only near convergence (newest parent fmax below settings.trust_fmax): there the surrogate's own minimum,
+    a few tenths of an A off the parent's, is what a long segment walks to, and the parent call lands out of
+    the basin it had nearly reached (benchmarks/learner-trust.md).
+    """
+    if settings.trust_radius is None or newest_fmax >= settings.trust_fmax:
+        return None
+    return settings.trust_radius
+
+
+def leaves_trust(radius: float | None, newest_positions: np.ndarray, next_positions: np.ndarray) -> str:
+    """REASON_TRUST when `next_positions` (n_atoms, 3; A) would move an atom farther than `radius` from the
+    newest parent point, else ""."""
+    if radius is None:
+        return ""
+    moved = float(np.linalg.norm(np.asarray(next_positions) - np.asarray(newest_positions), axis=1).max())
+    return REASON_TRUST if moved > radius else ""
