@@ -89,6 +89,12 @@ VARIANTS: list[tuple[str, dict]] = [
     ("relaxed-only + faded 1 A + residual GP + damped Hessian + trust radius 0.15 A below 0.1 eV/A",
      {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
       "residual_points": 10, "hessian_damping": 0.2, "trust_radius": 0.15, "trust_fmax": 0.1}),
+    ("configs/demo.yaml's learner: all points + exact at newest, faded 1 A + damped Hessian (no residual GP)",
+     {"train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "hessian_damping": 0.2}),
+    ("configs/demo.yaml's learner with k=15",
+     {"k": 15, "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "hessian_damping": 0.2}),
+    ("configs/demo.yaml's learner with k=20",
+     {"k": 20, "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "hessian_damping": 0.2}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
