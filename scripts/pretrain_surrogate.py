@@ -5,8 +5,8 @@ Usage: python scripts/pretrain_surrogate.py [--minutes 95] [--systems 1700] [--w
                                             [--output PATH] [--seed 0] [--threads 2] [--workers 2] [--strain 0.12]
                                             [--batch 16]
 
-Trains on the GPU when torch sees one (scripts/device_pretrain.sh is how the shipped checkpoint was trained on a
-lent GPU machine), else on the CPU.
+Trains on the GPU when torch sees one, else on the CPU. scripts/device_pretrain.sh is how it ran on a lent GPU
+machine (benchmarks/prior-gpu.md); the shipped checkpoint was trained on the CPU.
 
 The split and the frames are described in finetuna_parsl/surrogate/pretrain.py (issue 12): in domain, unary
 and Ni/Cu/Pd/Ag/Pt-alloy slabs (fcc111/100/110/211) and bulk with 16 C/H/N/O adsorbates; out of domain,
@@ -42,7 +42,7 @@ from finetuna_parsl.systems import ALLOY_METALS, OOD_ADSORBATES, TRAIN_ADSORBATE
 @click.option("--workers", default=2, show_default=True, help="processes labelling frames with EMT")
 @click.option("--strain", default=STRAIN, show_default=True,
               help="largest fractional strain of in-domain lattice constants (a new value needs a new --workdir)")
-@click.option("--batch", default=16, show_default=True, help="frames per optimizer step")
+@click.option("--batch", default=16, type=click.IntRange(min=1), show_default=True, help="frames per optimizer step")
 def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int, threads: int, workers: int,
          strain: float, batch: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
