@@ -277,7 +277,7 @@ def test_segment_cap_backs_off_after_uphill_segments(query, energies, expected):
 
 
 def test_a_rise_within_the_backoff_tolerance_does_not_shorten_the_segment():
-    """Near convergence parent energies move by meV; on the ood bench 11 of 33 uphill calls on its three
+    """Near convergence parent energies move by meV; on the ood bench 12 of 38 uphill calls on its three
     backoff-heaviest systems were under 5 meV. With backoff_tolerance (eV) only a larger rise halves the cap."""
     energies = [0.0, -0.5, -0.497, -0.6]  # the second segment rose 3 meV above the lowest
     assert segment_cap(LearnerSettings(k=10), energies[:3]) == 5
