@@ -183,7 +183,6 @@ class LearnerSettings:
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
     backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, grow it
     # by one step after one that set a new low; a misleading surrogate then degrades to parent-only BFGS, no worse
-    backoff_tolerance: float = 0.0  # eV: a parent energy at most this far above the lowest one so far is no rise
     trust_radius: float | None = None  # A: once the newest parent point's fmax is below trust_fmax, a segment
     # ends (reason "trust") before a step that would move any atom farther than this from that point; None: off
     trust_fmax: float = 0.1  # eV/A: where trust_radius starts to apply (benchmarks/learner-trust.md)
@@ -211,8 +210,6 @@ class LearnerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.exact_fade is not None and not self.exact_fade > 0:
             raise ValueError(f"exact_fade must be > 0 (A) or null, got {self.exact_fade}")
-        if not self.backoff_tolerance >= 0:
-            raise ValueError(f"backoff_tolerance must be >= 0 (eV), got {self.backoff_tolerance}")
         if self.trust_radius is not None and not self.trust_radius > 0:
             raise ValueError(f"trust_radius must be > 0 (A) or null, got {self.trust_radius}")
         for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance", "residual_scale",

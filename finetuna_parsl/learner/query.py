@@ -39,20 +39,18 @@ BACKOFF_START = 16
 def segment_cap(settings: LearnerSettings, parent_energies: Sequence[float]) -> int | None:
     """The longest surrogate segment allowed now (None: no cap), replayed from the parent energies so far.
 
-    After a segment whose parent call came out higher in energy than the lowest parent energy so far (by more
-    than settings.backoff_tolerance, eV), the cap halves (down to 1 step: parent-only BFGS); after one that set
-    a new low it grows by one step, back up to the rule's own (k for k-steps, none otherwise); a rise within
-    the tolerance leaves it as it is. A pure function of stored parent points, so a resumed run agrees.
+    After a segment whose parent call came out higher in energy than the lowest parent energy so far, the
+    cap halves (down to 1 step: parent-only BFGS); after one that set a new low it grows by one step, back
+    up to the rule's own (k for k-steps, none otherwise). A pure function of stored parent points, so a
+    resumed run agrees.
     """
     ceiling = settings.k if settings.query == QUERY_K_STEPS else None
     if not settings.backoff or not parent_energies:
         return ceiling
     cap, lowest = ceiling, parent_energies[0]
     for energy in parent_energies[1:]:
-        if energy > lowest + settings.backoff_tolerance:
+        if energy > lowest:
             cap = max(1, (cap or BACKOFF_START) // 2)
-        elif energy > lowest:
-            pass  # within the tolerance: neither a rise nor a new low
         elif cap is not None:
             cap += 1
             if ceiling is not None:
