@@ -258,8 +258,8 @@ def test_a_model_card_from_another_version_still_loads_and_a_broken_one_is_named
 
 
 def test_pretraining_steps_on_graphs_made_once_predict_what_fresh_batches_predict_and_lower_the_loss():
-    """train() makes each frame's graph input once and only collates per step (to_batch is CPU work a GPU step waits on);
-    a collated batch must give the model exactly the input to_batch gives, and the loop must still learn."""
+    """train() makes each frame's graph input once and only collates per step (to_batch is CPU work a GPU step
+    waits on); a collated batch must give the model exactly the input to_batch gives, and the loop must still learn."""
     import re
 
     from ase.build import add_adsorbate, fcc111
