@@ -30,7 +30,7 @@ from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, GPMin
 from ase.optimize.sciopt import SciPyFminCG
 
 from finetuna_parsl.learner.bfgs import free_fmax
-from finetuna_parsl.learner.metrics import ENERGY_TOLERANCE, is_accurate
+from finetuna_parsl.learner.metrics import ENERGY_TOLERANCE, is_accurate, why_not_accurate
 from finetuna_parsl.records import OUTCOME_CONVERGED, OUTCOME_PARENT_BUDGET, SystemSpec
 from finetuna_parsl.systems import load_systems
 
@@ -120,6 +120,12 @@ def table(rows: list[dict], source: str) -> list[str]:
         higher = sum(d >= ENERGY_TOLERANCE for d in de)
         lines.append(f"| {variant} | {sum(r['parent_calls'] for r in mine)} | {relaxed}/{n} | {lower} | {same} | "
                      f"{higher} | {accurate}/{n} ({100 * accurate / n:.0f}%) |")
+    lines += ["", "Systems where some optimizer is not accurate (why, as the bench says it):", ""]
+    for system_id in ref:
+        misses = [f"{r['variant']} ({why_not_accurate(r, ref[system_id])})" for r in rows
+                  if r["system_id"] == system_id and why_not_accurate(r, ref[system_id])]
+        if misses:
+            lines.append(f"- {system_id}: {len(misses)} of {len(VARIANTS)} runs: {', '.join(misses)}")
     return lines
 
 
