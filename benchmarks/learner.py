@@ -110,6 +110,12 @@ VARIANTS: list[tuple[str, dict]] = [
     ("configs/demo.yaml's learner as relaxed-only + trust radius 0.15 A below 0.1 eV/A",
      {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
       "hessian_damping": 0.2, "trust_radius": 0.15, "trust_fmax": 0.1}),
+    ("configs/demo.yaml's learner as relaxed-only + surrogate relaxed at 0.02 eV/A",
+     {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
+      "hessian_damping": 0.2, "surrogate_fmax": 0.02}),
+    ("configs/demo.yaml's learner as relaxed-only + surrogate relaxed at 0.015 eV/A",
+     {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
+      "hessian_damping": 0.2, "surrogate_fmax": 0.015}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
