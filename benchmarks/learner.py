@@ -116,6 +116,12 @@ VARIANTS: list[tuple[str, dict]] = [
     ("configs/demo.yaml's learner as relaxed-only + surrogate relaxed at 0.015 eV/A",
      {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
       "hessian_damping": 0.2, "surrogate_fmax": 0.015}),
+    ("relaxed-only + faded 1 A + residual GP + damped Hessian (row 23) + surrogate relaxed at 0.02 eV/A",
+     {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
+      "residual_points": 10, "hessian_damping": 0.2, "surrogate_fmax": 0.02}),
+    ("relaxed-only + faded 1 A + residual GP + damped Hessian (row 23) + surrogate relaxed at 0.015 eV/A",
+     {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
+      "residual_points": 10, "hessian_damping": 0.2, "surrogate_fmax": 0.015}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
