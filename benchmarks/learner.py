@@ -139,6 +139,12 @@ VARIANTS: list[tuple[str, dict]] = [
     ("configs/demo.yaml's learner (k-steps k=15, row 30) + surrogate relaxed at 0.02 eV/A + trust radius 1 A at "
      "any fmax", {"k": 15, "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "hessian_damping": 0.2,
                   "surrogate_fmax": 0.02, "trust_radius": 1.0, "trust_fmax": 1e3}),
+    ("configs/demo.yaml's learner with k=100 + surrogate relaxed at 0.02 eV/A",
+     {"k": 100, "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "hessian_damping": 0.2,
+      "surrogate_fmax": 0.02}),
+    ("configs/ood-bench.yaml's learner with k=100 + surrogate relaxed at 0.02 eV/A",
+     {"k": 100, "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "residual_points": 10,
+      "hessian_damping": 0.2, "surrogate_fmax": 0.02}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
