@@ -145,10 +145,6 @@ VARIANTS: list[tuple[str, dict]] = [
     ("configs/ood-bench.yaml's learner with k=100 + surrogate relaxed at 0.02 eV/A",
      {"k": 100, "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "residual_points": 10,
       "hessian_damping": 0.2, "surrogate_fmax": 0.02}),
-    ("row 39 (relaxed-only, 0.02 eV/A) + trust radius 0.15 A below 0.1 eV/A (row 28's)",
-     {"query": "relaxed-only", "train_on": "all", "exact_at_newest": True, "exact_fade": 1.0,
-      "residual_points": 10, "hessian_damping": 0.2, "surrogate_fmax": 0.02, "trust_radius": 0.15,
-      "trust_fmax": 0.1}),
 ]
 BASELINE = {"query": "k-steps", "k": 10, "fmax": 0.03, "max_parent_calls": 300, "max_surrogate_steps": 3000,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
