@@ -9,7 +9,7 @@ BFGS from the unperturbed start with learner/metrics.py's own function.
 
     python benchmarks/minima.py --sources ood,demo --output benchmarks/minima.md
 
-Writes the table (markdown) and, next to it, a JSON file with every run's calls and energy. EMT only; a few minutes
+Writes the table (markdown) and, next to it, a JSON file with every run's calls and energy. EMT only; about 11 minutes
 on one core.
 """
 
