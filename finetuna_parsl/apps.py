@@ -80,8 +80,8 @@ def parent_session(parent: ParentConfig, system: SystemSpec, address, pause_betw
     from finetuna_parsl.parents.journal import CallJournal, parent_fingerprint
 
     workdir = Path(parent.workdir) / system.system_id
-    session = make_parent(parent.kind, workdir=workdir, **parent.options)
-    journal = CallJournal(workdir / f"journal-{parent_fingerprint(parent.kind, parent.options)}")
+    session = make_parent(parent.kind, workdir=workdir, **parent.session_options())
+    journal = CallJournal(workdir / f"journal-{parent_fingerprint(parent.kind, parent.session_options())}")
     return serve_session(session, system, address, timeout_s=parent.timeout_s, journal=journal,
                          pause_between_calls=pause_between_calls)
 
@@ -98,7 +98,8 @@ def reference_relaxation(
     if method == "warm-start":
         model = surrogate_for(surrogate)
         model = model.calculator(model.initial_head())
-    session = make_parent(parent.kind, workdir=f"{parent.workdir}/{method}/{system.system_id}", **parent.options)
+    session = make_parent(parent.kind, workdir=f"{parent.workdir}/{method}/{system.system_id}",
+                          **parent.session_options())
     session.start(system)
     try:
         return run_reference(method, system, session.calculate, settings, model)

@@ -98,10 +98,10 @@ def _load_systems(config_path: str, config, count: int | None):
     for s in skipped:
         click.echo(f"skipped system {s.system_id}: {s.reason}", err=True)
     try:
-        problem = parent_class(config.parent.kind).check_options(config.parent.options)
+        problem = parent_class(config.parent.kind).check_options(config.parent.session_options())
         if problem is not None:
             _fail(f"{config_path}: parent.options: {problem}")
-        systems, unusable = check_systems(config.parent.kind, config.parent.options, systems)
+        systems, unusable = check_systems(config.parent.kind, config.parent.session_options(), systems)
     except ParentError as exc:
         _fail(str(exc))
     for system_id, reason in unusable:

@@ -38,9 +38,14 @@ class SystemsConfig:
 
 @dataclass(frozen=True)
 class ParentConfig:
-    """The parent (reference) calculator and its options."""
+    """The parent (reference) calculator and its options.
+
+    kind `ase`: `calculator` names any ASE calculator class or factory as "module:Name" and `options` are its
+    keywords (parents/ase.py); other kinds take no `calculator` and read their own `options`.
+    """
 
     kind: str = "emt"
+    calculator: str = ""
     options: dict = field(default_factory=dict)
     workdir: str = ""  # one folder per relaxation below this; "" means "<store path without .h5>-parent"
     bridge: str = "unix"  # how sessions reach the driver: unix (same machine) or tcp (cluster)
@@ -48,6 +53,13 @@ class ParentConfig:
     # stop the parent (VASP: SIGTSTP, or scancel -s TSTP under srun) between calls, while the learner works:
     # auto = when the site's learn workers share the parent's node (campaign/pausing.py), true, false
     pause_while_learning: str = "auto"
+
+    def session_options(self) -> dict:
+        """The keywords the `kind` session is built with (parents.make_parent) and its options are checked with:
+        `options` for every kind, and for `ase` the calculator path with its keywords."""
+        if self.kind == "ase":
+            return {"calculator": self.calculator, "options": dict(self.options)}
+        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -200,6 +212,19 @@ def _check_files(where: str, config: RunConfig) -> None:
         raise ConfigError(
             f"{where}: parent.kind: unknown parent {config.parent.kind!r} (known: {', '.join(sorted(PARENT_KINDS))})"
         )
+    if config.parent.kind == "ase":
+        if not config.parent.calculator:
+            raise ConfigError(f"{where}: parent.calculator: kind ase needs the calculator as 'module:Name', e.g. "
+                              "'sevenn.calculator:SevenNetCalculator'")
+        from .parents.ase import ASESession
+
+        problem = ASESession.check_options(config.parent.session_options())
+        if problem is not None:
+            key = "parent.options" if problem.startswith("options:") else "parent.calculator"
+            raise ConfigError(f"{where}: {key}: {problem.removeprefix('options: ')}")
+    elif config.parent.calculator:
+        raise ConfigError(f"{where}: parent.calculator: only kind ase takes a calculator (kind is "
+                          f"{config.parent.kind!r})")
 
 
 def parse_config(text: str, where: str = "<config>") -> RunConfig:
@@ -229,7 +254,13 @@ def parse_config(text: str, where: str = "<config>") -> RunConfig:
 
 def _resolve_paths(config: RunConfig) -> RunConfig:
     """The surrogate checkpoint as an absolute path (workers may run in another folder, or on another node);
-    "shipped" stays a name, the package resolves it wherever it is installed."""
+    "shipped" stays a name, the package resolves it wherever it is installed. An ase parent's options that name an
+    existing file or folder relative to the current folder (a model file) become absolute too."""
+    if config.parent.kind == "ase":
+        from .parents.ase import resolve_option_paths
+
+        options = resolve_option_paths(config.parent.options, Path.cwd())
+        config = dataclasses.replace(config, parent=dataclasses.replace(config.parent, options=options))
     checkpoint = config.surrogate.checkpoint
     if config.surrogate.factory is not None or checkpoint == "shipped":
         return config

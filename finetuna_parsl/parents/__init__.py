@@ -1,4 +1,5 @@
-"""Parent sessions (the expensive truth): EMT, VASP interactive and warm GPAW behind one interface."""
+"""Parent sessions (the expensive truth): EMT, VASP interactive, warm GPAW and any ASE calculator behind one
+interface."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ PARENT_KINDS: dict[str, str] = {
     "emt": "finetuna_parsl.parents.emt:EMTSession",
     "vasp": "finetuna_parsl.parents.vasp:VaspInteractiveSession",
     "gpaw": "finetuna_parsl.parents.gpaw:GPAWSession",
+    "ase": "finetuna_parsl.parents.ase:ASESession",
 }
 
 
