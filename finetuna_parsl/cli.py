@@ -286,5 +286,51 @@ def export(store_path: str, fmt: str, out: str | None, parent_only: bool, final:
     click.echo(f"wrote {count} {what} frames to {target}".replace("  ", " "))
 
 
+@main.command("verify-parent")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--system", "system_id", help="System id to check (default: the first usable system of CONFIG).")
+@click.option("--displacement", default=0.02, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="How far (A) every free atom moves between the warm session's two calls.")
+@click.option("--energy-tol", default=None, type=float, help="Largest |warm - cold| energy accepted, eV [1e-3].")
+@click.option("--force-tol", default=None, type=float, help="Largest |warm - cold| force component accepted, eV/A [0.01].")
+def verify_parent(config_path: str, system_id: str | None, displacement: float, energy_tol: float | None,
+                  force_tol: float | None) -> None:
+    """Check that CONFIG's parent, kept warm between calls, answers as a cold calculation does.
+
+    Runs the parent here (in this process: run it where the parent can run, e.g. inside an allocation): one
+    session at the system's start and then at positions moved by DISPLACEMENT, one new session at the moved
+    positions only. Prints both answers' differences and SCF cycles; exits 1 when they differ beyond the
+    tolerances (do not use that parent warm), 0 when they agree.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .parents import ParentError, make_parent
+    from .parents.verify import ENERGY_TOL, FORCE_TOL, warm_vs_cold
+
+    config = _load_run_config(config_path, None, None)
+    systems, _ = _load_systems(config_path, config, None)
+    if system_id is not None:
+        systems = [s for s in systems if s.system_id == system_id]
+        if not systems:
+            _fail(f"--system {system_id}: no usable system of that id in {config.systems.source}")
+    system = systems[0]
+    base = Path(config.parent.workdir) if config.parent.workdir else Path(tempfile.mkdtemp(prefix="verify-parent-"))
+    options = config.parent.session_options()
+    try:
+        check = warm_vs_cold(lambda label: make_parent(config.parent.kind, workdir=base / "verify" / label, **options),
+                             system, displacement=displacement,
+                             energy_tol=ENERGY_TOL if energy_tol is None else energy_tol,
+                             force_tol=FORCE_TOL if force_tol is None else force_tol)
+    except ParentError as exc:
+        _fail(f"{config.parent.kind} parent: {str(exc).splitlines()[0]}")
+    click.echo(f"{config.parent.kind} parent ({config.parent.calculator or 'options from ' + config_path}): "
+               f"{check.line()}")
+    if not check.ok:
+        click.echo("error: the warm session's answer differs from a cold calculation's: do not use this parent warm "
+                   "(for kind ase, a calculator that restarts from scratch every call, or a different code)", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

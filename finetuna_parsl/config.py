@@ -47,6 +47,7 @@ class ParentConfig:
     kind: str = "emt"
     calculator: str = ""
     options: dict = field(default_factory=dict)
+    threads: int | None = None  # kind ase: torch threads of the parent worker (torch.set_num_threads); unset: as is
     workdir: str = ""  # one folder per relaxation below this; "" means "<store path without .h5>-parent"
     bridge: str = "unix"  # how sessions reach the driver: unix (same machine) or tcp (cluster)
     timeout_s: float = 3600.0  # longest wait for one parent call (or for a session to connect)
@@ -58,7 +59,7 @@ class ParentConfig:
         """The keywords the `kind` session is built with (parents.make_parent) and its options are checked with:
         `options` for every kind, and for `ase` the calculator path with its keywords."""
         if self.kind == "ase":
-            return {"calculator": self.calculator, "options": dict(self.options)}
+            return {"calculator": self.calculator, "options": dict(self.options), "threads": self.threads}
         return dict(self.options)
 
 
@@ -102,7 +103,7 @@ _CHOICES = {
     ("learner", "train_on"): TRAIN_ON,
 }
 _POSITIVE = {
-    ("systems", "count"), ("parent", "timeout_s"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
+    ("systems", "count"), ("parent", "timeout_s"), ("parent", "threads"), ("surrogate", "ensemble_size"), ("surrogate", "epochs"), ("surrogate", "lr"),
     ("surrogate", "threads"),
     ("campaign", "max_concurrent"), ("learner", "k"), ("learner", "fmax"), ("learner", "max_parent_calls"),
     ("learner", "max_surrogate_steps"), ("learner", "maxstep"), ("learner", "alpha"),
@@ -222,9 +223,10 @@ def _check_files(where: str, config: RunConfig) -> None:
         if problem is not None:
             key = "parent.options" if problem.startswith("options:") else "parent.calculator"
             raise ConfigError(f"{where}: {key}: {problem.removeprefix('options: ')}")
-    elif config.parent.calculator:
-        raise ConfigError(f"{where}: parent.calculator: only kind ase takes a calculator (kind is "
-                          f"{config.parent.kind!r})")
+    else:
+        for key in ("calculator", "threads"):
+            if getattr(config.parent, key):
+                raise ConfigError(f"{where}: parent.{key}: only kind ase takes it (kind is {config.parent.kind!r})")
 
 
 def parse_config(text: str, where: str = "<config>") -> RunConfig:

@@ -76,3 +76,17 @@ def emt_factory(**kwargs):
 
 
 NOT_CALLABLE = 42
+
+
+class DriftingEMT(EMT):
+    """EMT whose answers drift by 0.05 eV for every earlier call on the same object: a warm state that goes stale,
+    as Quantum ESPRESSO's socket mode did (benchmarks/parents.md)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results["energy"] += 0.05 * self.calls
+        self.calls += 1

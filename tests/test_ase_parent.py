@@ -152,3 +152,20 @@ def test_nan_forces_are_a_run_time_failure_that_says_so(tmp_path, monkeypatch):
 def test_a_bad_calculator_path_given_to_make_parent_is_a_setup_error():
     with pytest.raises(ParentSetupError, match="does not import"):
         make_parent("ase", calculator="no_such_module_xyz:Calc")
+
+
+@pytest.mark.parametrize("calculator, code, says", [
+    ("ase.calculators.emt:EMT", 0, "agree"),
+    ("ase_calculators:DriftingEMT", 1, "DIFFER"),
+])
+def test_verify_parent_refuses_a_warm_session_that_differs_from_a_cold_one(tmp_path, calculator, code, says):
+    cfg = tmp_path / "verify.yaml"
+    cfg.write_text(f'systems: {{source: demo, count: 1}}\nparent: {{kind: ase, calculator: "{calculator}", '
+                   f'workdir: "{tmp_path / "work"}"}}\n')
+    env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "finetuna_parsl.cli", "verify-parent", str(cfg)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr
+    assert says in done.stdout and "SCF cycles" in done.stdout
+    if code:
+        assert "do not use this parent warm" in done.stderr

@@ -103,7 +103,8 @@ class ASESession(ParentSession):
     """An ASE calculator, built from `calculator` ("module:Name") with `options` as keywords, as the parent.
 
     Options (the run config's parent section): `calculator` (required), `options` (keywords for it; a relative
-    path among them is resolved against the folder the run starts in, when the config is read), `warm` (default
+    path among them is resolved against the folder the run starts in, when the config is read), `threads` (torch
+    threads of the worker, for calculators that run on torch; unset: torch's default), `warm` (default
     true: one calculator for the whole relaxation; false builds a new one every call, the cold baseline that
     `finetuna-parsl verify-parent` compares against). When the calculator takes a `directory` keyword and
     `options` does not set it, it gets the session's folder (`<parent.workdir>/<system id>/`), so file-based
@@ -133,11 +134,12 @@ class ASESession(ParentSession):
         return None
 
     def __init__(self, workdir: str | Path | None = None, calculator: str = "", options: Mapping[str, Any] | None = None,
-                 warm: bool = True) -> None:
+                 warm: bool = True, threads: int | None = None) -> None:
         super().__init__(workdir)
         self.calculator = calculator
         self.options = dict(options or {})
         self.warm = bool(warm)
+        self.threads = threads
         self._target = resolve_target(calculator)  # ParentSetupError here: make_parent reports it as such
         problem = _keywords_problem(self._target, self.options)
         if problem is not None:
@@ -158,7 +160,12 @@ class ASESession(ParentSession):
                                    f"{type(exc).__name__}: {exc}") from exc
 
     def start(self, system: SystemSpec) -> None:
-        """Bind to `system` and build the calculator (warm: kept until close())."""
+        """Bind to `system` and build the calculator (warm: kept until close()); with `threads`, torch's thread
+        count in this worker first (machine-learned potentials: max_concurrent workers share the cores)."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(int(self.threads))
         super().start(system)
         self._atoms = system.to_atoms()
         self._atoms.set_constraint()  # the parent reports raw forces; constraints are the optimizer's business
