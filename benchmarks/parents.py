@@ -1,6 +1,6 @@
 """Parent-call costs: GPAW warm vs cold, the socket bridge's overhead, and pausing the parent while learning.
 
-    OMP_NUM_THREADS=1 python benchmarks/parents.py [--sections abc] [--calls 10] [--bridge-calls 200]
+    OMP_NUM_THREADS=1 python benchmarks/parents.py [--sections abcd] [--calls 10] [--bridge-calls 200]
         [--pause-rounds 3] [--pause-tasks 5] [--out benchmarks/parents.md]
 
 (a) A 10-step BFGS path of a small slab is made once with EMT, then the same positions are sent to a GPAW
@@ -11,6 +11,8 @@
     on one parent point, then its surrogate segment) run beside a CPU-busy fake VASP session (tests/fake_vasp.py
     with FAKE_VASP_SPIN = one busy rank per core) that sits between calls paused, or running, or beside no
     parent at all; the three interleaved in rounds in one run. Takes about two minutes on 2 cores.
+(d) Warm vs cold at the same positions (finetuna_parsl/parents/verify.py, `finetuna-parsl verify-parent`) for EMT,
+    SevenNet-0, CHGNet, GPAW and CP2K (kind ase, Debian's cp2k_shell), each where installed.
 
 --sections runs only the sections named (e.g. `--sections c`) and replaces just those in --out, keeping the
 others as they were; each section says the command, date and machine that made it.
@@ -336,6 +338,65 @@ def pause_section(rounds: int, tasks: int, workdir: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------ output
 
 
+#: Parents checked warm against cold in section (d): label -> (kind, session options), each skipped with its reason
+#: when its code is not installed here. CP2K: Debian's cp2k + cp2k-data, Gamma point, PBE, MOLOPT basis.
+def warm_cold_parents() -> dict[str, tuple[str, dict]]:
+    cp2k_data = "/usr/share/cp2k"
+    return {
+        "EMT (kind emt)": ("emt", {}),
+        "EMT (kind ase)": ("ase", {"calculator": "ase.calculators.emt:EMT", "options": {}}),
+        "SevenNet-0 (kind ase)": ("ase", {"calculator": "sevenn.calculator:SevenNetCalculator",
+                                          "options": {"model": "7net-0", "device": "cpu"}, "threads": 1}),
+        "CHGNet 0.4 (kind ase)": ("ase", {"calculator": "chgnet.model.dynamics:CHGNetCalculator",
+                                          "options": {"use_device": "cpu"}, "threads": 1}),
+        "GPAW pw 350 eV (kind gpaw)": ("gpaw", dict(GPAW_OPTIONS)),
+        "CP2K cp2k_shell (kind ase)": ("ase", {"calculator": "ase.calculators.cp2k:CP2K", "options": {
+            "command": "env OMP_NUM_THREADS=1 cp2k_shell", "basis_set_file": f"{cp2k_data}/BASIS_MOLOPT",
+            "potential_file": f"{cp2k_data}/GTH_POTENTIALS", "basis_set": "DZVP-MOLOPT-SR-GTH",
+            "pseudo_potential": "auto", "xc": "PBE", "cutoff": 3400.0, "max_scf": 100,
+            "inp": "&FORCE_EVAL\n&DFT\n&SCF\nEPS_SCF 1.0E-7\n&SMEAR ON\nMETHOD FERMI_DIRAC\nELECTRONIC_TEMPERATURE 1000\n"
+                   "&END SMEAR\nADDED_MOS 20\n&END SCF\n&END DFT\n&END FORCE_EVAL"}}),
+    }
+
+
+def warm_cold_section(workdir: Path, displacement: float = 0.02) -> list[str]:
+    """(d) finetuna_parsl.parents.verify.warm_vs_cold (what `finetuna-parsl verify-parent` runs) for each parent
+    of warm_cold_parents() on the first small slab (pbc all True, as OC20 slabs), every free atom moved
+    `displacement` A between the warm session's two calls."""
+    from finetuna_parsl.parents import ParentError
+    from finetuna_parsl.parents.verify import warm_vs_cold
+
+    atoms = small_slabs()[0]
+    atoms.pbc = True
+    system = SystemSpec.from_atoms("O-Al100", atoms)
+    rows = []
+    for label, (kind, options) in warm_cold_parents().items():
+        folder = workdir / "warm-cold" / label.split()[0].lower()
+        t0 = time.perf_counter()
+        try:
+            check = warm_vs_cold(lambda tag: make_parent(kind, workdir=folder / tag, **options), system,
+                                 displacement=displacement)
+        except (ParentError, ImportError) as exc:
+            rows.append(f"| {label} | not run here: {str(exc).splitlines()[0][:120]} | | | | |")
+            continue
+        verdict = "agree" if check.ok else "**differ**"
+        rows.append(f"| {label} | {verdict} | {check.energy_diff:.1e} | {check.max_force_diff:.1e} | "
+                    f"{check.warm_first_scf} / {check.warm_scf} / {check.cold_scf} | {time.perf_counter() - t0:.1f} |")
+        print(rows[-1], flush=True)
+    return [
+        "## (d) Warm session vs cold calculation at the same positions (`finetuna-parsl verify-parent`)",
+        "",
+        f"System: {system.system_id} (Al8O, 2x2x2 Al(100), bottom layer fixed, pbc all True). A warm session answers "
+        f"at the start and after every free atom moved {displacement} A; a new (cold) session answers at the moved "
+        "positions; verify-parent refuses a parent whose answers there differ by more than 1e-3 eV or 0.01 eV/A. "
+        "SCF cycles as the parent reports them (0: none reported).",
+        "",
+        "| parent | warm vs cold | abs dE (eV) | max abs dF (eV/A) | SCF: warm 1st / warm 2nd / cold | wall s (3 calls) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
+
+
 def merge_sections(old: str, new: dict[str, list[str]]) -> str:
     """The markdown with sections `## (x) ...` of `new` (keyed by x) replacing or joining those of `old`."""
     sections: dict[str, list[str]] = {}
@@ -373,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bridge-calls", type=int, default=200, help="timed EMT calls per bridge mode")
     parser.add_argument("--out", default=str(Path(__file__).with_name("parents.md")))
     parser.add_argument("--workdir", default="runs/bench-parents", help="GPAW logs go here")
-    parser.add_argument("--sections", default="abc", help="which sections to run: a GPAW, b bridge, c pause")
+    parser.add_argument("--sections", default="abc", help="which sections to run: a GPAW, b bridge, c pause, d warm vs cold")
     parser.add_argument("--pause-rounds", type=int, default=3, help="(c) interleaved rounds of the three conditions")
     parser.add_argument("--pause-tasks", type=int, default=5, help="(c) learn tasks per condition and round")
     args = parser.parse_args(argv)
@@ -383,10 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         "a": lambda: gpaw_section(args.calls, workdir),
         "b": lambda: bridge_section(args.bridge_calls),
         "c": lambda: pause_section(args.pause_rounds, args.pause_tasks, workdir / "pause"),
+        "d": lambda: warm_cold_section(workdir),
     }
     unknown = set(args.sections) - set(runs)
     if unknown:
-        parser.error(f"--sections: unknown {''.join(sorted(unknown))} (known: abc)")
+        parser.error(f"--sections: unknown {''.join(sorted(unknown))} (known: abcd)")
     new = {}
     for key in sorted(set(args.sections)):
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

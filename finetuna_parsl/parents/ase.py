@@ -60,12 +60,18 @@ def _keywords_problem(target: Any, options: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _takes_keyword(target: Any, name: str) -> bool:
+def _takes_directory(target: Any) -> bool:
+    """Whether `target` takes a `directory` keyword: named in its signature, or an ASE calculator class (ASE's
+    Calculator and file-based calculators take it through their base class, often behind **kwargs)."""
+    from ase.calculators.calculator import Calculator
+    from ase.calculators.genericfileio import GenericFileIOCalculator
+
+    if isinstance(target, type) and issubclass(target, (Calculator, GenericFileIOCalculator)):
+        return True
     try:
-        parameters = inspect.signature(target).parameters
+        return "directory" in inspect.signature(target).parameters
     except (TypeError, ValueError):
         return False
-    return name in parameters
 
 
 def scf_iterations(calc: Any) -> int:
@@ -150,7 +156,7 @@ class ASESession(ParentSession):
     def _build(self) -> Any:
         """A new calculator from the target and options; anything it raises is a setup error (never retried)."""
         keywords = dict(self.options)
-        if self.workdir is not None and "directory" not in keywords and _takes_keyword(self._target, "directory"):
+        if self.workdir is not None and "directory" not in keywords and _takes_directory(self._target):
             self.workdir.mkdir(parents=True, exist_ok=True)
             keywords["directory"] = str(self.workdir)
         try:
