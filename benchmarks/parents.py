@@ -353,9 +353,10 @@ def warm_cold_parents() -> dict[str, tuple[str, dict]]:
         "CP2K cp2k_shell (kind ase)": ("ase", {"calculator": "ase.calculators.cp2k:CP2K", "options": {
             "command": "env OMP_NUM_THREADS=1 cp2k_shell", "basis_set_file": f"{cp2k_data}/BASIS_MOLOPT",
             "potential_file": f"{cp2k_data}/GTH_POTENTIALS", "basis_set": "DZVP-MOLOPT-SR-GTH",
-            "pseudo_potential": "auto", "xc": "PBE", "cutoff": 3400.0, "max_scf": 100,
-            "inp": "&FORCE_EVAL\n&DFT\n&SCF\nEPS_SCF 1.0E-7\n&SMEAR ON\nMETHOD FERMI_DIRAC\nELECTRONIC_TEMPERATURE 1000\n"
-                   "&END SMEAR\nADDED_MOS 20\n&END SCF\n&END DFT\n&END FORCE_EVAL"}}),
+            "pseudo_potential": "auto", "xc": "PBE", "cutoff": 3400.0, "max_scf": 300,
+            "inp": ("&FORCE_EVAL\n&DFT\n&SCF\nEPS_SCF 1.0E-7\nMAX_SCF 300\nADDED_MOS 40\n&SMEAR ON\n"
+                    "METHOD FERMI_DIRAC\nELECTRONIC_TEMPERATURE [K] 500\n&END SMEAR\n&MIXING\n"
+                    "METHOD BROYDEN_MIXING\nALPHA 0.2\nNBROYDEN 8\n&END MIXING\n&END SCF\n&END DFT\n&END FORCE_EVAL")}}),
     }
 
 
