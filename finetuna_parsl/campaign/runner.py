@@ -26,7 +26,7 @@ from parsl.executors import HighThroughputExecutor
 from ..config import RunConfig, with_overrides
 from ..records import SystemSpec
 from ..live import summary_path
-from ..store import CampaignStore, check_not_held
+from ..store import CampaignStore, check_not_held, check_same_campaign
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
 from .pausing import pause_while_learning
 from .site import load_site
@@ -45,6 +45,13 @@ def store_path(config: RunConfig, method: str) -> Path:
     """The store of `method`: the configured output for online learning, '<stem>.<method>.h5' otherwise."""
     out = Path(config.campaign.output)
     return out if method == "online" else out.with_name(f"{out.stem}.{method}{out.suffix or '.h5'}")
+
+
+def _choose_store(config: RunConfig) -> str:
+    """How to give a campaign its own store, named after its config file where there is one."""
+    where = f" in {config.path}" if config.path and config.path != "<config>" else ""
+    example = f" (e.g. runs/{Path(config.path).stem}.h5)" if where else ""
+    return f"Set campaign.output{where} or pass --output to give this campaign its own store{example}"
 
 
 def _isolate_interchanges(parsl_config) -> None:
@@ -151,7 +158,7 @@ def run_campaign(
     """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`.
 
     Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
-    it: then `restart` deletes nothing), and CampaignInterrupted when a signal stopped the run.
+    it: then `restart` deletes nothing; it belongs to another campaign: store.check_same_campaign), and CampaignInterrupted when a signal stopped the run.
     on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
     """
     path = store_path(config, method)
@@ -160,6 +167,7 @@ def run_campaign(
         path.unlink()
         summary_path(path).unlink(missing_ok=True)  # the live summary of the deleted store
         shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
+    check_same_campaign(path, systems, choose=_choose_store(config))
     path.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(config.parent.workdir or f"{path.with_suffix('')}-parent").resolve()  # workers may run elsewhere
     config = with_overrides(config, parent={"workdir": str(workdir)})
