@@ -54,6 +54,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     systems, unusable = _load_systems(config_path, config, count)
     click.echo(f"{len(systems)} systems, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
+    from .parents import ParentSetupError
     from .store import StoreError
 
     warn_once = WarnOnce()
@@ -62,7 +63,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
                                     on_warning=warn_once)
     except CampaignInterrupted as exc:
         _interrupted(exc)
-    except (StoreError, SiteError) as exc:  # SiteError: a site file's declarations, read once the run starts
+    except (StoreError, SiteError, ParentSetupError) as exc:  # SiteError: a site file's declarations, read once the run starts
         _fail(str(exc))
     click.echo(summary_table(result.rows))
     click.echo(f"store: {path}")
@@ -72,7 +73,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
             ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
         except CampaignInterrupted as exc:
             _interrupted(exc)
-        except (StoreError, SiteError) as exc:
+        except (StoreError, SiteError, ParentSetupError) as exc:
             _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
         click.echo(summary_table(ref.rows))
@@ -172,6 +173,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     systems, unusable = _load_systems(config_path, config, count)
     from .campaign import CampaignInterrupted
     from .campaign.site import SiteError
+    from .parents import ParentSetupError
     from .store import StoreError
 
     try:
@@ -179,7 +181,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
                            repeats=repeats)
     except CampaignInterrupted as exc:
         _interrupted(exc)
-    except (StoreError, SiteError) as exc:
+    except (StoreError, SiteError, ParentSetupError) as exc:
         _fail(str(exc))
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
     folder.mkdir(parents=True, exist_ok=True)

@@ -95,3 +95,74 @@ def test_a_store_is_one_campaigns_and_a_copied_config_with_other_systems_is_refu
     proc = cli(tmp_path, "run", str(mine), "--output", str(tmp_path / "runs" / "mine.h5"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "this run's mine-0001 are other structures under the same ids" in proc.stderr, proc.stderr
+
+
+VASP_CONFIG = """
+systems: {{source: demo, count: 2}}
+parent:
+  kind: vasp
+  options: {{command: "{command}", kpoints: gamma}}
+surrogate: {{factory: "toy_surrogate:make"}}
+learner: {{query: k-steps, k: 3}}
+campaign: {{output: "{output}", max_concurrent: 2}}
+site: {site}
+"""
+
+
+def test_which_programs_a_vasp_command_runs():
+    from finetuna_parsl.parents.vasp import command_programs, missing_command_program
+
+    assert command_programs("srun --exact -n 64 --cpu-bind=cores vasp_std") == ["srun", "vasp_std"]
+    assert command_programs("mpirun -np 8 --hostfile hosts vasp_gam > out.txt") == ["mpirun", "vasp_gam"]
+    assert command_programs("OMP_NUM_THREADS=1 /opt/vasp/bin/vasp_std") == ["/opt/vasp/bin/vasp_std"]
+    assert command_programs("$PREFIX vasp_std", {"PREFIX": "srun -n 4"}) == ["srun", "vasp_std"]
+    assert command_programs("$PREFIX vasp_std", {}) == ["vasp_std"]  # unset: nothing, as in the shell
+    assert command_programs(["srun", "-n", "2", "numactl", "-C", "0-1", "vasp_ncl"]) == ["srun", "vasp_ncl"]
+    assert missing_command_program("env OMP_NUM_THREADS=1 sh", {"PATH": os.defpath}) is None
+    line = missing_command_program("env -u X no-such-vasp-27", {"PATH": "/usr/bin:/bin"})
+    assert line.startswith("no-such-vasp-27: not found on PATH=/usr/bin:/bin"), line
+    assert "srun: not found" in missing_command_program("srun -n 4 sh", {"PATH": str(TESTS_DIR)})
+    assert "no such executable" in missing_command_program("/nonexistent/bin/vasp_std", {"PATH": os.defpath})
+
+
+def test_a_missing_vasp_is_one_line_before_any_worker_starts(tmp_path):
+    """Workers on this machine (the threads site): the driver looks the program up and stops at once."""
+    cfg = tmp_path / "vasp.yaml"
+    cfg.write_text(VASP_CONFIG.format(command="env OMP_NUM_THREADS=1 no-such-vasp-27",
+                                      output=tmp_path / "v.h5", site=TESTS_DIR / "threads_site.py"))
+    proc = cli(tmp_path, "run", str(cfg))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {cfg}: vasp parent: no-such-vasp-27: not found on PATH="), last
+    assert os.environ["PATH"] in last and "no worker was started" in last and "POTCAR" not in proc.stderr
+    assert not (tmp_path / "v.h5").exists() and not (tmp_path / "v-parent").exists()
+
+
+def test_a_vasp_missing_where_the_workers_run_fails_each_system_at_once_naming_it(tmp_path, monkeypatch):
+    """Workers elsewhere (a batch job): the driver cannot see their PATH, so each session checks at its start:
+    a setup error naming the program and PATH, never retried, no inputs written, nothing else blamed."""
+    import time
+
+    from click.testing import CliRunner
+
+    import finetuna_parsl.campaign.runner as runner
+    from finetuna_parsl.cli import main
+
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.setattr(runner, "on_driver_machine", lambda executor: False)
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "vasp.yaml"
+    cfg.write_text(VASP_CONFIG.format(command="no-such-vasp-27", output=tmp_path / "w.h5",
+                                      site=TESTS_DIR / "threads_site.py"))
+    t0 = time.monotonic()
+    result = CliRunner().invoke(main, ["run", str(cfg)])
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - t0 < 60
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        errors = {sid: str(g.attrs["error"]) for sid, g in f["systems"].items()}
+    assert len(errors) == 2
+    for sid, error in errors.items():
+        assert error.startswith(f"parent setup failed (not retried): vasp parent for {sid}: no-such-vasp-27: "
+                                f"not found on PATH={os.environ['PATH']}"), error
+        assert "POTCAR" not in error
+        assert not (tmp_path / "w-parent" / sid / "INCAR").exists()
