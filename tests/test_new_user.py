@@ -166,3 +166,54 @@ def test_a_vasp_missing_where_the_workers_run_fails_each_system_at_once_naming_i
                                 f"not found on PATH={os.environ['PATH']}"), error
         assert "POTCAR" not in error
         assert not (tmp_path / "w-parent" / sid / "INCAR").exists()
+
+
+def test_inspect_and_the_live_summary_show_every_system_pending_included_and_how_many_are_left(tmp_path):
+    import re
+    import signal
+    import time
+
+    from finetuna_parsl import live
+
+    store = tmp_path / "p.h5"
+    cfg = config(tmp_path / "p.yaml", "demo", store, count=4)
+    cfg.write_text(cfg.read_text().replace("max_concurrent: 2", "max_concurrent: 1"))
+    env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    writer = subprocess.Popen([sys.executable, "-m", "finetuna_parsl.cli", "run", str(cfg)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and writer.poll() is None:
+            summary = live.read(store)
+            if first is None and summary is not None:
+                first = summary  # the first summary the driver wrote: every system is in it, pending or not
+            if summary and any(r["status"] == "done" for r in summary["systems"]):
+                break
+            time.sleep(0.05)
+        assert first is not None, writer.communicate()[1][-3000:]
+        assert len(first["systems"]) == 4
+        assert [r["status"] for r in first["systems"]].count("pending") >= 2, first["systems"]
+        shown = subprocess.run([sys.executable, "-m", "finetuna_parsl.cli", "inspect", "--json", str(store)],
+                               env=env, capture_output=True, text=True, timeout=120)
+        during = json.loads(shown.stdout)
+        assert during["source"] == "live summary" and during["totals"]["systems"] == 4
+        assert during["totals"]["left"] == 4 - during["totals"]["status"].get("done", 0) > 0
+    finally:
+        writer.send_signal(signal.SIGINT)
+        writer.communicate(timeout=120)
+    assert writer.returncode in (0, 130)
+
+    text = subprocess.run([sys.executable, "-m", "finetuna_parsl.cli", "inspect", str(store)], env=env,
+                          capture_output=True, text=True, timeout=120).stdout
+    after = json.loads(subprocess.run([sys.executable, "-m", "finetuna_parsl.cli", "inspect", "--json", str(store)],
+                                      env=env, capture_output=True, text=True, timeout=120).stdout)
+    totals = after["totals"]
+    assert totals["systems"] == 4 and len(after["systems"]) == 4
+    pending = totals["status"].get("pending", 0)
+    assert pending >= 1, totals  # concurrency 1, stopped after the first finished: the last ones never started
+    assert totals["left"] == 4 - totals["status"].get("done", 0) - totals["status"].get("failed", 0)
+    line = next(x for x in text.splitlines() if x.startswith("4 systems: "))
+    assert f"{pending} pending" in line and f"; {totals['left']} left to do;" in line, line
+    assert re.search(r"^demo-\S+ +pending ", text, re.M), text
+
