@@ -34,6 +34,11 @@ def summary_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 system', '2 systems' (`many` for an irregular plural)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def first_line(text: str) -> str:
     """The first non-empty line of a (possibly multi-line) reason."""
     for line in str(text).splitlines():

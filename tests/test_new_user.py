@@ -158,6 +158,9 @@ def test_a_vasp_missing_where_the_workers_run_fails_each_system_at_once_naming_i
     result = CliRunner().invoke(main, ["run", str(cfg)])
     assert result.exit_code == 1, result.output
     assert time.monotonic() - t0 < 60
+    # the run ends saying why it exits 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"exit 1: 2 systems failed (the reasons: finetuna-parsl inspect {tmp_path / 'w.h5'})"), result.output[-2000:]
     with h5py.File(tmp_path / "w.h5", "r") as f:
         errors = {sid: str(g.attrs["error"]) for sid, g in f["systems"].items()}
     assert len(errors) == 2
@@ -217,3 +220,35 @@ def test_inspect_and_the_live_summary_show_every_system_pending_included_and_how
     assert f"{pending} pending" in line and f"; {totals['left']} left to do;" in line, line
     assert re.search(r"^demo-\S+ +pending ", text, re.M), text
 
+
+def test_a_run_that_exits_1_ends_saying_why_and_where_the_left_out_systems_are_listed(tmp_path):
+    from ase.build import bulk
+    from ase.constraints import FixBondLengths
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write(folder / "a-good.traj", read_frames(own_structures(tmp_path / "one.extxyz", 1))[0])
+    iron = bulk("Fe", "bcc", a=2.87, cubic=True)  # an element EMT has no potential for: unusable
+    write(folder / "b-iron.traj", iron)
+    bonded = read_frames(tmp_path / "one.extxyz")[0]
+    bonded.set_constraint(FixBondLengths([[0, 1]]))  # a constraint other than FixAtoms: skipped
+    write(folder / "c-bond.traj", bonded)
+    store = tmp_path / "runs" / "mine.h5"
+    cfg = config(tmp_path / "mine.yaml", str(folder), store)
+    proc = cli(tmp_path, "run", str(cfg))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    listed = tmp_path / "runs" / "mine.left_out.txt"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"exit 1: 2 systems left out before the run (listed in {listed}, and above)"), proc.stderr[-3000:]
+    lines = listed.read_text().splitlines()
+    assert lines[0].startswith(f"# systems of {cfg} left out")
+    assert [line.split(":")[0] for line in lines[1:]] == ["c-bond", "b-iron"], lines
+    assert "FixBondLengths" in lines[1] and "emt parent: " in lines[2]
+    with h5py.File(store, "r") as f:
+        assert list(f["systems"]) == ["a-good"] and f["systems/a-good"].attrs["status"] == "done"
+
+
+def read_frames(path):
+    from ase.io import read
+
+    return read(path, ":")
