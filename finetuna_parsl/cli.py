@@ -234,7 +234,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     accuracy_vs_speed(result.table, reference, folder / "accuracy_vs_speed.png")
     per_system_bars(result.rows, reference, folder / "per_system.png")
     sid = trajectory_system or systems[0].system_id
-    energy_trajectories(result.stores, sid, folder / "energy_trajectory.png")
+    energy_trajectories(result.stores, sid, folder / "energy_trajectory.png", reference=reference)
     click.echo(table)
     click.echo(f"\nNot accurate:\n{missed}")
     click.echo(f"\n{calls_note}\n\n{calls}")

@@ -252,3 +252,108 @@ def read_frames(path):
     from ase.io import read
 
     return read(path, ":")
+
+
+def _captured_figures(monkeypatch) -> dict:
+    """The figures plots.py saves, by file name, kept open for the test to read (titles, labels, legends)."""
+    from finetuna_parsl import plots
+
+    figures = {}
+
+    def keep(fig, path):
+        fig.savefig(path)
+        figures[Path(path).name] = fig
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def _legend_texts(fig) -> list[str]:
+    found = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            found += [t.get_text() for t in ax.get_legend().get_texts()]
+    return found
+
+
+def _integer_ticks(ticks) -> bool:
+    return all(float(t).is_integer() for t in ticks)
+
+
+def test_plot_names_methods_gives_totals_and_shows_the_reference_beside_the_online_method(tmp_path, monkeypatch):
+    store = tmp_path / "runs" / "fig.h5"
+    cfg = config(tmp_path / "fig.yaml", "demo", store, count=3)
+    proc = cli(tmp_path, "run", str(cfg), "--compare", "bfgs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = _captured_figures(monkeypatch)
+    from finetuna_parsl.plots import plot_store
+    from finetuna_parsl.store import load_summary
+
+    made = plot_store(store, tmp_path / "plots")
+    assert [p.name for p in made] == ["fig_parent_calls.png", "fig_energy_trajectories.png"]
+    online = sum(r["parent_calls"] for r in load_summary(store))
+    bfgs = sum(r["parent_calls"] for r in load_summary(store.with_name("fig.bfgs.h5")))
+
+    calls = figures["fig_parent_calls.png"]
+    ax = calls.axes[0]
+    assert ax.get_title() == (f"Parent calls per system: online (k-steps), {online} in all, against bfgs's {bfgs} "
+                              f"(ratio {online / bfgs:.2f})")
+    assert ax.get_xlabel() == "system (3)" and ax.get_ylabel() == "parent calls"
+    legend = _legend_texts(calls)
+    assert legend[0] == f"bfgs (reference): {bfgs} calls"  # the reference first, beside the online method
+    assert legend[1].startswith(f"online (k-steps): {online} calls, ")
+    assert not any("fig" in text for text in legend)  # the method, not the store file
+    assert _integer_ticks(ax.get_yticks())
+
+    trajectories = figures["fig_energy_trajectories.png"]
+    panels = [a for a in trajectories.axes if a.get_visible()]
+    assert len(panels) == 3  # one small panel per system
+    for panel in panels:
+        assert _integer_ticks(panel.get_xticks())
+        assert len(panel.get_lines()) >= 3  # zero line, the reference's trajectory, the method's
+    assert trajectories._suptitle.get_text() == "Parent energy per parent call, 3 systems: online (k-steps)"
+    assert _legend_texts(trajectories)[:2] == ["online (k-steps)", "bfgs (reference)"]
+    for name in ("fig_parent_calls.png", "fig_energy_trajectories.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 10_000
+
+    # the bench's figures: the same conventions
+    from finetuna_parsl.plots import energy_trajectories, per_system_bars
+
+    stores = {"bfgs": store.with_name("fig.bfgs.h5"), "k-steps": store}
+    per_system_bars({m: load_summary(p) for m, p in stores.items()}, "bfgs", tmp_path / "per_system.png")
+    top, bottom = figures["per_system.png"].axes
+    assert top.get_title() == "Parent calls and final energy per system, 3 systems, against bfgs"
+    assert [t.get_text() for t in top.get_legend().get_texts()] == [
+        f"bfgs (reference): {bfgs} calls", f"k-steps: {online} calls, {online / bfgs:.0%} of bfgs"]
+    assert bottom.get_xlabel() == "system" and _integer_ticks(top.get_yticks())
+    sid = load_summary(store)[0]["system_id"]
+    energy_trajectories(stores, sid, tmp_path / "trajectory.png", reference="bfgs")
+    (ax,) = figures["trajectory.png"].axes
+    assert ax.get_title() == f"Parent energy per parent call: {sid}" and _integer_ticks(ax.get_xticks())
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0] == "bfgs's relaxed energy ±0.02 eV" and legend[1].startswith("bfgs (reference): ")
+
+
+def test_the_trajectory_figure_of_many_systems_is_their_median_and_spread(tmp_path, monkeypatch):
+    from finetuna_parsl.plots import MAX_PANELS, trajectories_figure
+    from finetuna_parsl.records import Evaluation
+    from finetuna_parsl.store import CampaignStore, load_parent_energies
+    from finetuna_parsl.systems import demo_systems
+
+    system = demo_systems(1)[0]
+    rng = np.random.default_rng(0)
+    with CampaignStore(tmp_path / "many.h5", run_config="learner: {query: relaxed-only}\n") as store:
+        for i in range(MAX_PANELS + 6):
+            s = type(system)(**{**system.__dict__, "system_id": f"s{i:02d}"})
+            store.add_system(s)
+            calls = int(rng.integers(3, 9))
+            store.append_steps(s.system_id, [Evaluation(s.positions, float(e), np.zeros_like(s.positions))
+                                             for e in np.geomspace(1.0, 1e-3, calls) - 5.0])
+    figures = _captured_figures(monkeypatch)
+    trajectories_figure(load_parent_energies(tmp_path / "many.h5"), "online (relaxed-only)", {},
+                        tmp_path / "many.png")
+    fig = figures["many.png"]
+    energy, count = fig.axes
+    assert energy.get_title() == f"Parent energy per parent call, {MAX_PANELS + 6} systems: online (relaxed-only)"
+    assert any(text.startswith(f"online (relaxed-only): median of {MAX_PANELS + 6}, ") for text in _legend_texts(fig))
+    assert count.get_xlabel() == "parent call" and _integer_ticks(count.get_xticks())
