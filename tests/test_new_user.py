@@ -357,3 +357,32 @@ def test_the_trajectory_figure_of_many_systems_is_their_median_and_spread(tmp_pa
     assert energy.get_title() == f"Parent energy per parent call, {MAX_PANELS + 6} systems: online (relaxed-only)"
     assert any(text.startswith(f"online (relaxed-only): median of {MAX_PANELS + 6}, ") for text in _legend_texts(fig))
     assert count.get_xlabel() == "parent call" and _integer_ticks(count.get_xticks())
+
+
+def test_on_a_terminal_the_finished_progress_bar_is_printed_once(tmp_path):
+    """stderr a terminal (a pseudo-terminal here): the bar is redrawn in place and its finished line ends it once."""
+    import pty
+
+    cfg = config(tmp_path / "tty.yaml", "demo", tmp_path / "tty.h5", count=2)
+    env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "finetuna_parsl.cli", "run", str(cfg), "--compare", "bfgs"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal's other end closed: the run ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, seen.decode()[-3000:]
+    text = seen.decode().replace("\r\n", "\n")
+    for label in ("online", "bfgs"):
+        finished = [part for line in text.split("\n") for part in line.split("\r") if part.startswith(f"{label} [")
+                    and " 2/2 " in part]
+        assert len(finished) == 1, text[-3000:]
+    assert "\n2 systems, site" in "\n" + text, text[:500]
