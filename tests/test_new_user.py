@@ -386,3 +386,25 @@ def test_on_a_terminal_the_finished_progress_bar_is_printed_once(tmp_path):
                     and " 2/2 " in part]
         assert len(finished) == 1, text[-3000:]
     assert "\n2 systems, site" in "\n" + text, text[:500]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("text, line, shown", [
+    ("systems:\n  source: demo\n  count 3\nparent:\n  kind: emt\nlearner:\n  k: 3\n", 3, "count 3"),  # no colon
+    ('systems:\n  source: "demo\nparent:\n  kind: emt\nlearner:\n  k: 3\n', 2, 'source: "demo'),  # quote not closed
+    ("systems: {source: demo, count: 3\nparent:\n  kind: emt\n", 1, "systems: {source: demo, count: 3"),  # no }
+    ("systems:\n  source: demo\n count: 3\nparent:\n  kind: emt\n", 3, "count: 3"),  # indented wrong
+], ids=["colon", "quote", "brace", "indent"])
+def test_a_yaml_mistake_is_reported_at_its_own_line(tmp_path, text, line, shown):
+    from click.testing import CliRunner
+
+    from finetuna_parsl.cli import main
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(cfg)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {cfg}: not valid YAML at line {line} (`{shown}`): "), result.output
+    assert result.output.count("\n") == 1
