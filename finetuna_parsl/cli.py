@@ -52,7 +52,9 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     except SiteError as exc:
         _fail(str(exc))
     systems, left_out = _load_systems(config_path, config, count)
-    click.echo(f"{len(systems)} systems, site {config.site}, query rule {config.learner.query}, "
+    from .report import plural
+
+    click.echo(f"{plural(len(systems), 'system')}, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
     from .parents import ParentSetupError
     from .store import StoreError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import live
 from .records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PENDING, STATUS_RUNNING
-from .report import first_line
+from .report import COLUMNS, first_line, plural
 from .store import StoreError, open_h5, read_summary
 
 
@@ -110,19 +110,21 @@ def report(ins: Inspection) -> str:
     t = totals(ins.rows)
     status = ", ".join(f"{n} {s}" for s, n in sorted(t["status"].items()))
     outcome = ", ".join(f"{n} {o}" for o, n in sorted(t["outcome"].items())) or "none finished"
+    scf = f"{plural(t['scf_cycles'], 'SCF cycle')}, " if t["scf_cycles"] else ""  # none: a parent without SCF (EMT)
     lines += [
         "-" * len(header),
-        f"{t['systems']} systems: {status}; {t['left']} left to do; outcomes: {outcome}",
-        f"{t['parent_calls']} parent calls ({_reasons(t['parent_calls_by_reason'])}), "
-        f"{t['surrogate_steps']} surrogate steps, {t['scf_cycles']} SCF cycles, "
-        f"{t['parent_wall_s']:.1f} s in the parent",
+        f"{plural(t['systems'], 'system')}: {status}; {t['left']} left to do; outcomes: {outcome}",
+        f"{plural(t['parent_calls'], 'parent call')} ({_reasons(t['parent_calls_by_reason'])}), "
+        f"{plural(t['surrogate_steps'], 'surrogate step')}, {scf}{t['parent_wall_s']:.1f} s in the parent",
     ]
     stale = t["status"].get(STATUS_RUNNING, 0) + t["status"].get(STATUS_INTERRUPTED, 0)
     if ins.source == "store" and stale:
-        lines.append(f"{stale} systems marked running or interrupted: their run stopped; the same run command "
-                     "resumes them")
+        lines.append(f"{plural(stale, 'system')} marked running or interrupted: their run stopped; the same run "
+                     "command resumes them")
     if ins.source == "store" and t["status"].get(STATUS_PENDING, 0):
-        lines.append(f"{t['status'][STATUS_PENDING]} systems pending (not started): the same run command runs them")
+        lines.append(f"{plural(t['status'][STATUS_PENDING], 'system')} pending (not started): the same run command "
+                     "runs them")
+    lines.append(COLUMNS)
     lines.append("outcomes: converged = a parent call confirmed fmax <= learner.fmax; parent_budget / "
                  "surrogate_budget = that budget ran out first (not relaxed)")
     return "\n".join(lines)

@@ -408,3 +408,30 @@ def test_a_yaml_mistake_is_reported_at_its_own_line(tmp_path, text, line, shown)
     assert result.exit_code == 2
     assert result.output.startswith(f"error: {cfg}: not valid YAML at line {line} (`{shown}`): "), result.output
     assert result.output.count("\n") == 1
+
+
+def test_one_system_is_one_system_surr_is_explained_and_a_parent_without_scf_has_no_scf_count(tmp_path):
+    store = tmp_path / "one.h5"
+    cfg = config(tmp_path / "one.yaml", "demo", store, count=1)
+    proc = cli(tmp_path, "run", str(cfg))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.startswith("1 system, site "), proc.stderr[:300]
+    assert "\n1 system, 1 parent-confirmed relaxed, " in proc.stdout
+    explained = "surr. = surrogate steps (optimizer steps on the surrogate, no parent call)"
+    assert explained in proc.stdout
+    shown = cli(tmp_path, "inspect", str(store)).stdout
+    assert "\n1 system: 1 done; 0 left to do; outcomes: 1 converged\n" in shown, shown
+    assert "SCF" not in shown and "systems" not in shown.split("\n", 1)[1] and explained in shown
+
+    # a parent with SCF (VASP, GPAW) reports its cycles
+    from finetuna_parsl.records import Evaluation
+    from finetuna_parsl.store import CampaignStore
+    from finetuna_parsl.systems import demo_systems
+
+    system = demo_systems(1)[0]
+    with CampaignStore(tmp_path / "scf.h5", run_config="parent: {kind: vasp}\n") as s:
+        s.add_system(system)
+        s.append_steps(system.system_id, [Evaluation(system.positions, -1.0, np.zeros_like(system.positions),
+                                                     scf_cycles=12, reason="initial")])
+    shown = cli(tmp_path, "inspect", str(tmp_path / "scf.h5")).stdout
+    assert "1 parent call (initial:1), 0 surrogate steps, 12 SCF cycles, " in shown, shown
