@@ -435,3 +435,13 @@ def test_one_system_is_one_system_surr_is_explained_and_a_parent_without_scf_has
                                                      scf_cycles=12, reason="initial")])
     shown = cli(tmp_path, "inspect", str(tmp_path / "scf.h5")).stdout
     assert "1 parent call (initial:1), 0 surrogate steps, 12 SCF cycles, " in shown, shown
+
+
+def test_the_production_vasp_example_learns_with_the_demos_measured_recipe():
+    """configs/vasp-example.yaml is what users copy for production: it had k: 3, which caps the saving at 1/3."""
+    from finetuna_parsl.config import load_config
+
+    repo = TESTS_DIR.parent
+    vasp = load_config(repo / "configs" / "vasp-example.yaml").learner
+    demo = load_config(repo / "configs" / "demo.yaml").learner
+    assert vasp == demo and vasp.k == 100 and vasp.surrogate_fmax == 0.02
