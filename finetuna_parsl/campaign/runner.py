@@ -174,7 +174,9 @@ def run_campaign(
     """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`.
 
     Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
-    it: then `restart` deletes nothing; it belongs to another campaign: store.check_same_campaign), and CampaignInterrupted when a signal stopped the run.
+    it: then `restart` deletes nothing) or belongs to another campaign (store.check_same_campaign),
+    ParentSetupError when the parent's program is missing where the driver can tell (check_parent_program),
+    and CampaignInterrupted when a signal stopped the run.
     on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
     """
     path = store_path(config, method)
