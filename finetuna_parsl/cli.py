@@ -65,7 +65,8 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
                                     on_warning=warn_once)
     except CampaignInterrupted as exc:
         _interrupted(exc)
-    except (StoreError, SiteError, ParentSetupError) as exc:  # SiteError: a site file's declarations, read once the run starts
+    # SiteError: a site file's declarations, read once the run starts; ParentSetupError: its program is missing
+    except (StoreError, SiteError, ParentSetupError) as exc:
         _fail(str(exc))
     click.echo(summary_table(result.rows))
     click.echo(f"store: {path}")

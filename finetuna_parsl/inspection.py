@@ -68,8 +68,8 @@ def _reasons(by_reason: dict) -> str:
 
 
 def totals(rows: Sequence[dict]) -> dict:
-    """Campaign totals: systems by status, how many are left to do (not done or failed), by outcome, parent calls (total, by reason), surrogate steps, SCF
-    cycles, parent wall time (s)."""
+    """Campaign totals: systems by status, how many are left to do (`left`: not done or failed) and by outcome,
+    parent calls (total, by reason), surrogate steps, SCF cycles, parent wall time (s)."""
     by_reason: Counter[str] = Counter()
     for r in rows:
         by_reason.update(r.get("parent_calls_by_reason") or {})

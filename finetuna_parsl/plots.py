@@ -94,8 +94,10 @@ def per_system_bars(rows: Mapping[str, Sequence[dict]], reference: str, path: st
         de = [by_id[s]["final_energy"] - ref[s]["final_energy"] if s in by_id else np.nan for s in ids]
         style = REFERENCE_STYLE if method == reference else {"color": f"C{i - 1}"}
         total = int(np.nansum(calls))
-        label = (f"{method} (reference): {total} calls" if method == reference else
-                 f"{method}: {total} calls, {total / ref_total:.0%} of {reference}" if ref_total else f"{method}: {total}")
+        if method == reference:
+            label = f"{method} (reference): {total} calls"
+        else:
+            label = f"{method}: {total} calls" + (f", {total / ref_total:.0%} of {reference}" if ref_total else "")
         top.bar(x + i * width, calls, width, label=label, **style)
         if method != reference:
             bottom.bar(x + i * width, de, width, label=method, **style)

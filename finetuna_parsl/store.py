@@ -457,9 +457,11 @@ def load_summary(path: str | Path) -> list[dict]:
 
 def _same_structure(a: SystemSpec, b: SystemSpec) -> bool:
     """Same atoms, cell, pbc, fixed atoms and initial positions (to 1e-8 A: as stored, float64)."""
-    return (np.array_equal(a.numbers, b.numbers) and np.array_equal(np.asarray(a.pbc, bool), np.asarray(b.pbc, bool))
-            and np.array_equal(np.asarray(a.fixed, bool), np.asarray(b.fixed, bool))
-            and np.allclose(a.cell, b.cell, rtol=0, atol=1e-8) and np.allclose(a.positions, b.positions, rtol=0, atol=1e-8))
+    same = np.array_equal
+    return (same(a.numbers, b.numbers) and same(np.asarray(a.pbc, bool), np.asarray(b.pbc, bool))
+            and same(np.asarray(a.fixed, bool), np.asarray(b.fixed, bool))
+            and np.allclose(a.cell, b.cell, rtol=0, atol=1e-8)
+            and np.allclose(a.positions, b.positions, rtol=0, atol=1e-8))
 
 
 def _ids(ids: Sequence[str], shown: int = 3) -> str:

@@ -160,8 +160,8 @@ class VaspInteractiveSession(ParentSession):
     @classmethod
     def missing_program(cls, options: Mapping[str, Any]) -> str | None:
         """The launcher or VASP of `command` not found on PATH here (`env`'s PATH if it sets one)."""
-        return missing_command_program(options.get("command") or "vasp_std",
-                                       {**os.environ, **{str(k): str(v) for k, v in (options.get("env") or {}).items()}})
+        env = {str(k): str(v) for k, v in (options.get("env") or {}).items()}
+        return missing_command_program(options.get("command") or "vasp_std", {**os.environ, **env})
 
     @classmethod
     def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
