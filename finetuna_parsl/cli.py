@@ -51,9 +51,12 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         site_file(config.site)
     except SiteError as exc:
         _fail(str(exc))
-    systems, unusable = _load_systems(config_path, config, count)
-    click.echo(f"{len(systems)} systems, site {config.site}, query rule {config.learner.query}, "
+    systems, left_out = _load_systems(config_path, config, count)
+    from .report import plural
+
+    click.echo(f"{plural(len(systems), 'system')}, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
+    from .parents import ParentSetupError
     from .store import StoreError
 
     warn_once = WarnOnce()
@@ -62,7 +65,8 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
                                     on_warning=warn_once)
     except CampaignInterrupted as exc:
         _interrupted(exc)
-    except (StoreError, SiteError) as exc:  # SiteError: a site file's declarations, read once the run starts
+    # SiteError: a site file's declarations, read once the run starts; ParentSetupError: its program is missing
+    except (StoreError, SiteError, ParentSetupError) as exc:
         _fail(str(exc))
     click.echo(summary_table(result.rows))
     click.echo(f"store: {path}")
@@ -72,7 +76,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
             ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
         except CampaignInterrupted as exc:
             _interrupted(exc)
-        except (StoreError, SiteError) as exc:
+        except (StoreError, SiteError, ParentSetupError) as exc:
             _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
         click.echo(summary_table(ref.rows))
@@ -80,12 +84,41 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     if comparisons:
         click.echo("\n" + comparison_table(comparisons))
     failed = sum(r["status"] == STATUS_FAILED for r in result.rows)
-    if failed or unusable:
+    listed = _write_left_out(path, config_path, left_out)
+    if failed or left_out:
+        click.echo(_closing_line(path, failed, left_out, listed), err=True)
         sys.exit(1)
 
 
+def _write_left_out(store, config_path: str, left_out: list[tuple[str, str]]):
+    """The systems left out of this run, one `<id>: <reason>` line each, in '<store stem>.left_out.txt' beside the
+    store (removed when none were); returns its path, or None."""
+    from pathlib import Path
+
+    listed = Path(store).with_name(f"{Path(store).stem}.left_out.txt")
+    if not left_out:
+        listed.unlink(missing_ok=True)
+        return None
+    listed.write_text(f"# systems of {config_path} left out of the run of {store} (not relaxed), and why\n"
+                      + "".join(f"{sid}: {reason}\n" for sid, reason in left_out))
+    return listed
+
+
+def _closing_line(store, failed: int, left_out: list[tuple[str, str]], listed) -> str:
+    """Why the run exits 1, in one line: the systems left out (and the file listing them) and the ones failed."""
+    from .report import plural
+
+    why = []
+    if left_out:
+        why.append(f"{plural(len(left_out), 'system')} left out before the run (listed in {listed}, and above)")
+    if failed:
+        why.append(f"{plural(failed, 'system')} failed (the reasons: finetuna-parsl inspect {store})")
+    return "exit 1: " + "; ".join(why)
+
+
 def _load_systems(config_path: str, config, count: int | None):
-    """The systems to run and how many the parent cannot do; one stderr line per system left out, and why."""
+    """The systems to run and those left out as (id, reason): unreadable or with a constraint other than FixAtoms
+    (skipped), or a structure the parent cannot compute (unusable); one stderr line for each, and why."""
     from .parents import ParentError, check_systems, parent_class
     from .systems import SystemsError, load_systems
 
@@ -108,7 +141,8 @@ def _load_systems(config_path: str, config, count: int | None):
         click.echo(f"unusable system {system_id}: {config.parent.kind} parent: {reason}", err=True)
     if not systems:
         _fail(f"{config_path}: systems.source {config.systems.source!r} gave no usable systems")
-    return systems, len(unusable)
+    left_out = [(s.system_id, s.reason) for s in skipped]
+    return systems, left_out + [(sid, f"{config.parent.kind} parent: {reason}") for sid, reason in unusable]
 
 
 class WarnOnce:
@@ -172,6 +206,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     systems, unusable = _load_systems(config_path, config, count)
     from .campaign import CampaignInterrupted
     from .campaign.site import SiteError
+    from .parents import ParentSetupError
     from .store import StoreError
 
     try:
@@ -179,7 +214,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
                            repeats=repeats)
     except CampaignInterrupted as exc:
         _interrupted(exc)
-    except (StoreError, SiteError) as exc:
+    except (StoreError, SiteError, ParentSetupError) as exc:
         _fail(str(exc))
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -202,7 +237,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     accuracy_vs_speed(result.table, reference, folder / "accuracy_vs_speed.png")
     per_system_bars(result.rows, reference, folder / "per_system.png")
     sid = trajectory_system or systems[0].system_id
-    energy_trajectories(result.stores, sid, folder / "energy_trajectory.png")
+    energy_trajectories(result.stores, sid, folder / "energy_trajectory.png", reference=reference)
     click.echo(table)
     click.echo(f"\nNot accurate:\n{missed}")
     click.echo(f"\n{calls_note}\n\n{calls}")

@@ -229,14 +229,29 @@ def _check_files(where: str, config: RunConfig) -> None:
                 raise ConfigError(f"{where}: parent.{key}: only kind ase takes it (kind is {config.parent.kind!r})")
 
 
+def _yaml_error_place(exc: Exception, text: str) -> str:
+    """' at line N (`the line`): what PyYAML says', at the line of the mistake: where an unclosed quote or
+    bracket, or a key without its colon, began (PyYAML's context mark), not where the parser gave up
+    (its problem mark, often lines later: the end of the file for a quote never closed)."""
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None)
+    started = getattr(exc, "context_mark", None)
+    if started is not None and context and context.startswith(("while scanning a", "while parsing a flow")):
+        mark = started
+    if mark is None:
+        return f": {exc}"
+    lines = text.splitlines()
+    shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+    what = f"{context}, {problem}" if context and problem else (problem or str(exc))
+    return f" at line {mark.line + 1}" + (f" (`{shown}`)" if shown else "") + f": {what}"
+
+
 def parse_config(text: str, where: str = "<config>") -> RunConfig:
     """Parse and validate YAML text; `where` names the file in error messages."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{where}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{where}: not valid YAML{_yaml_error_place(exc, text)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import live
-from .records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING
-from .report import first_line
+from .records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PENDING, STATUS_RUNNING
+from .report import COLUMNS, first_line, plural
 from .store import StoreError, open_h5, read_summary
 
 
@@ -68,14 +68,16 @@ def _reasons(by_reason: dict) -> str:
 
 
 def totals(rows: Sequence[dict]) -> dict:
-    """Campaign totals: systems by status and outcome, parent calls (total, by reason), surrogate steps, SCF
-    cycles, parent wall time (s)."""
+    """Campaign totals: systems by status, how many are left to do (`left`: not done or failed) and by outcome,
+    parent calls (total, by reason), surrogate steps, SCF cycles, parent wall time (s)."""
     by_reason: Counter[str] = Counter()
     for r in rows:
         by_reason.update(r.get("parent_calls_by_reason") or {})
+    status = Counter(r["status"] for r in rows)
     return {
         "systems": len(rows),
-        "status": dict(Counter(r["status"] for r in rows)),
+        "status": dict(status),
+        "left": len(rows) - status[STATUS_DONE] - status[STATUS_FAILED],  # pending, running or interrupted
         "outcome": dict(Counter(r.get("outcome") or "-" for r in rows if r["status"] in (STATUS_DONE, STATUS_FAILED))),
         "parent_calls": sum(r["parent_calls"] for r in rows),
         "parent_calls_by_reason": dict(by_reason),
@@ -108,17 +110,21 @@ def report(ins: Inspection) -> str:
     t = totals(ins.rows)
     status = ", ".join(f"{n} {s}" for s, n in sorted(t["status"].items()))
     outcome = ", ".join(f"{n} {o}" for o, n in sorted(t["outcome"].items())) or "none finished"
+    scf = f"{plural(t['scf_cycles'], 'SCF cycle')}, " if t["scf_cycles"] else ""  # none: a parent without SCF (EMT)
     lines += [
         "-" * len(header),
-        f"{t['systems']} systems: {status}; outcomes: {outcome}",
-        f"{t['parent_calls']} parent calls ({_reasons(t['parent_calls_by_reason'])}), "
-        f"{t['surrogate_steps']} surrogate steps, {t['scf_cycles']} SCF cycles, "
-        f"{t['parent_wall_s']:.1f} s in the parent",
+        f"{plural(t['systems'], 'system')}: {status}; {t['left']} left to do; outcomes: {outcome}",
+        f"{plural(t['parent_calls'], 'parent call')} ({_reasons(t['parent_calls_by_reason'])}), "
+        f"{plural(t['surrogate_steps'], 'surrogate step')}, {scf}{t['parent_wall_s']:.1f} s in the parent",
     ]
     stale = t["status"].get(STATUS_RUNNING, 0) + t["status"].get(STATUS_INTERRUPTED, 0)
     if ins.source == "store" and stale:
-        lines.append(f"{stale} systems marked running or interrupted: their run stopped; the same run command "
-                     "resumes them")
+        lines.append(f"{plural(stale, 'system')} marked running or interrupted: their run stopped; the same run "
+                     "command resumes them")
+    if ins.source == "store" and t["status"].get(STATUS_PENDING, 0):
+        lines.append(f"{plural(t['status'][STATUS_PENDING], 'system')} pending (not started): the same run command "
+                     "runs them")
+    lines.append(COLUMNS)
     lines.append("outcomes: converged = a parent call confirmed fmax <= learner.fmax; parent_budget / "
                  "surrogate_budget = that budget ran out first (not relaxed)")
     return "\n".join(lines)

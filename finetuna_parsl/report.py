@@ -9,6 +9,11 @@ from .learner.metrics import Comparison
 from .records import OUTCOME_CONVERGED
 
 
+#: What the table's columns are, printed under it.
+COLUMNS = ("parent = parent calls; surr. = surrogate steps (optimizer steps on the surrogate, no parent call); "
+           "E_parent/eV and fmax (eV/A, free atoms) = the last parent call's")
+
+
 def _num(value: float, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
@@ -27,11 +32,18 @@ def summary_table(rows: Sequence[dict]) -> str:
     total_parent = sum(r["parent_calls"] for r in rows)
     converged = sum(r.get("outcome") == OUTCOME_CONVERGED for r in rows)
     lines.append("-" * len(header))
-    lines.append(f"{len(rows)} systems, {converged} parent-confirmed relaxed, {total_parent} parent calls")
+    lines.append(f"{plural(len(rows), 'system')}, {converged} parent-confirmed relaxed, "
+                 f"{plural(total_parent, 'parent call')}")
+    lines.append(COLUMNS)
     if any("\n" in (r.get("error") or "") for r in rows):
         lines.append("full reasons (exit code, output tails, command, folder): the 'error' attribute of "
                      "/systems/<id> in the store")
     return "\n".join(lines)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 system', '2 systems' (`many` for an irregular plural)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def first_line(text: str) -> str:

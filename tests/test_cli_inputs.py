@@ -68,6 +68,6 @@ def test_the_console_script_runs_by_full_path_without_its_bin_on_path(tmp_path):
     env |= {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = cli(tmp_path, "run", str(cfg), argv0=[str(script)], env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 systems, 1 parent-confirmed relaxed" in proc.stdout
+    assert "1 system, 1 parent-confirmed relaxed" in proc.stdout
     with h5py.File(tmp_path / "c.h5", "r") as f:
         assert f["systems"][list(f["systems"])[0]].attrs["status"] == "done"

@@ -116,7 +116,7 @@ def test_the_run_reports_every_unusable_system_before_any_worker_starts_and_runs
     unusable = [line for line in err if line.startswith("unusable system")]
     assert [line.split()[2].rstrip(":") for line in unusable] == ["mixed-0001", "mixed-0002"], proc.stderr[-3000:]
     assert "no periodic cell" in unusable[0] and "no POTCAR for Pt" in unusable[1]
-    started = next(i for i, line in enumerate(err) if "systems, site" in line)
+    started = next(i for i, line in enumerate(err) if "system, site" in line or "systems, site" in line)
     assert all(err.index(line) < started for line in unusable)  # before the run (and its workers) started
     assert proc.returncode == 1  # some systems could not be run
     with h5py.File(tmp_path / "mixed.h5", "r") as f:

@@ -343,14 +343,19 @@ def test_no_pause_while_vasp_still_computes_its_first_step(tmp_path):
 
 
 def test_a_command_the_shell_cannot_find_is_a_setup_error(tmp_path):
-    """A string command runs through the shell, so a missing program is exit 127, not an OSError: still a
-    setup error (not retried), like a missing executable in a list command."""
+    """A missing program is a setup error (not retried) at start(), naming it, before any input is written; a
+    command the shell still cannot run (exit 127) is one too, and VASP's inputs (POTCAR) are not blamed."""
     system = slab_system()
     parent = VaspInteractiveSession(workdir=tmp_path / "vasp", command="/nonexistent/bin/vasp_std -n 4")
+    with pytest.raises(ParentSetupError, match="/nonexistent/bin/vasp_std: no such executable"):
+        parent.start(system)
+    assert not (tmp_path / "vasp" / "INCAR").exists()
+    parent = VaspInteractiveSession(workdir=tmp_path / "vasp", command="sh -c 'exit 127'")
     parent.start(system)
     try:
-        with pytest.raises(ParentSetupError, match="exited with code 127"):
+        with pytest.raises(ParentSetupError, match="exited with code 127") as info:
             parent.calculate(system.positions)
+        assert "POTCAR" not in str(info.value).splitlines()[0]
     finally:
         parent.close()
 

@@ -27,6 +27,7 @@ from ..parents.bridge import ParentServer
 from ..records import STATUS_DONE as DONE
 from ..records import STATUS_FAILED as FAILED
 from ..records import STATUS_INTERRUPTED as INTERRUPTED
+from ..records import STATUS_PENDING as PENDING
 from ..records import STATUS_RUNNING as RUNNING
 from ..records import SystemSpec
 from ..store import CampaignStore
@@ -231,7 +232,7 @@ class Campaign:
 
     def _start_online(self, system: SystemSpec) -> _Relaxation | None:
         sid = system.system_id
-        if self.store.has_system(sid):
+        if self.store.has_system(sid) and self.store.status(sid) != PENDING:
             state = settle(self.store.load_state(sid, self.config.learner))
             if state.done:  # the driver died after storing the final point, before marking it
                 self.store.set_status(sid, RUNNING)
@@ -331,6 +332,8 @@ class Campaign:
         'interrupted' and their sessions closed; everything stored stays as it is (a new run resumes it).
         """
         queue: deque[SystemSpec] = deque()
+        for system in self.systems:  # every system in the store from the start: `inspect` shows what is pending
+            self.store.add_system(system)
         for system in self.systems:
             stored = self.store.has_system(system.system_id)
             done = stored and self.store.status(system.system_id) == DONE

@@ -20,6 +20,7 @@ class ProgressLine:
         self.width = width
         self._last_print = 0.0
         self._last_text = ""
+        self._closed = False  # the finished line is written (a terminal's bar ends with it)
         self.start = time.monotonic()
 
     def text(self, p: Progress) -> str:
@@ -38,8 +39,11 @@ class ProgressLine:
         text = self.text(p)
         finished = p.done + p.failed == p.total
         if self.tty:
+            if self._closed:  # the campaign reports once more after the last system: the bar is already done
+                return
             self.stream.write("\r" + text + ("\n" if finished else ""))
             self.stream.flush()
+            self._closed = finished
             return
         now = time.monotonic()
         core = text.rsplit(" ", 1)[0]

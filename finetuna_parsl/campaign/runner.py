@@ -26,8 +26,9 @@ from parsl.executors import HighThroughputExecutor
 from ..config import RunConfig, with_overrides
 from ..records import SystemSpec
 from ..live import summary_path
-from ..store import CampaignStore, check_not_held
+from ..store import CampaignStore, check_not_held, check_same_campaign
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
+from .pausing import _on_driver_machine as on_driver_machine
 from .pausing import pause_while_learning
 from .site import load_site
 
@@ -45,6 +46,28 @@ def store_path(config: RunConfig, method: str) -> Path:
     """The store of `method`: the configured output for online learning, '<stem>.<method>.h5' otherwise."""
     out = Path(config.campaign.output)
     return out if method == "online" else out.with_name(f"{out.stem}.{method}{out.suffix or '.h5'}")
+
+
+def check_parent_program(config: RunConfig, parsl_config) -> None:
+    """Before any worker starts: the parent's program (VASP's launcher and executable) must be on PATH when the
+    site's parent workers run on this machine; elsewhere (a batch job, other nodes, other modules) the session
+    checks it at its start instead. Raises ParentSetupError (one line: the program and the PATH searched)."""
+    from ..parents import ParentSetupError, parent_class
+
+    executors = {e.label: e for e in parsl_config.executors}
+    if "parent" not in executors or not on_driver_machine(executors["parent"]):
+        return
+    missing = parent_class(config.parent.kind).missing_program(config.parent.options)
+    if missing is not None:
+        where = f"{config.path}: " if config.path and config.path != "<config>" else ""
+        raise ParentSetupError(f"{where}{config.parent.kind} parent: {missing}; no worker was started")
+
+
+def _choose_store(config: RunConfig) -> str:
+    """How to give a campaign its own store, named after its config file where there is one."""
+    where = f" in {config.path}" if config.path and config.path != "<config>" else ""
+    example = f" (e.g. runs/{Path(config.path).stem}.h5)" if where else ""
+    return f"Set campaign.output{where} or pass --output to give this campaign its own store{example}"
 
 
 def _isolate_interchanges(parsl_config) -> None:
@@ -151,20 +174,24 @@ def run_campaign(
     """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`.
 
     Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
-    it: then `restart` deletes nothing), and CampaignInterrupted when a signal stopped the run.
+    it: then `restart` deletes nothing) or belongs to another campaign (store.check_same_campaign),
+    ParentSetupError when the parent's program is missing where the driver can tell (check_parent_program),
+    and CampaignInterrupted when a signal stopped the run.
     on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
     """
     path = store_path(config, method)
+    run_dir = str(path.parent / "runinfo")
+    parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
+    check_parent_program(config, parsl_config)
     if restart and path.exists():
         check_not_held(path)  # never delete a store another process has open
         path.unlink()
         summary_path(path).unlink(missing_ok=True)  # the live summary of the deleted store
         shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
+    check_same_campaign(path, systems, choose=_choose_store(config))
     path.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(config.parent.workdir or f"{path.with_suffix('')}-parent").resolve()  # workers may run elsewhere
     config = with_overrides(config, parent={"workdir": str(workdir)})
-    run_dir = str(path.parent / "runinfo")
-    parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
     pause = pause_while_learning(config.parent.pause_while_learning, config.site, parsl_config)  # "auto" resolved once
     _isolate_interchanges(parsl_config)
     stop = StopRequest()

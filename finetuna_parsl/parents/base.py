@@ -45,6 +45,14 @@ class ParentSession(abc.ABC):
         return None
 
     @classmethod
+    def missing_program(cls, options: Mapping[str, Any]) -> str | None:
+        """Why the program `options` name (VASP's command) cannot be run from here (one line: the program and
+        the PATH searched), or None (found, or a parent that runs no program). Looked up where this is called:
+        in the driver before any worker starts when the parent's workers run on its machine, and in the
+        session's start() wherever it runs. Raises nothing."""
+        return None
+
+    @classmethod
     def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
         """Why this parent, set up with `options` (the run config's parent.options), cannot compute `system`.
 

@@ -24,6 +24,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,59 @@ SAME_POSITIONS_A = 1e-6
 #: VASP must report having computed within this distance (A) of the positions sent (OUTCAR prints 5 decimals).
 SYNC_TOLERANCE_A = 1e-3
 _SRUN = re.compile(r"^\s*(\S*/)?srun(\s|$)")
+#: Words that start the program rather than being it: MPI and batch launchers and the wrappers run under them.
+LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "mpiexec.hydra", "orterun", "prterun", "aprun", "jsrun", "ibrun",
+                       "env", "numactl", "taskset", "nice", "time", "stdbuf"})
+#: Shell words that end the command proper (redirections, pipes, lists).
+_SHELL_END = re.compile(r"^(\d?[<>]|\||;|&)")
+
+
+def command_programs(command: str | Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """The programs `command` (parent.options.command) runs: its first word, and where that is a launcher
+    (srun, mpirun, ...; LAUNCHERS) the program it launches, taken as the last word that is neither an option,
+    a number nor a VAR=value (`srun -n 64 --cpu-bind=cores vasp_std` -> [srun, vasp_std]). Shell variables
+    are expanded from `environ` (default os.environ; unset ones to nothing, as the shell does); a word still
+    holding a `$` (`${X:-y}`) is left out (unknown here)."""
+    environ = os.environ if environ is None else environ
+    if isinstance(command, str):
+        text = re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: environ.get(m.group(1) or m.group(2), ""), command)
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            return []
+    else:
+        words = [str(w) for w in command]
+    for i, word in enumerate(words):
+        if _SHELL_END.match(word):
+            words = words[:i]
+            break
+    while words and re.match(r"^\w+=", words[0]):  # VAR=value before the command
+        words = words[1:]
+    if not words:
+        return []
+    programs = [words[0]]
+    if Path(words[0]).name in LAUNCHERS:
+        rest = [w for w in words[1:] if not w.startswith("-") and "=" not in w and not re.fullmatch(r"[\d.:,-]+", w)]
+        if rest:
+            programs.append(rest[-1])
+    return [p for p in programs if "$" not in p]
+
+
+def missing_command_program(command: str | Sequence[str], environ: Mapping[str, str] | None = None) -> str | None:
+    """The first program of `command` (command_programs) that cannot be run with environ's PATH, as one line
+    naming it and that PATH; None when all are there. A relative path with a `/` is left to the launch (it is
+    taken in the system's folder)."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("PATH", os.defpath)
+    for program in command_programs(command, environ):
+        if "/" in program:
+            if os.path.isabs(program) and not (os.path.isfile(program) and os.access(program, os.X_OK)):
+                return f"{program}: no such executable (from parent.options.command {command!r})"
+            continue
+        if shutil.which(program, path=path) is None:
+            return f"{program}: not found on PATH={path} (from parent.options.command {command!r})"
+    return None
+
 
 
 class VaspInteractiveSession(ParentSession):
@@ -102,6 +156,12 @@ class VaspInteractiveSession(ParentSession):
         if not isinstance(options.get("setups") or {}, Mapping):
             return "setups must be a mapping by element, e.g. setups: {Cu: _pv}"
         return per_species_problem(options.get("incar"))
+
+    @classmethod
+    def missing_program(cls, options: Mapping[str, Any]) -> str | None:
+        """The launcher or VASP of `command` not found on PATH here (`env`'s PATH if it sets one)."""
+        env = {str(k): str(v) for k, v in (options.get("env") or {}).items()}
+        return missing_command_program(options.get("command") or "vasp_std", {**os.environ, **env})
 
     @classmethod
     def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
@@ -178,6 +238,9 @@ class VaspInteractiveSession(ParentSession):
         """Write the inputs into the work folder and launch VASP; it starts on the initial positions at once."""
         if self._proc is not None:
             raise ParentSetupError(f"vasp parent for {system.system_id}: start() twice without close()")
+        missing = missing_command_program(self.command, {**os.environ, **self.env})
+        if missing is not None:  # before any file is written: nothing else (no POTCAR, no input) gets the blame
+            raise ParentSetupError(f"vasp parent for {system.system_id}: {missing}")
         super().start(system)
         if self.workdir is None:
             self.workdir = Path(mkdtemp(prefix=f"finetuna-vasp-{system.system_id}-"))
@@ -441,9 +504,13 @@ class VaspInteractiveSession(ParentSession):
             code = self._proc.returncode
         for thread in self._threads:
             thread.join(timeout=2)  # the last stderr lines (forrtl ...) arrive with the exit
-        hint = "" if self._potcar else " (no POTCAR was written: set parent.options.potcar_dir or VASP_PP_PATH)"
         # 126/127: the shell could not run the command (not executable / not found), before VASP said anything
         setup = code in (126, 127) and self._step == 1 and not self._step_read
+        hint = ""
+        if setup:  # VASP never ran: its inputs (POTCAR) are not to blame
+            hint = " (the shell or launcher could not run the command: 127 = not found, 126 = not executable)"
+        elif not self._potcar:
+            hint = " (no POTCAR was written: set parent.options.potcar_dir or VASP_PP_PATH)"
         return (ParentSetupError if setup else ParentError)(
             f"vasp parent for {self._sid}: VASP exited with code {code} {when}{hint} "
             f"[command: {self.command}; workdir: {self.workdir}; {self._logs()}]" + self._tails()
