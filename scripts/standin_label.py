@@ -3,7 +3,7 @@
 
 Usage: python scripts/standin_label.py [--structures benchmarks/prior-standin/structures.db]
            [--workdir runs/standin] [--workers 12] [--device cuda] [--minutes 4] [--steps 60]
-           [--ood-steps 100] [--fmax 0.05] [--rattles 4] [--chunk 4] [--limit N] [--seed 0]
+           [--ood-steps 100] [--fmax 0.05] [--rattles 4] [--chunk 2] [--limit N] [--seed 0]
 
 Per system of the structures file (made by scripts/standin_structures.py): the frames of an ASE BFGS
 relaxation on the stand-in (every step, fmax `--fmax` eV/A, at most `--steps` steps; `--ood-steps` for the
@@ -19,8 +19,8 @@ WORKDIR/recipe.json holds the labelling recipe, WORKDIR/label.log the progress a
 
 Work is spread over `--workers` spawned processes, each with its own stand-in on `--device` (they share one
 GPU). With `--minutes`, no chunk starts after that wall-clock budget; chunks run test systems first, then
-held-out in-domain, then training systems in a seeded random order, so a cut leaves a random subset of the
-training systems. Needs torch, numpy, e3nn, ase and sevenn with its imports torch_geometric, braceexpand and
+held-out in-domain and training systems mixed in a seeded random order, so a cut leaves a random subset of
+both in proportion. Needs torch, numpy, e3nn, ase and sevenn with its imports torch_geometric, braceexpand and
 tqdm; sevenn's module-level imports of requests, pandas, scikit-learn and xxhash serve downloads, tables and
 training that labelling never uses, so each is replaced by an empty module where it is not installed.
 """
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood-steps", type=int, default=100, help="BFGS steps per test system at most")
     parser.add_argument("--fmax", type=float, default=0.05, help="BFGS convergence (eV/A)")
     parser.add_argument("--rattles", type=int, default=4, help="rattled frames per pretraining system")
-    parser.add_argument("--chunk", type=int, default=4, help="systems per chunk file")
+    parser.add_argument("--chunk", type=int, default=2, help="systems per chunk file")
     parser.add_argument("--limit", type=int, default=None, help="label only the first N systems of each split")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -218,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     deadline = None if args.minutes is None else time.time() + 60.0 * args.minutes
     jobs = []
+    in_domain = []
     for split in SPLITS:
         rows = [(row.key_value_pairs["name"], row.toatoms()) for row in db.select(split=split)]
-        if split == "train":
+        if split != "valid_out":
             rows = [rows[i] for i in rng.permutation(len(rows))]
         rows = rows[: args.limit] if args.limit is not None else rows
         for start in range(0, len(rows), args.chunk):
@@ -229,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             systems = [(name, atoms, [args.seed, start + k, int(hashlib.md5(name.encode()).hexdigest()[:8], 16)])
                        for k, (name, atoms) in enumerate(rows[start:start + args.chunk])]
-            jobs.append({"split": split, "systems": systems, "path": str(path), "steps": args.steps,
-                         "ood_steps": args.ood_steps, "fmax": args.fmax, "rattles": args.rattles,
-                         "deadline": deadline})
+            job = {"split": split, "systems": systems, "path": str(path), "steps": args.steps,
+                   "ood_steps": args.ood_steps, "fmax": args.fmax, "rattles": args.rattles, "deadline": deadline}
+            (jobs if split == "valid_out" else in_domain).append(job)
+    # In-domain chunks in a seeded mixed order: a budget cut keeps train and valid_in in proportion.
+    jobs += [in_domain[i] for i in rng.permutation(len(in_domain))]
     log(f"{len(jobs)} chunks to label on {args.workers} workers ({args.device})")
     if jobs:
         t_load = time.perf_counter()
