@@ -3,13 +3,16 @@
 # lent GPU machine (issue 25, items 1-2): run from the repository root there, with .gpu-standin/ (made by
 # scripts/device_bundle_standin.sh) carried along; benchmarks/prior-standin/structures.db travels as a tracked file.
 #   1. installs the bundle's wheels into $SITE (default /tmp/site)
-#   2. scripts/standin_label.py: WORKERS processes share the GPU; no chunk starts after LABEL_MINUTES
+#   2. scripts/standin_label.py: WORKERS processes share the GPU; no chunk starts after LABEL_MINUTES; chunks on
+#      disk are kept (WORK is git-ignored, so a second call on the still-warm machine labels further)
 #   3. scripts/pretrain_surrogate.py --frames: the small eSCN-MD (surrogate/model.py small_model_config) trained
 #      for TRAIN_MINUTES at BATCH frames a step; meanwhile scripts/standin_frames.py packs the frames
 #   4. $OUT/standin.tar: checkpoint oc20-standin.pt, its model card .json, recipe.json, label.log, pretrain.log,
 #      stdout of both; $OUT/frames-<split>.npz.NNN: the frames (scripts/standin_frames.py unpack rebuilds them)
 # Environment: DEVICE (cuda), WORK (runs/standin), BUNDLE (.gpu-standin), SITE (/tmp/site), LABEL_ARGS (extra
-# arguments of standin_label.py, e.g. "--limit 3"), FRAMES_MB (44: the frames' share of the 64 MiB that comes back).
+# arguments of standin_label.py, e.g. "--limit 3"), FRAMES_MB (44: the frames' share of the 64 MiB that comes back),
+# TOTAL_S (570: training is cut so that the whole script ends by then, inside the device tool's 600 s, with
+# what it made in $OUT).
 # Usage: scripts/device_standin.sh LABEL_MINUTES TRAIN_MINUTES [WORKERS=12] [BATCH=32]
 set -uo pipefail
 label_min=$1 train_min=$2 workers=${3:-12} batch=${4:-32}
@@ -32,7 +35,10 @@ echo "labelling: exit $? after $((SECONDS - start)) s"
 grep -v Warning "$work/label.stdout" | tail -n 3
 python3 scripts/standin_frames.py pack "$work" "$out" --budget-mb "${FRAMES_MB:-44}" > "$work/pack.stdout" 2>&1 &
 pack=$!
-train_limit=$(python3 -c "print(int(float('$train_min') * 60 + 240))")
+train_limit=$(python3 -c "print(max(60, min(int(float('$train_min') * 60 + 240), ${TOTAL_S:-570} - $SECONDS + $start - 25)))")
+echo "training within ${train_limit} s"
+train_min=$(python3 -c "print(round(max(0.25, min(float('$train_min'), ($train_limit - 120) / 60)), 2))")
+rm -rf "$work/train"  # a fresh training on every call: a rerun on a warm machine adds frames, then trains anew
 OMP_NUM_THREADS=4 timeout "$train_limit" python3 scripts/pretrain_surrogate.py --frames "$work" --minutes "$train_min" \
   --batch "$batch" --threads 4 --workdir "$work/train" --output "$work/oc20-standin.pt" > "$work/train.stdout" 2>&1
 echo "training: exit $? after $((SECONDS - start)) s"

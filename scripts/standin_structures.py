@@ -21,11 +21,13 @@ The stand-in for DFT is SevenNet-0 (sevenn's "7net-0", on the CPU here). Steps, 
    adsorbates.pkl minus every held-out formula; `AdsorbateSlabConfig` in "random_site_heuristic_placement"
    mode (tags 2 on the adsorbate), overlapping placements rejected with its `there_is_overlap`. Per bulk
    `--slabs-per-bulk` slabs with Miller indices up to 1 and `--adsorbates-per-slab` adsorbates each.
-4. Split (finetuna_parsl.surrogate.standin.split_of): "train", "valid_in" (one in 12 systems, held out whole),
+4. Split (finetuna_parsl.surrogate.standin.split_of): "train", "valid_in" (one in 13 numbers, held out whole),
    and the 30 test systems as "valid_out" (tags set: 0 fixed, 1 free slab atom, 2 adsorbate).
 
-Rows of the output ASE database carry name (oc20-<sid> for a test system, with oc20_sid), split, bulk (Hill formula), bulk_elements ("Ag-Sr"), prototype,
-miller, adsorbate (SMILES, or the Hill formula for a test system) and ads_formula. A bulk's systems are
+Rows of the output ASE database carry name (oc20-<sid> for a test system, with oc20_sid), split, bulk (Hill
+formula), bulk_elements ("Ag-Sr"), bulk_id (its prototype in it), miller, shift, top, min_ab, adsorbate (SMILES,
+or the Hill formula for a test system) and ads_formula; a bulk without a usable slab leaves one empty row of
+split "none". A bulk's systems are
 written in one transaction, so a killed run resumes at the next bulk. Progress: WORKDIR/progress.log.
 Reproducible: every random choice comes from a generator seeded by (--seed, bulk index), fairchem-data-oc's
 np.random calls included (np.random.seed before each bulk).

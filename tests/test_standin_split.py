@@ -35,8 +35,8 @@ def test_split_of_leaves_out_what_the_holdout_holds():
     assert split_of(5, "CO", ["Sr", "Ag"], holdout) is None  # held-out composition, any order
     assert split_of(5, "CO", ["Rb"], holdout) is None
     assert split_of(5, "CO", ["Rb", "Cu"], holdout) == "train"  # a superset is another composition
-    assert split_of(24, "CO", ["Cu"], holdout, valid_every=12) == "valid_in"
-    assert split_of(25, "CO", ["Cu"], holdout, valid_every=12) == "train"
+    assert split_of(26, "CO", ["Cu"], holdout) == "valid_in"  # one in 13
+    assert split_of(24, "CO", ["Cu"], holdout) == "train"
 
 
 def test_adsorbate_indices_finds_the_molecule_on_an_untagged_slab():
