@@ -3,7 +3,7 @@
 
 Usage: python scripts/standin_label.py [--structures benchmarks/prior-standin/structures.db]
            [--workdir runs/standin] [--workers 12] [--device cuda] [--minutes 4] [--steps 60]
-           [--ood-steps 100] [--fmax 0.05] [--rattles 4] [--chunk 2] [--limit N] [--seed 0]
+           [--ood-steps 100] [--fmax 0.05] [--rattles 4] [--chunk 8] [--unbatched] [--limit N] [--seed 0]
 
 Per system of the structures file (made by scripts/standin_structures.py): the frames of an ASE BFGS
 relaxation on the stand-in (every step, fmax `--fmax` eV/A, at most `--steps` steps; `--ood-steps` for the
@@ -18,7 +18,9 @@ arrays["free"]. Chunks are written whole (tmp + rename), so a rerun resumes with
 WORKDIR/recipe.json holds the labelling recipe, WORKDIR/label.log the progress and the labelling time.
 
 Work is spread over `--workers` spawned processes, each with its own stand-in on `--device` (they share one
-GPU). With `--minutes`, no chunk starts after that wall-clock budget; chunks run test systems first, then
+GPU). A chunk's systems relax in lockstep: each BFGS step of all of them is one batched SevenNet-0 call
+(sevenn's batch inference; `--unbatched`: one SevenNetCalculator call per frame, the same numbers). With
+`--minutes`, no chunk starts after that wall-clock budget; chunks run test systems first, then
 held-out in-domain and training systems mixed in a seeded random order, so a cut leaves a random subset of
 both in proportion. Needs torch, numpy, e3nn, ase and sevenn with its imports torch_geometric, braceexpand and
 tqdm; sevenn's module-level imports of requests, pandas, scikit-learn and xxhash serve downloads, tables and
@@ -130,14 +132,90 @@ def system_frames(atoms, name: str, split: str, steps: int, fmax: float, rattles
         frames.append(_frame(work, work.get_potential_energy(), work.get_forces(apply_constraint=False), name))
     calls = len(frames)
     free = _free(atoms)
+    last = frames[-1]
     for k in range(rattles):
-        base = atoms if k % 2 == 0 else frames[-1]
+        base = atoms if k % 2 == 0 else last
         shaken = atoms.copy()
         shaken.positions = base.positions.copy()
         shaken.positions[free] += rng.normal(0.0, rng.uniform(0.03, 0.15), (int(free.sum()), 3))
         frames.append(_label(shaken, name))
         calls += 1
     kept = [f for f in frames if float((f.get_forces(apply_constraint=False) ** 2).sum(axis=1).max()) <= MAX_FORCE ** 2]
+    for f in kept:
+        f.info["split"] = split
+    return kept, calls
+
+
+def _evaluate(atoms_list: list) -> list[tuple[float, np.ndarray]]:
+    """(energy eV, forces eV/A) of each of `atoms_list` from ONE batched SevenNet-0 call: sevenn's own batch
+    inference (model.set_is_batch_data(True) on a torch_geometric Batch of its graphs, as
+    sevenn/scripts/inference.py), so the GPU sees one graph of many systems instead of many tiny calls."""
+    import sevenn._keys as KEY
+    from sevenn.atom_graph_data import AtomGraphData
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+    from torch_geometric.data import Batch
+
+    graphs = [AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(a, _CALC.cutoff, with_shift=False))
+              for a in atoms_list]
+    batch = Batch.from_data_list(graphs).to(_CALC.device)
+    _CALC.model.set_is_batch_data(True)
+    try:
+        out = _CALC.model(batch)
+    finally:
+        _CALC.model.set_is_batch_data(False)
+    energies = out[KEY.PRED_TOTAL_ENERGY].detach().cpu().numpy().reshape(-1)
+    forces = out[KEY.PRED_FORCE].detach().cpu().numpy()
+    ends = np.cumsum([len(a) for a in atoms_list])
+    return [(float(e), f) for e, f in zip(energies, np.split(forces, ends[:-1]))]
+
+
+def lockstep_frames(systems: list, split: str, steps: int, fmax: float, rattles: int) -> tuple[list, int]:
+    """`system_frames` for several systems at once: their ASE BFGS relaxations advance in lockstep, each
+    step's forces of all systems still running from one batched call (`_evaluate`), then the rattled copies
+    of all in one call. Same frames as `system_frames` (the same BFGS, fed the same forces); (frames, calls)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.optimize import BFGS
+
+    work, opts, paths = [], [], []
+    for _, atoms, _ in systems:
+        copy = atoms.copy()
+        opt = BFGS(copy, logfile=None)
+        opt.fmax = fmax
+        work.append(copy)
+        opts.append(opt)
+        paths.append([])
+    active, calls = list(range(len(systems))), 0
+    for step in range(steps + 1):
+        if not active:
+            break
+        results = _evaluate([work[i] for i in active])
+        calls += len(active)
+        running = []
+        for i, (energy, forces) in zip(active, results):
+            paths[i].append(_frame(work[i], energy, forces, systems[i][0]))
+            # the optimizer reads the batched results through the atoms' calculator, as irun() does
+            work[i].calc = SinglePointCalculator(work[i], energy=energy, forces=forces)
+            if step == steps or opts[i].gradient_converged(opts[i].optimizable.get_gradient()):
+                continue
+            opts[i].step()
+            running.append(i)
+        active = running
+    shaken = []
+    for i, (name, atoms, seed) in enumerate(systems):
+        rng = np.random.default_rng(seed)
+        free = _free(atoms)
+        for k in range(rattles):
+            base = atoms if k % 2 == 0 else paths[i][-1]
+            copy = atoms.copy()
+            copy.positions = base.positions.copy()
+            copy.positions[free] += rng.normal(0.0, rng.uniform(0.03, 0.15), (int(free.sum()), 3))
+            shaken.append((i, copy))
+    if shaken:
+        for (i, copy), (energy, forces) in zip(shaken, _evaluate([c for _, c in shaken])):
+            paths[i].append(_frame(copy, energy, forces, systems[i][0]))
+        calls += len(shaken)
+    kept = [f for path in paths for f in path
+            if float((f.get_forces(apply_constraint=False) ** 2).sum(axis=1).max()) <= MAX_FORCE ** 2]
     for f in kept:
         f.info["split"] = split
     return kept, calls
@@ -151,14 +229,17 @@ def _run_chunk(job: dict) -> dict:
     if job["deadline"] is not None and time.time() > job["deadline"]:
         return {"path": job["path"], "skipped": True}
     t0 = time.perf_counter()
-    frames, calls = [], 0
-    for name, atoms, seed in job["systems"]:
-        rng = np.random.default_rng(seed)
-        steps = job["ood_steps"] if job["split"] == "valid_out" else job["steps"]
-        rattles = 0 if job["split"] == "valid_out" else job["rattles"]
-        got, n = system_frames(atoms, name, job["split"], steps, job["fmax"], rattles, rng)
-        frames += got
-        calls += n
+    steps = job["ood_steps"] if job["split"] == "valid_out" else job["steps"]
+    rattles = 0 if job["split"] == "valid_out" else job["rattles"]
+    if job["batched"]:
+        frames, calls = lockstep_frames(job["systems"], job["split"], steps, job["fmax"], rattles)
+    else:
+        frames, calls = [], 0
+        for name, atoms, seed in job["systems"]:
+            got, n = system_frames(atoms, name, job["split"], steps, job["fmax"], rattles,
+                                   np.random.default_rng(seed))
+            frames += got
+            calls += n
     tmp = job["path"] + ".tmp.extxyz"
     write(tmp, frames, format="extxyz")
     os.replace(tmp, job["path"])
@@ -181,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood-steps", type=int, default=100, help="BFGS steps per test system at most")
     parser.add_argument("--fmax", type=float, default=0.05, help="BFGS convergence (eV/A)")
     parser.add_argument("--rattles", type=int, default=4, help="rattled frames per pretraining system")
-    parser.add_argument("--chunk", type=int, default=2, help="systems per chunk file")
+    parser.add_argument("--chunk", type=int, default=8,
+                        help="systems per chunk file (relaxed in lockstep, one batched stand-in call per step)")
+    parser.add_argument("--unbatched", action="store_true",
+                        help="one ASE calculator call per frame (SevenNetCalculator) instead of batched calls")
     parser.add_argument("--limit", type=int, default=None, help="label only the first N systems of each split")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -231,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             systems = [(name, atoms, [args.seed, start + k, int(hashlib.md5(name.encode()).hexdigest()[:8], 16)])
                        for k, (name, atoms) in enumerate(rows[start:start + args.chunk])]
             job = {"split": split, "systems": systems, "path": str(path), "steps": args.steps,
-                   "ood_steps": args.ood_steps, "fmax": args.fmax, "rattles": args.rattles, "deadline": deadline}
+                   "ood_steps": args.ood_steps, "fmax": args.fmax, "rattles": args.rattles, "deadline": deadline,
+                   "batched": not args.unbatched}
             (jobs if split == "valid_out" else in_domain).append(job)
     # In-domain chunks in a seeded mixed order: a budget cut keeps train and valid_in in proportion.
     jobs += [in_domain[i] for i in rng.permutation(len(in_domain))]
