@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pack labelled frames into compact files that fit the device tool's return limits, and unpack them.
 
-Usage: python scripts/standin_frames.py pack WORKDIR OUTDIR [--max-mb 15] [--budget-mb 44]
+Usage: python scripts/standin_frames.py pack WORKDIR OUTDIR [--max-mb 15] [--budget-mb 58]
        python scripts/standin_frames.py unpack OUTDIR WORKDIR
 
 The frames of scripts/standin_label.py (WORKDIR/frames/<split>-<NNNN>.extxyz; about 8 kB of text per frame)
@@ -52,7 +52,7 @@ def pack_split(paths: list[Path]) -> bytes:
     return buffer.getvalue()
 
 
-def pack(workdir: Path, outdir: Path, max_mb: float = 15.0, budget_mb: float = 44.0) -> None:
+def pack(workdir: Path, outdir: Path, max_mb: float = 15.0, budget_mb: float = 58.0) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     spent = 0
     for split in SPLITS:
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "pack":
         opts = dict(zip(argv[3::2], argv[4::2]))
-        pack(Path(argv[1]), Path(argv[2]), float(opts.get("--max-mb", 15)), float(opts.get("--budget-mb", 44)))
+        pack(Path(argv[1]), Path(argv[2]), float(opts.get("--max-mb", 15)), float(opts.get("--budget-mb", 58)))
     else:
         unpack(Path(argv[1]), Path(argv[2]))
     return 0
