@@ -288,6 +288,31 @@ def generate_frames(recipe: DataRecipe, folder: Path, workers: int = 2, chunk: i
     return data
 
 
+#: Splits of frames labelled elsewhere (scripts/standin_label.py), named by their chunk files' prefix.
+SPLIT_PREFIXES = ("train", "valid_in", "valid_out")
+
+
+def read_split_frames(folder: Path) -> Dataset:
+    """Frames labelled by another parent than EMT (scripts/standin_label.py: the stand-in world, issue 25), in
+    this module's chunk format: `folder/frames/<split>-<NNNN>.extxyz` with split train, valid_in or valid_out
+    (the file name says which; chunks being written, *.tmp.extxyz, are skipped), arrays["free"] per frame.
+    Raises FileNotFoundError when `folder/frames` holds no chunk, ValueError for a chunk of another split."""
+    from ase.io import read
+
+    data = Dataset([], [], [])
+    paths = sorted(p for p in (folder / "frames").glob("*.extxyz") if not p.name.endswith(".tmp.extxyz"))
+    if not paths:
+        raise FileNotFoundError(f"{folder / 'frames'}: no frame chunks (*.extxyz)")
+    for path in paths:
+        split = path.name.rsplit("-", 1)[0]
+        if split not in SPLIT_PREFIXES:
+            raise ValueError(f"{path}: not a chunk of {', '.join(SPLIT_PREFIXES)}")
+        for frame in read(path, index=":"):
+            frame.set_constraint(FixAtoms(mask=frame.arrays["free"] == 0))
+            getattr(data, split).append(frame)
+    return data
+
+
 def make_dataset(seed: int = 0, folder: Path | None = None, n_systems: int = 1700, workers: int = 2) -> Dataset:
     """The pretraining frames of `seed` (cached under `folder`, default runs/pretrain-data-<seed>)."""
     folder = folder or Path("runs") / f"pretrain-data-{seed}"
