@@ -279,7 +279,9 @@ def _resolve_paths(config: RunConfig) -> RunConfig:
         options = resolve_option_paths(config.parent.options, Path.cwd())
         config = dataclasses.replace(config, parent=dataclasses.replace(config.parent, options=options))
     checkpoint = config.surrogate.checkpoint
-    if config.surrogate.factory is not None or checkpoint == "shipped":
+    from .surrogate.checkpoint import PACKAGED
+
+    if config.surrogate.factory is not None or checkpoint in PACKAGED:
         return config
     return dataclasses.replace(
         config, surrogate=dataclasses.replace(config.surrogate, checkpoint=str(Path(checkpoint).expanduser().resolve())))

@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 
 SHIPPED = Path(__file__).parent / "data" / "finetuna-small.pt"
+#: Packaged priors by name: "shipped" (EMT world, 7 metals and C/H/N/O) and "oc20-standin" (the stand-in world:
+#: SevenNet-0 labels of OC20-style systems held out from oc20-ood30's adsorbates and bulks; its model card beside it).
+PACKAGED = {"shipped": SHIPPED, "oc20-standin": Path(__file__).parent / "data" / "oc20-standin.pt"}
 
 
 class SurrogateError(RuntimeError):
@@ -85,9 +88,10 @@ def _hub_names() -> dict:
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """'shipped' -> the packaged file; otherwise a local file (nothing is downloaded). SurrogateError if absent."""
-    if str(checkpoint) == "shipped":
-        return SHIPPED
+    """A packaged prior's name (PACKAGED) -> its file; otherwise a local file (nothing is downloaded).
+    SurrogateError if absent."""
+    if str(checkpoint) in PACKAGED:
+        return PACKAGED[str(checkpoint)]
     text = str(checkpoint)
     path = Path(text).expanduser()
     if path.exists():

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 class SurrogateSettings:
     """The surrogate (the run config's `surrogate` section): a fairchem checkpoint and its fine-tuning.
 
-    checkpoint: a fairchem inference checkpoint (.pt) or "shipped" (the package's own); the run config makes a
+    checkpoint: a fairchem inference checkpoint (.pt), "shipped" (the package's EMT-world prior) or "oc20-standin"
+        (its stand-in-world prior, surrogate/data/oc20-standin.json); the run config makes a
     path absolute when it is read, so workers elsewhere find the same file. task: the checkpoint's task/dataset
     to predict with (oc20, omat, omol, odac, omc, ...). factory: "module:callable" returning your own surrogate,
     called with these settings as keywords (overrides checkpoint). device: auto | cpu | cuda.
