@@ -8,8 +8,10 @@ the initial structure is relaxed with plain ASE BFGS (ase.optimize.BFGS, its def
 70 eV/A^2) to fmax 0.03 eV/A on the atoms FixAtoms leaves free (constraints as stored), at most 1000 steps, one
 torch thread. The force calls are counted by wrapping the calculator's calculate(): one count per model
 evaluation. For ASE BFGS that is steps + 1 (the start, then one per step), the same as the frames of the
-paper's ASE BFGS trajectories, where every frame is one VASP single point; so "calls" here is compared directly
-with the paper's vasp_bfgs_calls (finetuna_parsl.systems.paper_counts()).
+paper's ASE BFGS trajectories (finetuna_manuscript data/results/ASE_BFGS: frame counts equal vasp_bfgs_calls on
+all 30, first frame = the packaged start, last = first with fmax < 0.03); so "calls" here is compared directly
+with the paper's vasp_bfgs_calls (finetuna_parsl.systems.paper_counts()). --timing-rounds adds an interleaved
+seconds-per-call measurement (the potentials taking turns on three systems) that machine load cannot bias.
 
 Potentials, weights shipped inside their wheels (nothing is downloaded: every socket connect raises during the
 run, so a download attempt would fail the system and show as an error row):
@@ -133,14 +135,60 @@ def relaxed_frames() -> dict[str, np.ndarray]:
     return {str(row.sid): row.positions.copy() for row in db.select(frame="relaxed")}
 
 
-def read_results(path: Path) -> list[dict]:
+def read_results(path: Path, kind: str = "relax") -> list[dict]:
+    """The rows of --results of one kind: "relax" (one per potential and system) or "timing"."""
     if not path.exists():
         return []
     rows = []
     for line in path.read_text().splitlines():
         if line.strip():
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            if row.get("kind", "relax") == kind:
+                rows.append(row)
     return rows
+
+
+def _append(results: Path, row: dict) -> None:
+    with open(results, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def timing(potentials: list[str], results: Path, rounds: int, calls: int) -> None:
+    """Seconds per call measured fairly: the potentials take turns (order alternating by round) on the smallest,
+    the median and the largest system, `calls` single points each with the free atoms moved 0.01 A at random
+    between calls, so both see the same machine load. Skipped when --results already holds timing rows."""
+    import torch
+
+    from finetuna_parsl.systems import load_systems
+
+    if read_results(results, "timing"):
+        print(f"timing: already in {results}", flush=True)
+        return
+    torch.set_num_threads(1)
+    systems = sorted(load_systems(SOURCE)[0], key=lambda s: len(s.numbers))
+    picks = [systems[0], systems[len(systems) // 2], systems[-1]]
+    calcs = {name: make_calculator(name) for name in potentials}
+    rng = np.random.default_rng(0)
+    for r in range(rounds):
+        order = potentials if r % 2 == 0 else potentials[::-1]
+        for name in order:
+            for spec in picks:
+                atoms = spec.to_atoms()
+                calc = calcs[name]
+                calc.reset()
+                atoms.calc = calc
+                atoms.get_forces()  # first call of a system (graph set-up) not timed
+                start = time.perf_counter()
+                for _ in range(calls):
+                    atoms.positions[~spec.fixed] += rng.normal(0.0, 0.01, size=((~spec.fixed).sum(), 3))
+                    atoms.get_forces()
+                wall = time.perf_counter() - start
+                _append(results, {"kind": "timing", "potential": name, "system_id": spec.system_id,
+                                  "natoms": len(spec.numbers), "round": r, "calls": calls, "wall_s": wall})
+                print(f"timing round {r} {name} {spec.system_id} ({len(spec.numbers)} atoms): "
+                      f"{wall / calls:.3f} s/call", flush=True)
 
 
 def run(potentials: list[str], results: Path, only: set[str] | None) -> None:
@@ -149,7 +197,6 @@ def run(potentials: list[str], results: Path, only: set[str] | None) -> None:
     from finetuna_parsl.systems import load_systems
 
     torch.set_num_threads(1)
-    _block_network()
     systems, skipped = load_systems(SOURCE)
     if skipped:
         raise SystemExit(f"{SOURCE}: systems skipped: {skipped}")
@@ -178,10 +225,7 @@ def run(potentials: list[str], results: Path, only: set[str] | None) -> None:
                 row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                 if hasattr(calc, "calculate") and "calculate" in vars(calc):
                     del calc.calculate
-            with open(results, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            _append(results, row)
             if "error" in row:
                 print(f"{name} [{i}/{len(todo)}] {spec.system_id}: ERROR {row['error']}", flush=True)
             else:
@@ -214,9 +258,12 @@ def report(potentials: list[str], results: Path, output: Path, command: str) -> 
         f"Each of the paper's 30 OC20 systems (`{SOURCE}`) relaxed from its initial structure with plain ASE BFGS "
         f"(defaults: maxstep 0.2 A, alpha 70 eV/A^2), fmax {FMAX} eV/A on the atoms FixAtoms leaves free, at most "
         f"{MAX_STEPS} steps. Calls = model evaluations counted at the calculator = BFGS steps + 1, the way the "
-        "paper's ASE BFGS trajectories count VASP single points (one frame per call, start included). Paper = "
-        "`vasp_bfgs_calls` of `finetuna_parsl.systems.paper_counts()`. Every socket connect raised during the run "
-        "(no downloads; weights from the wheels). Raw rows: `benchmarks/oc20-paper/standins.jsonl`.",
+        "paper's ASE BFGS trajectories count VASP single points: `vasp_bfgs_calls` "
+        "(`finetuna_parsl.systems.paper_counts()`) equals the frame count of finetuna_manuscript's "
+        "data/results/ASE_BFGS/*.traj on all 30, each starting at the packaged initial structure and ending at its "
+        "first frame with free-atom fmax < 0.03 eV/A (checked 2026-12-04). Every socket connect raised during the "
+        "run (no downloads; weights from the wheels). Raw rows: --results (runs/standins/standins.jsonl), "
+        "committed as `benchmarks/oc20-paper/standins.jsonl`.",
         "",
     ]
     label = {"sevennet-0": "SevenNet-0", "chgnet": "CHGNet"}
@@ -278,12 +325,84 @@ def report(potentials: list[str], results: Path, output: Path, command: str) -> 
         "| seconds per call (all calls / all wall) | "
         + stat(lambda d: f"{sum(d['wall']) / max(sum(d['calls']), 1):.3f}" if d["wall"] else "") + " |",
         "| wall, all systems (s) | " + stat(lambda d: f"{sum(d['wall']):.0f}") + " |",
-        "",
     ]
+    timed = read_results(results, "timing")
+    if timed:
+        sizes = sorted({(t["natoms"], t["system_id"]) for t in timed})
+        for natoms, sid in sizes:
+            lines.append(f"| s/call, interleaved, {sid} ({natoms} atoms) | " + " | ".join(
+                f"{np.median([t['wall_s'] / t['calls'] for t in timed if t['potential'] == n and t['system_id'] == sid]):.3f}"
+                if any(t["potential"] == n and t["system_id"] == sid for t in timed) else "" for n in names) + " |")
+    lines.append("")
+    lines += ["Seconds per call from the relaxations ran at different times on a machine shared with other jobs "
+              "(load average 7 to 17 on 2 cores), so they are not comparable between the potentials; the "
+              "interleaved rows (median over rounds in which the potentials took turns on the same three "
+              "systems, one torch thread) are.", ""]
+    lines += _reading(names, label, paper, rows, systems, per)
     text = "\n".join(lines)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text + "\n")
     return text
+
+
+def _reading(names, label, paper, rows, systems, per) -> list[str]:
+    """Paired bootstrap of the gap between the potentials, their agreement with each other, and the reading."""
+    if len(names) != 2:
+        return []
+    a, b = names
+    sids = [s.system_id for s in systems
+            if all("calls" in rows.get((n, s.system_id), {}) for n in names)
+            and "vasp_bfgs_calls" in paper.get(s.system_id, {})]
+    if len(sids) < 3:
+        return []
+    ref = np.array([paper[sid]["vasp_bfgs_calls"] for sid in sids])
+    ca = np.array([rows[(a, sid)]["calls"] for sid in sids])
+    cb = np.array([rows[(b, sid)]["calls"] for sid in sids])
+    rng = np.random.default_rng(0)
+    draws = 2000
+    d_mae, d_rho = [], []
+    for _ in range(draws):
+        i = rng.integers(len(sids), size=len(sids))
+        d_mae.append(np.mean(np.abs(ca[i] - ref[i])) - np.mean(np.abs(cb[i] - ref[i])))
+        d_rho.append(_spearman(ca[i], ref[i]) - _spearman(cb[i], ref[i]))
+    d_mae, d_rho = np.array(d_mae), np.nan_to_num(np.array(d_rho))
+    la, lb = label.get(a, a), label.get(b, b)
+    measures = {
+        "total calls / paper's total, distance from 1": (abs(ca.sum() / ref.sum() - 1), abs(cb.sum() / ref.sum() - 1)),
+        "Spearman rank correlation (higher is closer)": (-_spearman(ca, ref), -_spearman(cb, ref)),
+        "mean absolute gap (calls)": (np.mean(np.abs(ca - ref)), np.mean(np.abs(cb - ref))),
+        "median calls / paper's, distance from 1": (abs(np.median(ca / ref) - 1), abs(np.median(cb / ref) - 1)),
+    }
+    wins = {la: [k for k, (x, y) in measures.items() if x < y], lb: [k for k, (x, y) in measures.items() if y < x]}
+    closer = la if len(wins[la]) > len(wins[lb]) else lb if len(wins[lb]) > len(wins[la]) else None
+    lower = [sid for sid in sids if paper[sid].get("e_bfgs_minus_oc20", 0.0) < -0.1]
+    out = [
+        "## Reading",
+        "",
+        f"Paired bootstrap over the {len(sids)} systems ({draws} draws, seed 0), {la} minus {lb}: mean absolute gap "
+        f"{np.mean(np.abs(ca - ref)) - np.mean(np.abs(cb - ref)):+.1f} calls, 95% interval "
+        f"[{np.percentile(d_mae, 2.5):+.1f}, {np.percentile(d_mae, 97.5):+.1f}]; Spearman "
+        f"{_spearman(ca, ref) - _spearman(cb, ref):+.2f}, 95% interval [{np.percentile(d_rho, 2.5):+.2f}, "
+        f"{np.percentile(d_rho, 97.5):+.2f}]. The two potentials' counts rank-correlate with each other at "
+        f"{_spearman(ca, cb):.2f}, with the paper at {_spearman(ca, ref):.2f} ({la}) and {_spearman(cb, ref):.2f} ({lb}).",
+        "",
+        f"Closer on: {la}: {', '.join(wins[la]) or 'none'}; {lb}: {', '.join(wins[lb]) or 'none'}.",
+        "",
+    ]
+    if closer:
+        out.append(f"By these measures the closer stand-in is **{closer}**, "
+                   + ("but the bootstrap intervals of both differences include 0: the margin is within what the "
+                      "choice of systems alone moves, so the choice rests on the totals and the median ratio more "
+                      "than on the per-system fit." if np.percentile(d_mae, 2.5) < 0 < np.percentile(d_mae, 97.5)
+                      and np.percentile(d_rho, 2.5) < 0 < np.percentile(d_rho, 97.5) else
+                      "and the bootstrap says the per-system difference is larger than the choice of systems moves."))
+    else:
+        out.append("Neither potential is closer on more of these measures than the other.")
+    if lower:
+        out += ["", f"Systems where the paper's own BFGS ended more than 0.1 eV below OC20's relaxed energy "
+                f"(e_bfgs_minus_oc20; a different, longer path): {', '.join(lower)}. Neither potential can be "
+                "expected to follow such a path call for call."]
+    return out + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("runs/standins/standins.jsonl"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/oc20-paper/standins.md"))
     parser.add_argument("--systems", default="", help="comma-separated system ids (default: all 30)")
+    parser.add_argument("--timing-rounds", type=int, default=3,
+                        help="rounds of the interleaved seconds-per-call measurement (0: none)")
+    parser.add_argument("--timing-calls", type=int, default=5, help="single points per system per round")
     parser.add_argument("--report-only", action="store_true", help="write --output from --results, relax nothing")
     args = parser.parse_args(argv)
     potentials = [p.strip() for p in args.potentials.split(",") if p.strip()]
@@ -302,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     only = {s.strip() for s in args.systems.split(",") if s.strip()} or None
     if not args.report_only:
+        _block_network()
         run(potentials, args.results, only)
+        if args.timing_rounds:
+            timing(potentials, args.results, args.timing_rounds, args.timing_calls)
     made_by = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
     command = "OMP_NUM_THREADS=1 python benchmarks/standins.py " + shlex.join(made_by)
     print(report(potentials, args.results, args.output, command.strip()))
