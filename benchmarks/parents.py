@@ -354,7 +354,7 @@ def warm_cold_parents() -> dict[str, tuple[str, dict]]:
             "command": "env OMP_NUM_THREADS=1 cp2k_shell", "basis_set_file": f"{cp2k_data}/BASIS_MOLOPT",
             "potential_file": f"{cp2k_data}/GTH_POTENTIALS", "basis_set": "DZVP-MOLOPT-SR-GTH",
             "pseudo_potential": "auto", "xc": "PBE", "cutoff": 3400.0, "max_scf": 300,
-            "inp": ("&FORCE_EVAL\n&DFT\n&SCF\nEPS_SCF 1.0E-7\nMAX_SCF 300\nADDED_MOS 40\n&SMEAR ON\n"
+            "inp": ("&FORCE_EVAL\n&DFT\n&SCF\nEPS_SCF 1.0E-7\nADDED_MOS 40\n&SMEAR ON\n"
                     "METHOD FERMI_DIRAC\nELECTRONIC_TEMPERATURE [K] 500\n&END SMEAR\n&MIXING\n"
                     "METHOD BROYDEN_MIXING\nALPHA 0.2\nNBROYDEN 8\n&END MIXING\n&END SCF\n&END DFT\n&END FORCE_EVAL")}}),
     }
