@@ -286,5 +286,34 @@ def export(store_path: str, fmt: str, out: str | None, parent_only: bool, final:
     click.echo(f"wrote {count} {what} frames to {target}".replace("  ", " "))
 
 
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", help="The new store (default: STORE with '.salvaged' before its suffix).")
+def salvage(store_path: str, out: str | None) -> None:
+    """Copy every readable system of a damaged store (a full disk, a copy cut short) into a new store.
+
+    The damaged store is only read. Run the campaign with --output NEW (or move NEW in place of STORE) to resume:
+    the systems that could not be read are run again. Exit 1 when a system was lost, 2 when nothing could be read.
+    """
+    from pathlib import Path
+
+    from .store import StoreError
+    from .store import salvage as salvage_store
+
+    store = Path(store_path)
+    target = Path(out) if out else store.with_name(f"{store.stem}.salvaged{store.suffix or '.h5'}")
+    try:
+        saved, lost = salvage_store(store, target)
+    except StoreError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {target}: {exc.strerror or exc}")
+    for system_id, why in lost:
+        click.echo(f"lost system {system_id}: {why}", err=True)
+    click.echo(f"salvaged {len(saved)} of {len(saved) + len(lost)} systems from {store} into {target}")
+    if lost:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ from parsl.executors import HighThroughputExecutor
 from ..config import RunConfig, with_overrides
 from ..records import SystemSpec
 from ..live import summary_path
-from ..store import CampaignStore, check_not_held
+from ..store import CampaignStore, check_not_held, naming_damage
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
 from .pausing import pause_while_learning
 from .site import load_site
@@ -186,8 +186,9 @@ def run_campaign(
             if stop.signum is not None:
                 raise CampaignInterrupted(stop.signum)
             dfk = parsl.load(parsl_config)
-            result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop,
-                              on_warning=on_warning, pause_between_calls=pause).run()
+            with naming_damage(path):  # a store damaged mid-file shows when a system is read: one line naming it
+                result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop,
+                                  on_warning=on_warning, pause_between_calls=pause).run()
         except CampaignInterrupted as exc:
             exc.path = path
             raise
