@@ -708,7 +708,8 @@ def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True
 
     db and aselmdb rows carry the metadata as key-value pairs (for `ase db` queries) and in row.data, with
     fairchem's sid (system id) and fid (parent call index), which AseDBDataset puts in atoms.info and the
-    data's sid. Raises StoreError for an unknown format, an existing `out`, or a store that cannot be opened.
+    data's sid. Raises StoreError for an unknown format, an existing `out`, a store that cannot be opened or read,
+    or an `out` that cannot be written (full disk, read-only folder); `out` is then not there at all.
     """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
@@ -718,7 +719,27 @@ def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True
     if fmt == "aselmdb" and "aselmdb" not in out.name:
         raise StoreError(f"{out}: an aselmdb export's file name must contain 'aselmdb' (ase.db and fairchem "
                          f"pick the LMDB backend by it), e.g. {out.stem}.aselmdb")
-    frames = iter_frames(path, parent_only, final)
+    # written beside `out` under a temp name (its suffix kept: ase.db picks the backend by it) and renamed when
+    # complete, so a failed export (a damaged store, a full disk) leaves nothing that blocks the next one
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.part{out.suffix}")
+    try:
+        count = _write_frames(iter_frames(path, parent_only, final), tmp, fmt)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise StoreError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-lock")):  # LMDB's lock file beside its database
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:  # a read-only folder holds none
+                pass
+    return count
+
+
+def _write_frames(frames: Iterator["Atoms"], out: Path, fmt: str) -> int:
+    """Write `frames` to `out` in `fmt`; the frame count. extxyz leaves out empty strings (a surrogate frame's
+    reason, a running or failed system's outcome): ASE's extxyz cannot write one that reads back (`outcome=`
+    swallows the next key), so such a key is absent where its value is ""."""
     count = 0
     if fmt in ("db", "aselmdb"):
         from ase.db import connect
@@ -740,6 +761,7 @@ def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True
         return count
     with open(out, "w") as handle:
         for atoms in frames:
+            atoms.info = {key: value for key, value in atoms.info.items() if not (isinstance(value, str) and not value)}
             write(handle, atoms, format="extxyz")
             count += 1
     return count

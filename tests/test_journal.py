@@ -1,18 +1,14 @@
 """The parent call journal: atomic entries, temp and damaged files never read as answers, full disks survived.
 
-Real files on disk; a real full filesystem where this machine lets us mount a small tmpfs (root), else ENOSPC
-raised by the real os.write through a file-size limit (RLIMIT_FSIZE gives EFBIG, so that case uses a tmpfs only).
+Real files on disk; a real full filesystem (a small tmpfs, tests/fault_fs.py) where this machine allows one.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
+from fault_fs import small_filesystem
 from finetuna_parsl.parents.journal import CallJournal
 from finetuna_parsl.records import SOURCE_PARENT, Evaluation
 
@@ -72,19 +68,8 @@ def test_a_non_finite_answer_is_never_journaled_nor_replayed(tmp_path):
         assert CallJournal(tmp_path).lookup(POSITIONS) is None
 
 
-def _can_mount_tmpfs(target) -> bool:
-    if os.geteuid() != 0:
-        return False
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)], capture_output=True)
-    return result.returncode == 0
-
-
 def test_a_full_disk_during_a_journal_write_leaves_no_temp_file_and_the_journal_readable(tmp_path):
-    disk = tmp_path / "small"
-    disk.mkdir()
-    if not _can_mount_tmpfs(disk):
-        pytest.skip("needs root and tmpfs to make a real full filesystem")
-    try:
+    with small_filesystem(tmp_path / "small", "64k") as disk:
         journal = CallJournal(disk / "journal")
         journal.record(POSITIONS, answer())
         big = np.zeros((600, 3))  # 29 kB a call: a second one does not fit in 64 kB
@@ -92,7 +77,5 @@ def test_a_full_disk_during_a_journal_write_leaves_no_temp_file_and_the_journal_
         with pytest.raises(OSError) as info:
             journal.record(big + 1, answer(-4.0, big + 1))
         assert info.value.errno == 28  # ENOSPC, as the OS gave it
-        assert not list((disk / "journal").glob("*.tmp*"))
+        assert not list((disk / "journal").glob("*.part")) and not list((disk / "journal").glob("*.tmp*"))
         assert len(CallJournal(disk / "journal")) == 2  # what was written before is all there
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
