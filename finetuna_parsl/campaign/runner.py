@@ -26,7 +26,7 @@ from parsl.executors import HighThroughputExecutor
 from ..config import RunConfig, with_overrides
 from ..records import SystemSpec
 from ..live import summary_path
-from ..store import CampaignStore, check_not_held, naming_damage
+from ..store import CampaignStore, StoreError, check_not_held, naming_damage
 from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
 from .pausing import pause_while_learning
 from .site import load_site
@@ -45,6 +45,41 @@ def store_path(config: RunConfig, method: str) -> Path:
     """The store of `method`: the configured output for online learning, '<stem>.<method>.h5' otherwise."""
     out = Path(config.campaign.output)
     return out if method == "online" else out.with_name(f"{out.stem}.{method}{out.suffix or '.h5'}")
+
+
+#: Characters a shell reads as something other than part of a file name (besides whitespace and control codes).
+SHELL_SPECIAL = set("'\"\\$`;&|<>()*?[]{}!#~")
+
+
+def shell_unsafe(path: str) -> str | None:
+    """Which character of `path` a shell would not read as part of the name (one phrase), or None."""
+    for char in path:
+        if char == " ":
+            return "a space"
+        if char == "\n":
+            return "a newline"
+        if char.isspace() or not char.isprintable():
+            return f"the character {char!r}"
+        if char in SHELL_SPECIAL:
+            return f"{char!r}"
+    return None
+
+
+def check_launchable(run_dir: str, parsl_config) -> None:
+    """StoreError (one line) when Parsl would put `run_dir` into a shell command it cannot run as meant.
+
+    Parsl's providers and HighThroughputExecutor write the run folder unquoted into the commands that start
+    worker pools (`bash <script> 1><script>.out`, `--logdir=<run_dir>/...`): a space there runs and overwrites
+    whatever file sits at the path before the space, and the run waits forever on workers that never start.
+    Sites whose executors start no command (threads in the driver's process) are not affected.
+    """
+    problem = shell_unsafe(run_dir)
+    if problem is None or not any(getattr(e, "provider", None) is not None for e in parsl_config.executors):
+        return
+    raise StoreError(
+        f"the store's folder {Path(run_dir).parent} contains {problem}: Parsl starts its workers with this folder in "
+        "unquoted shell commands (it would run something else); choose a folder whose path has only letters, "
+        "digits and _ - . , + = @ : /")
 
 
 def _isolate_interchanges(parsl_config) -> None:
@@ -155,6 +190,9 @@ def run_campaign(
     on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
     """
     path = store_path(config, method)
+    run_dir = str(path.parent.resolve() / "runinfo")
+    parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
+    check_launchable(run_dir, parsl_config)  # before anything is deleted or written
     if restart and path.exists():
         check_not_held(path)  # never delete a store another process has open
         path.unlink()
@@ -163,8 +201,6 @@ def run_campaign(
     path.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(config.parent.workdir or f"{path.with_suffix('')}-parent").resolve()  # workers may run elsewhere
     config = with_overrides(config, parent={"workdir": str(workdir)})
-    run_dir = str(path.parent / "runinfo")
-    parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
     pause = pause_while_learning(config.parent.pause_while_learning, config.site, parsl_config)  # "auto" resolved once
     _isolate_interchanges(parsl_config)
     stop = StopRequest()
