@@ -99,7 +99,7 @@ _POSITIVE = {
 #: Keys that take auto or a boolean: YAML's true/false (yes/no, on/off) are stored as the strings "true"/"false".
 _AUTO_OR_BOOL = {("parent", "pause_while_learning")}
 _NON_NEGATIVE = {("campaign", "keep_surrogate_every"), ("campaign", "learn_retries"), ("campaign", "parent_retries"),
-                 ("learner", "residual_points")}
+                 ("learner", "residual_points"), ("systems", "seed"), ("surrogate", "seed")}
 
 
 def _type_name(value: Any) -> str:

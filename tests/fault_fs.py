@@ -1,7 +1,8 @@
 """Real filesystem faults for tests: a small filesystem that fills up (ENOSPC), a read-only one (EROFS).
 
-Mounted as tmpfs where this process may (root, as in CI containers); where it may not, the callers skip the
-full-disk case (nothing else gives a real ENOSPC) and a read-only folder falls back to chmod 555 (not root).
+Mounted where this process may (root, as in CI containers): a tmpfs of a given size, a read-only bind mount.
+Where it may not, the full-disk case is skipped (nothing else gives a real ENOSPC) and a read-only folder falls
+back to chmod 555 (enough for a user other than root).
 """
 
 from __future__ import annotations
@@ -36,16 +37,21 @@ def small_filesystem(target: Path, size: str) -> Iterator[Path]:
 
 @contextmanager
 def read_only_folder(target: Path) -> Iterator[Path]:
-    """`target` that nothing can be written into: a read-only tmpfs (root), else chmod 555 (others)."""
+    """`target` (made if missing, its files kept) that nothing can be written into or deleted from: bind-mounted
+    read-only onto itself (root), else chmod 555 (others, where that is enough)."""
     target.mkdir(parents=True, exist_ok=True)
-    if _mount(target, "ro,size=64k"):
-        try:
-            yield target
-        finally:
-            subprocess.run(["umount", "-l", str(target)], check=False)
-        return
     if os.geteuid() == 0:
-        pytest.skip("root can write into any folder, and mounting a read-only filesystem is not allowed here")
+        bound = subprocess.run(["mount", "--bind", str(target), str(target)], capture_output=True).returncode == 0
+        if bound and subprocess.run(["mount", "-o", "remount,ro,bind", str(target)],
+                                    capture_output=True).returncode == 0:
+            try:
+                yield target
+            finally:
+                subprocess.run(["umount", "-l", str(target)], check=False)
+            return
+        if bound:
+            subprocess.run(["umount", "-l", str(target)], check=False)
+        pytest.skip("root writes into any folder, and a read-only bind mount is not allowed here")
     target.chmod(0o555)
     try:
         yield target

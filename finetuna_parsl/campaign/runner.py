@@ -82,6 +82,13 @@ def check_launchable(run_dir: str, parsl_config) -> None:
         "digits and _ - . , + = @ : /")
 
 
+def _check_deletable(path: Path) -> None:
+    """OSError (EROFS, EACCES) when `path` cannot be deleted from its folder: asked before anything is deleted."""
+    probe = path.parent / f".{path.name}.{os.getpid()}.probe"
+    probe.touch()  # EROFS on a read-only filesystem, EACCES in a folder not ours
+    probe.unlink()
+
+
 def _isolate_interchanges(parsl_config) -> None:
     """Start each HighThroughputExecutor's interchange in its own process group (unless the site chose a command).
 
@@ -193,12 +200,17 @@ def run_campaign(
     run_dir = str(path.parent.resolve() / "runinfo")
     parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
     check_launchable(run_dir, parsl_config)  # before anything is deleted or written
-    if restart and path.exists():
-        check_not_held(path)  # never delete a store another process has open
-        path.unlink()
-        summary_path(path).unlink(missing_ok=True)  # the live summary of the deleted store
-        shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if restart and path.exists():
+            check_not_held(path)  # never delete a store another process has open
+            _check_deletable(path)
+            path.unlink()
+            summary_path(path).unlink(missing_ok=True)  # the live summary of the deleted store
+            shutil.rmtree(f"{path.with_suffix('')}-parent", ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or full filesystem, a folder that is not ours
+        raise StoreError(f"cannot {'replace' if restart else 'write'} store {path}: {exc.strerror or exc}"
+                         f"{f' ({exc.filename})' if exc.filename and str(exc.filename) != str(path) else ''}") from exc
     workdir = Path(config.parent.workdir or f"{path.with_suffix('')}-parent").resolve()  # workers may run elsewhere
     config = with_overrides(config, parent={"workdir": str(workdir)})
     pause = pause_while_learning(config.parent.pause_while_learning, config.site, parsl_config)  # "auto" resolved once
