@@ -37,8 +37,10 @@ def main() -> None:
 @click.option("--compare", "references", multiple=True, type=click.Choice(REFERENCE_METHODS),
               help="Also run this reference optimizer on the same systems and print parent-call totals and ratio.")
 @click.option("--restart", is_flag=True, help="Delete existing stores and start over (default: resume them).")
+@click.option("--accept-parent-change", is_flag=True,
+              help="Resume stores last run with other parent settings (kind, options) instead of refusing.")
 def run(config_path: str, site: str | None, output: str | None, count: int | None, references: tuple[str, ...],
-        restart: bool) -> None:
+        restart: bool, accept_parent_change: bool) -> None:
     """Relax the systems of CONFIG with online learning, writing an HDF5 store."""
     config = _load_run_config(config_path, site, output)
     from .campaign import CampaignInterrupted, run_campaign
@@ -57,9 +59,17 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     from .store import StoreError
 
     warn_once = WarnOnce()
+    if accept_parent_change and not restart:
+        from .campaign.runner import parent_change, store_path
+
+        for method in ("online", *references):
+            changed = parent_change(store_path(config, method), config)
+            if changed:
+                click.echo(f"warning: parent settings changed since store {store_path(config, method)} last ran "
+                           f"({changed}); continuing with the new ones (--accept-parent-change)", err=True)
     try:
         path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart,
-                                    on_warning=warn_once)
+                                    on_warning=warn_once, accept_parent_change=accept_parent_change)
     except CampaignInterrupted as exc:
         _interrupted(exc)
     except (StoreError, SiteError) as exc:  # SiteError: a site file's declarations, read once the run starts
@@ -69,7 +79,8 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     comparisons = []
     for method in references:
         try:
-            ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
+            ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart,
+                                         accept_parent_change=accept_parent_change)
         except CampaignInterrupted as exc:
             _interrupted(exc)
         except (StoreError, SiteError) as exc:

@@ -82,6 +82,46 @@ def check_launchable(run_dir: str, parsl_config) -> None:
         "digits and _ - . , + = @ : /")
 
 
+def _stored_parent(run_config: str) -> tuple[str, dict] | None:
+    """(kind, options) of a stored run's YAML config, or None where it cannot be read."""
+    import yaml
+
+    try:
+        parent = (yaml.safe_load(run_config) or {}).get("parent") or {}
+        return str(parent.get("kind", "emt")), dict(parent.get("options") or {})
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def parent_change(path: str | Path, config: RunConfig) -> str | None:
+    """How `config`'s parent (kind and options) differs from the one the store at `path` last ran with (one line:
+    'ENCUT 350 -> 500; ...'), or None when they are the same, or the store is new, empty or unreadable (opening it
+    for the run reports that). Read-only."""
+    from ..store import open_h5, read_runs
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with open_h5(path, "r") as f:
+            if not len(f.get("systems", {})):
+                return None
+            stored = [run for run in read_runs(f) if run.get("run_config")]
+    except (StoreError, OSError, KeyError, ValueError):
+        return None
+    previous = _stored_parent(stored[-1]["run_config"]) if stored else None
+    if previous is None:
+        return None
+    kind, options = previous
+    changes = [f"parent.kind {kind} -> {config.parent.kind}"] if kind != config.parent.kind else []
+    now = config.parent.options
+    for key in sorted(set(options) | set(now), key=str):
+        before, after = options.get(key, "(unset)"), now.get(key, "(unset)")
+        if before != after:
+            changes.append(f"{key} {before!r} -> {after!r}".replace("'(unset)'", "(unset)"))
+    return "; ".join(changes) or None
+
+
 def _check_deletable(path: Path) -> None:
     """OSError (EROFS, EACCES) when `path` cannot be deleted from its folder: asked before anything is deleted."""
     probe = path.parent / f".{path.name}.{os.getpid()}.probe"
@@ -189,17 +229,24 @@ def run_campaign(
     on_progress: Callable[[Progress], None] | None = None,
     restart: bool = False,
     on_warning: Callable[[str, str], None] | None = None,
+    accept_parent_change: bool = False,
 ) -> tuple[Path, CampaignResult]:
     """Relax `systems` with `method` on the config's site; resumes an existing store unless `restart`.
 
     Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
-    it: then `restart` deletes nothing), and CampaignInterrupted when a signal stopped the run.
+    it: then `restart` deletes nothing), when resuming it would mix parent settings (parent_change) unless
+    accept_parent_change, and CampaignInterrupted when a signal stopped the run.
     on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
     """
     path = store_path(config, method)
     run_dir = str(path.parent.resolve() / "runinfo")
     parsl_config = load_site(config.site, run_dir=run_dir, parent_slots=config.campaign.max_concurrent)
     check_launchable(run_dir, parsl_config)  # before anything is deleted or written
+    changed = None if restart else parent_change(path, config)
+    if changed and not accept_parent_change:
+        raise StoreError(
+            f"store {path} was run with other parent settings ({changed}): resuming would mix both in its "
+            "relaxations; run with --restart to start over, or --accept-parent-change to continue with the new ones")
     try:
         if restart and path.exists():
             check_not_held(path)  # never delete a store another process has open
