@@ -147,6 +147,10 @@ def _load_run_config(config_path: str, site: str | None, output: str | None):
         _fail(str(exc))
     if site:
         config = dataclasses.replace(config, site=site)
+    from .config import shadowed_settings
+
+    for warning in shadowed_settings(config):
+        click.echo(f"warning: {warning}", err=True)
     return with_overrides(config, campaign={"output": output} if output else {})
 
 

@@ -86,7 +86,10 @@ class ParentServer(SocketServer):
                 if died is not None:
                     raise ParentError(f"parent session ended before connecting: {died}") from None
                 if time.monotonic() > deadline:
-                    raise ParentError(f"parent session did not connect within {self.timeout_s:.0f} s") from None
+                    raise ParentError(
+                        f"parent session did not connect within parent.timeout_s = {self.timeout_s:g} s: no parent "
+                        "worker took it (all busy, e.g. with an earlier session still computing a hung call, or "
+                        "none started)") from None
         _no_delay(self.clientsocket)
         self.clientsocket.settimeout(self.timeout_s)
         self.protocol = _CheckedProtocol(self.clientsocket)
@@ -101,6 +104,13 @@ class ParentServer(SocketServer):
             result = self.calculate(_Geometry(np.asarray(positions, dtype=float), np.asarray(cell, dtype=float)))
         except _NonFinite as exc:  # whoever sent it: never stored, never learned from
             raise ParentError(f"parent session answered a non-finite result: {exc}") from None
+        except socket.timeout:  # the session is connected and alive but silent: its parent is slow or hung
+            died = self.session_alive()
+            if died is not None:
+                raise ParentError(f"parent session lost: {died}") from None
+            raise ParentError(
+                f"parent call got no answer within parent.timeout_s = {self.timeout_s:g} s (the driver's limit): the "
+                "parent is still computing or hung; the session is abandoned and the call retried") from None
         except (SocketClosed, OSError, AssertionError) as exc:
             raise ParentError(f"parent session lost: {self._why_lost(exc)}") from None
         info = _decode_info(result["morebytes"])

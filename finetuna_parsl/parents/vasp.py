@@ -70,6 +70,31 @@ SAME_POSITIONS_A = 1e-6
 #: VASP must report having computed within this distance (A) of the positions sent (OUTCAR prints 5 decimals).
 SYNC_TOLERANCE_A = 1e-3
 _SRUN = re.compile(r"^\s*(\S*/)?srun(\s|$)")
+#: Commands that start VASP's ranks and pass signals on to them.
+LAUNCHERS = ("srun", "mpirun", "mpiexec", "mpiexec.hydra", "aprun", "jsrun", "ibrun", "flux")
+
+
+def _own_group_dying_with_parent(death: int):
+    """preexec_fn for the VASP launch: a process group of its own, and `death` sent to it by the kernel when the
+    thread that started it ends (Linux prctl PR_SET_PDEATHSIG; elsewhere only the group)."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            libc = None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        os.setpgrp()
+        if libc is not None:
+            libc.prctl(1, int(death), 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os.kill(os.getpid(), int(death))
+
+    return preexec
 
 
 class VaspInteractiveSession(ParentSession):
@@ -254,6 +279,13 @@ class VaspInteractiveSession(ParentSession):
         return ["/bin/sh", "-c", f"exec {line}"]
 
     @property
+    def _uses_launcher(self) -> bool:
+        """Whether the command starts VASP through an MPI or Slurm launcher (it forwards signals to the ranks)."""
+        first = shlex.split(self.command)[0] if isinstance(self.command, str) and self.command.strip() else (
+            str(self.command[0]) if not isinstance(self.command, str) else "")
+        return Path(first).name in LAUNCHERS or self._uses_srun
+
+    @property
     def _uses_srun(self) -> bool:
         if isinstance(self.command, str):
             return bool(_SRUN.match(self.command))
@@ -262,7 +294,10 @@ class VaspInteractiveSession(ParentSession):
     def _launch(self) -> None:
         env = {**os.environ, **self.env}
         # Own process group (killed as a whole) in our session: a stop signal to an orphaned group is discarded.
-        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        # That group is out of reach of Parsl's kill of the worker pool's group: the kernel ends the process
+        # when the one that started it dies (parent-death signal), so a killed worker leaves no VASP running.
+        death = signal.SIGTERM if self._uses_launcher else signal.SIGKILL  # srun/mpiexec pass SIGTERM on to ranks
+        group: dict[str, Any] = {"preexec_fn": _own_group_dying_with_parent(death)}
         try:
             self._proc = subprocess.Popen(
                 self._argv(), cwd=self.workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
