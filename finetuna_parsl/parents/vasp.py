@@ -52,6 +52,7 @@ from .vasp_io import (
     interactive_incar,
     is_scf_line,
     max_displacement,
+    ml_force_field_problem,
     per_species_problem,
     poscar_record,
     positions_record,
@@ -126,7 +127,7 @@ class VaspInteractiveSession(ParentSession):
         """Per-species INCAR tags given as anything but a mapping by element (see vasp_io.per_species_problem)."""
         if not isinstance(options.get("setups") or {}, Mapping):
             return "setups must be a mapping by element, e.g. setups: {Cu: _pv}"
-        return per_species_problem(options.get("incar"))
+        return ml_force_field_problem(options.get("incar")) or per_species_problem(options.get("incar"))
 
     @classmethod
     def unusable(cls, system: SystemSpec, options: Mapping[str, Any]) -> str | None:
@@ -175,7 +176,7 @@ class VaspInteractiveSession(ParentSession):
         super().__init__(workdir)
         if not command:
             raise ParentSetupError("vasp parent: option 'command' is empty (e.g. 'srun -n 64 vasp_std')")
-        problem = per_species_problem(incar)
+        problem = ml_force_field_problem(incar) or per_species_problem(incar)
         if problem is not None:
             raise ParentSetupError(f"vasp parent: {problem}")
         self.command = command
