@@ -48,6 +48,42 @@ class StoreError(RuntimeError):
     """The store could not be opened or does not hold what was asked for."""
 
 
+class DiskFull(StoreError):
+    """The store's filesystem has less than DISK_RESERVE_BYTES free: the store stopped growing, readable and
+    complete up to its last write (HDF5 itself never meets ENOSPC, which can leave a file unreadable)."""
+
+
+#: Free space (bytes) kept on the store's filesystem: a write that would start below it stops the run instead
+#: (DiskFull), so the store's own metadata can still be flushed and closed.
+DISK_RESERVE_BYTES = 64 * 2**20
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the filesystem holding `path` (the nearest existing folder above it that is one)."""
+    here = Path(os.path.abspath(path))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    while not os.path.ismount(here) and here != here.parent:
+        here = here.parent
+    return here
+
+
+def check_space(path: str | Path, reserve: int | None = None) -> None:
+    """DiskFull (one line naming the filesystem) when the filesystem holding `path` has less than `reserve`
+    (default DISK_RESERVE_BYTES) bytes free for this user; quiet where the OS cannot say."""
+    reserve = DISK_RESERVE_BYTES if reserve is None else reserve
+    try:
+        stat = os.statvfs(Path(path).parent if not Path(path).is_dir() else path)
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < reserve:
+        raise DiskFull(
+            f"the filesystem of store {path} ({mount_point(path)}) is full: {free / 2**20:.1f} MiB free, "
+            f"{reserve / 2**20:.0f} MiB kept so the store stays readable; stopped with everything stored so far "
+            "intact: free some space there and run the same command to resume")
+
+
 def _versions() -> str:
     names = ("finetuna-parsl", "ase", "h5py", "numpy", "parsl", "torch", "fairchem-core")
     found = []
@@ -242,6 +278,7 @@ class CampaignStore:
         StoreError when the system id cannot name an HDF5 group (empty, or containing '/')."""
         if self.has_system(system.system_id):
             return
+        check_space(self.path)
         if "/" in system.system_id or not system.system_id:
             raise StoreError(f"system id {system.system_id!r} cannot be an HDF5 group name")
         g = self.file["systems"].create_group(system.system_id)
@@ -311,6 +348,7 @@ class CampaignStore:
         2Nth, ... surrogate evaluation of the system is kept, counted over every run of the store (the count is
         the system's surrogate_steps attribute), so a resumed run thins exactly as an uninterrupted one.
         KeyError for a system not in the store."""
+        check_space(self.path)  # before anything is written: the rows go in whole or not at all
         g = self.file["systems"][system_id]
         seen = int(g.attrs["surrogate_steps"])
         kept = []
@@ -353,6 +391,7 @@ class CampaignStore:
         """Latest fine-tuned head weights, so a resumed relaxation need not fine-tune again."""
         if head is None:
             return
+        check_space(self.path)
         g = self.file["systems"][system_id].require_group("head")
         if "weights" in g:
             del g["weights"]

@@ -382,12 +382,16 @@ class Campaign:
             for future in sorted(finished, key=lambda f: self._order[active[f].state.system.system_id]):
                 r = active.pop(future)
                 stage = future.stage
-                if stage == "learn":
-                    alive = self._on_learn(r)
-                elif stage == "parent":
-                    alive = self._on_parent(r)
-                else:
-                    alive = self._on_reference(r)
+                try:
+                    if stage == "learn":
+                        alive = self._on_learn(r)
+                    elif stage == "parent":
+                        alive = self._on_parent(r)
+                    else:
+                        alive = self._on_reference(r)
+                except BaseException:  # the store stopped the run (a full disk): no session left waiting on us
+                    self._close_session(r)
+                    raise
                 if alive:
                     active[r.future] = r
             self._report()

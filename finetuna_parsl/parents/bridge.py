@@ -279,7 +279,11 @@ def serve_session(
                     pending += _messages(caught)
                     _check_finite(session, result)  # before the journal: a NaN answer is never replayed
                     if journal is not None:
-                        journal.record(positions, result)
+                        try:
+                            journal.record(positions, result)
+                        except OSError as exc:  # a full disk: the answer is paid for, the driver still stores it
+                            pending.append(f"parent answer not journaled ({exc.strerror or exc}, {journal.directory}): "
+                                           "a crash before the driver stores it would cost this call again")
                 served += 1
                 state = "HAVEDATA"
             elif msg == "GETFORCE":
