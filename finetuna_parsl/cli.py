@@ -16,6 +16,13 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _stopped(exc) -> None:
+    """A run that stopped because what it runs on failed (campaign.CampaignStopped): one line, exit 1."""
+    start = "\n" if sys.stderr.isatty() else ""
+    click.echo(f"{start}error: {exc}", err=True)
+    sys.exit(1)
+
+
 def _interrupted(exc) -> None:
     """One line saying how to resume, then exit 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
     start = "\n" if sys.stderr.isatty() else ""  # after the progress bar's line
@@ -43,7 +50,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         restart: bool, accept_parent_change: bool) -> None:
     """Relax the systems of CONFIG with online learning, writing an HDF5 store."""
     config = _load_run_config(config_path, site, output)
-    from .campaign import CampaignInterrupted, run_campaign
+    from .campaign import CampaignInterrupted, CampaignStopped, run_campaign
     from .campaign.progress import ProgressLine
     from .campaign.site import SiteError, site_file
     from .learner.metrics import compare
@@ -72,6 +79,8 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
                                     on_warning=warn_once, accept_parent_change=accept_parent_change)
     except CampaignInterrupted as exc:
         _interrupted(exc)
+    except CampaignStopped as exc:
+        _stopped(exc)
     except (StoreError, SiteError) as exc:  # SiteError: a site file's declarations, read once the run starts
         _fail(str(exc))
     click.echo(summary_table(result.rows))
@@ -83,6 +92,8 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
                                          accept_parent_change=accept_parent_change)
         except CampaignInterrupted as exc:
             _interrupted(exc)
+        except CampaignStopped as exc:
+            _stopped(exc)
         except (StoreError, SiteError) as exc:
             _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
@@ -185,7 +196,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     if unknown:
         _fail(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
     systems, unusable = _load_systems(config_path, config, count)
-    from .campaign import CampaignInterrupted
+    from .campaign import CampaignInterrupted, CampaignStopped
     from .campaign.site import SiteError
     from .store import StoreError
 
@@ -194,6 +205,8 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
                            repeats=repeats)
     except CampaignInterrupted as exc:
         _interrupted(exc)
+    except CampaignStopped as exc:
+        _stopped(exc)
     except (StoreError, SiteError) as exc:
         _fail(str(exc))
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent

@@ -27,7 +27,7 @@ from ..config import RunConfig, with_overrides
 from ..records import SystemSpec
 from ..live import summary_path
 from ..store import CampaignStore, StoreError, check_not_held, naming_damage
-from .driver import Campaign, CampaignInterrupted, CampaignResult, Progress, StopRequest
+from .driver import Campaign, CampaignInterrupted, CampaignResult, CampaignStopped, Progress, StopRequest
 from .pausing import pause_while_learning
 from .site import load_site
 
@@ -160,6 +160,42 @@ def _kill_parsl_processes(dfk) -> None:
                     pass
 
 
+def parsl_problem(dfk) -> str | None:
+    """Why the Parsl executors of `dfk` cannot run tasks any more (one line), or None: an interchange that exited,
+    an executor Parsl put in its bad state, or every local worker pool of an executor gone. Cheap (no waiting)."""
+    for label, executor in dfk.executors.items():
+        proc = getattr(executor, "interchange_proc", None)
+        if proc is not None and proc.poll() is not None:
+            return f"Parsl's interchange of the '{label}' executor exited (code {proc.returncode})"
+        if getattr(executor, "bad_state_is_set", False):
+            why = " ".join(str(getattr(executor, "executor_exception", "") or "").split())
+            return f"Parsl's '{label}' executor failed ({why or 'bad state'})"
+        provider = getattr(executor, "provider", None)
+        if type(provider).__name__ != "LocalProvider":
+            continue  # a batch job's pools run elsewhere: the interchange notices them (heartbeats)
+        pids = [int(job["remote_pid"]) for job in list((getattr(provider, "resources", None) or {}).values())
+                if isinstance(job, dict) and job.get("remote_pid") and not job.get("cancelled")]
+        if pids and not any(_running(pid) for pid in pids):
+            return (f"the worker pool of Parsl's '{label}' executor (pid {', '.join(map(str, pids))}) is gone "
+                    "and this site starts no other")
+    return None
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def _shutdown_parsl(dfk, limit_s: float | None) -> None:
     """dfk.cleanup(), given at most limit_s (None: as long as it takes) before the processes are killed."""
     if limit_s is None:
@@ -264,6 +300,7 @@ def run_campaign(
     _isolate_interchanges(parsl_config)
     stop = StopRequest()
     dfk = None
+    broken = False
 
     def end_now(signum: int) -> None:  # the second signal: no more waiting on anything
         os.write(2, f"\n{signal.Signals(signum).name} again: stopped at once; the store keeps every parent call "
@@ -283,12 +320,16 @@ def run_campaign(
             dfk = parsl.load(parsl_config)
             with naming_damage(path):  # a store damaged mid-file shows when a system is read: one line naming it
                 result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop,
-                                  on_warning=on_warning, pause_between_calls=pause).run()
+                                  on_warning=on_warning, pause_between_calls=pause,
+                                  health=lambda: parsl_problem(dfk)).run()
         except CampaignInterrupted as exc:
             exc.path = path
+            raise
+        except CampaignStopped:
+            broken = True  # Parsl's shutdown may wait forever on what died: bounded, then its processes killed
             raise
         finally:
             store.close()  # before Parsl's shutdown: the store is complete and unlocked whatever happens next
             if dfk is not None:
-                _shutdown_parsl(dfk, SHUTDOWN_LIMIT_S if stop.signum is not None else None)
+                _shutdown_parsl(dfk, SHUTDOWN_LIMIT_S if stop.signum is not None or broken else None)
     return path, result
