@@ -66,8 +66,13 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     from .store import StoreError
 
     warn_once = WarnOnce()
+    from .campaign.runner import end_leftovers, store_path
+
+    for method in ("online", *references):
+        for line in end_leftovers(store_path(config, method)):
+            click.echo(f"note: {line}", err=True)
     if accept_parent_change and not restart:
-        from .campaign.runner import parent_change, store_path
+        from .campaign.runner import parent_change
 
         for method in ("online", *references):
             changed = parent_change(store_path(config, method), config)
@@ -341,6 +346,21 @@ def salvage(store_path: str, out: str | None) -> None:
     click.echo(f"salvaged {len(saved)} of {len(saved) + len(lost)} systems from {store} into {target}")
     if lost:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
+def cleanup(store_path: str) -> None:
+    """End the Parsl interchanges and worker pools, and remove the bridge socket files, that a run of STORE left
+    behind when its driver was killed (SIGKILL, a crashed node). Only that run's: recorded by pid and start time.
+    The next `run` of the same store does this by itself."""
+    from .campaign.runner import end_leftovers
+
+    lines = end_leftovers(store_path)
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo(f"nothing left behind by a killed run of {store_path}")
 
 
 if __name__ == "__main__":

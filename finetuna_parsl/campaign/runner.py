@@ -196,6 +196,121 @@ def _running(pid: int) -> bool:
         return True
 
 
+def record_path(store: str | Path) -> Path:
+    """Where a run of `store` records the processes it started (beside Parsl's run folders), until it ends."""
+    store = Path(store)
+    return store.parent / "runinfo" / f"finetuna-{store.name}.processes.json"
+
+
+def _record_processes(store: Path, dfk, known: set[int] | None = None) -> set[int]:
+    """Record this driver and the Parsl processes it started (interchanges, local worker pools: pid, process group,
+    start time), so that a run after a hard kill of this one can end them (end_leftovers). Returns the pids
+    recorded; written only when they differ from `known` (worker pools start after parsl.load returns)."""
+    import json
+
+    import psutil
+
+    entries = []
+
+    def add(pid: int, what: str) -> None:
+        try:
+            entries.append({"pid": pid, "pgid": os.getpgid(pid), "created": psutil.Process(pid).create_time(),
+                            "what": what})
+        except (OSError, psutil.Error):
+            pass
+
+    for executor in dfk.executors.values():
+        proc = getattr(executor, "interchange_proc", None)
+        if proc is not None and proc.poll() is None:
+            add(proc.pid, "interchange")
+        provider = getattr(executor, "provider", None)
+        if type(provider).__name__ == "LocalProvider":
+            for job in list((getattr(provider, "resources", None) or {}).values()):
+                if isinstance(job, dict) and job.get("remote_pid"):
+                    add(int(job["remote_pid"]), "worker pool")
+    pids = {entry["pid"] for entry in entries}
+    if known is not None and pids == known:
+        return pids
+    me = {"pid": os.getpid(), "created": psutil.Process().create_time()}
+    target = record_path(store)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_text(json.dumps({"driver": me, "store": str(store), "processes": entries}))
+        os.replace(tmp, target)
+    except OSError:
+        pass  # a convenience for the next run: never a reason to stop this one
+    return pids
+
+
+def end_leftovers(store: str | Path) -> list[str]:
+    """End what a run of `store` whose driver was killed (SIGKILL, a node crash) left behind: its interchanges and
+    local worker pools (Parsl #3761: they live on for many minutes) and its bridge socket files; those of that run
+    only (recorded by pid, process group and start time, so a reused pid is never signalled). Returns one line
+    saying what was ended, or [] (nothing recorded, or that run's driver is still alive). Raises nothing."""
+    import glob
+    import json
+
+    import psutil
+
+    target = record_path(store)
+    try:
+        record = json.loads(target.read_text())
+        driver = int(record["driver"]["pid"])
+        started = float(record["driver"]["created"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    try:
+        if abs(psutil.Process(driver).create_time() - started) < 1.0:
+            return []  # still running: it is not ours to end
+    except psutil.Error:
+        pass
+    run_dir = str(target.parent)
+    ended: dict[str, int] = {}
+    for entry in record.get("processes", []):
+        try:
+            pid, pgid, created, what = int(entry["pid"]), int(entry["pgid"]), float(entry["created"]), entry["what"]
+        except (KeyError, TypeError, ValueError):
+            continue
+        try:
+            same = abs(psutil.Process(pid).create_time() - created) < 1.0
+        except psutil.Error:
+            same = False
+        members = []
+        if not same and what == "worker pool":  # its launcher shell is gone, the pool in its group may not be
+            for proc in psutil.process_iter(["cmdline"]):
+                try:
+                    if os.getpgid(proc.pid) == pgid and run_dir in " ".join(proc.info["cmdline"] or ()):
+                        members.append(proc.pid)
+                except (OSError, psutil.Error):
+                    continue
+        if not same and not members:
+            continue
+        try:
+            if pgid != os.getpgrp():
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            ended[what] = ended.get(what, 0) + 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    sockets = [p for p in glob.glob(f"/tmp/ipi_finetuna-{driver}-*")]
+    for path in sockets:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    try:
+        target.unlink()
+    except OSError:
+        pass
+    if not ended and not sockets:
+        return []
+    what = " and ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in sorted(ended.items())) or "no process"
+    return [f"ended {what} and removed {len(sockets)} bridge socket file{'s' if len(sockets) != 1 else ''} left by "
+            f"the run of {store} whose driver (pid {driver}) was killed"]
+
+
 def _shutdown_parsl(dfk, limit_s: float | None) -> None:
     """dfk.cleanup(), given at most limit_s (None: as long as it takes) before the processes are killed."""
     if limit_s is None:
@@ -301,6 +416,7 @@ def run_campaign(
     stop = StopRequest()
     dfk = None
     broken = False
+    end_leftovers(path)  # what a killed earlier run of this store left running (the CLI says so before)
 
     def end_now(signum: int) -> None:  # the second signal: no more waiting on anything
         os.write(2, f"\n{signal.Signals(signum).name} again: stopped at once; the store keeps every parent call "
@@ -318,10 +434,15 @@ def run_campaign(
             if stop.signum is not None:
                 raise CampaignInterrupted(stop.signum)
             dfk = parsl.load(parsl_config)
+            recorded = [_record_processes(path, dfk)]
+
+            def health() -> str | None:  # also keeps the record of our processes current
+                recorded[0] = _record_processes(path, dfk, recorded[0])
+                return parsl_problem(dfk)
             with naming_damage(path):  # a store damaged mid-file shows when a system is read: one line naming it
                 result = Campaign(config, systems, store, method=method, on_progress=on_progress, stop=stop,
                                   on_warning=on_warning, pause_between_calls=pause,
-                                  health=lambda: parsl_problem(dfk)).run()
+                                  health=health).run()
         except CampaignInterrupted as exc:
             exc.path = path
             raise
@@ -332,4 +453,5 @@ def run_campaign(
             store.close()  # before Parsl's shutdown: the store is complete and unlocked whatever happens next
             if dfk is not None:
                 _shutdown_parsl(dfk, SHUTDOWN_LIMIT_S if stop.signum is not None or broken else None)
+                record_path(path).unlink(missing_ok=True)  # ended by itself: nothing left for the next run to end
     return path, result
