@@ -117,3 +117,20 @@ def test_cleanup_command_ends_a_recorded_dead_runs_processes_and_nothing_else(tm
         for p in (pool, reused):
             p.kill()
         socket_file.unlink(missing_ok=True)
+
+
+def test_a_record_from_another_machine_or_of_a_live_driver_is_left_alone(tmp_path):
+    """A store on a shared filesystem may have been run from another host; a live driver is still running."""
+    store = tmp_path / "s.h5"
+    pool = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    record = record_path(store)
+    record.parent.mkdir(parents=True)
+    entry = {"pid": pool.pid, "pgid": pool.pid, "created": psutil.Process(pool.pid).create_time(), "what": "worker pool"}
+    try:
+        for driver in ({"pid": 1, "created": 0.0, "host": "another-login-node"},
+                       {"pid": os.getpid(), "created": psutil.Process().create_time()}):
+            record.write_text(json.dumps({"driver": driver, "processes": [entry]}))
+            assert end_leftovers(store) == []
+            assert alive(pool.pid) and record.exists()
+    finally:
+        pool.kill()

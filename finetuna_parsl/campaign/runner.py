@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import threading
@@ -231,7 +232,7 @@ def _record_processes(store: Path, dfk, known: set[int] | None = None) -> set[in
     pids = {entry["pid"] for entry in entries}
     if known is not None and pids == known:
         return pids
-    me = {"pid": os.getpid(), "created": psutil.Process().create_time()}
+    me = {"pid": os.getpid(), "created": psutil.Process().create_time(), "host": socket.gethostname()}
     target = record_path(store)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -260,9 +261,13 @@ def end_leftovers(store: str | Path) -> list[str]:
         started = float(record["driver"]["created"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
+    if record["driver"].get("host", socket.gethostname()) != socket.gethostname():
+        return []  # a run on another machine (a shared filesystem): its processes are not here
+    reused = False
     try:
         if abs(psutil.Process(driver).create_time() - started) < 1.0:
             return []  # still running: it is not ours to end
+        reused = True  # another program has that pid now: its socket files (if any) are its own
     except psutil.Error:
         pass
     run_dir = str(target.parent)
@@ -294,7 +299,7 @@ def end_leftovers(store: str | Path) -> list[str]:
             ended[what] = ended.get(what, 0) + 1
         except (ProcessLookupError, PermissionError):
             pass
-    sockets = [p for p in glob.glob(f"/tmp/ipi_finetuna-{driver}-*")]
+    sockets = [] if reused else glob.glob(f"/tmp/ipi_finetuna-{driver}-*")
     for path in sockets:
         try:
             os.unlink(path)
