@@ -16,6 +16,13 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _stopped(exc) -> None:
+    """A run that stopped because what it runs on failed (campaign.CampaignStopped): one line, exit 1."""
+    start = "\n" if sys.stderr.isatty() else ""
+    click.echo(f"{start}error: {exc}", err=True)
+    sys.exit(1)
+
+
 def _interrupted(exc) -> None:
     """One line saying how to resume, then exit 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
     start = "\n" if sys.stderr.isatty() else ""  # after the progress bar's line
@@ -37,11 +44,13 @@ def main() -> None:
 @click.option("--compare", "references", multiple=True, type=click.Choice(REFERENCE_METHODS),
               help="Also run this reference optimizer on the same systems and print parent-call totals and ratio.")
 @click.option("--restart", is_flag=True, help="Delete existing stores and start over (default: resume them).")
+@click.option("--accept-parent-change", is_flag=True,
+              help="Resume stores last run with other parent settings (kind, options) instead of refusing.")
 def run(config_path: str, site: str | None, output: str | None, count: int | None, references: tuple[str, ...],
-        restart: bool) -> None:
+        restart: bool, accept_parent_change: bool) -> None:
     """Relax the systems of CONFIG with online learning, writing an HDF5 store."""
     config = _load_run_config(config_path, site, output)
-    from .campaign import CampaignInterrupted, run_campaign
+    from .campaign import CampaignInterrupted, CampaignStopped, run_campaign
     from .campaign.progress import ProgressLine
     from .campaign.site import SiteError, site_file
     from .learner.metrics import compare
@@ -60,11 +69,26 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     from .store import StoreError
 
     warn_once = WarnOnce()
+    from .campaign.runner import end_leftovers, store_path
+
+    for method in ("online", *references):
+        for line in end_leftovers(store_path(config, method)):
+            click.echo(f"note: {line}", err=True)
+    if accept_parent_change and not restart:
+        from .campaign.runner import parent_change
+
+        for method in ("online", *references):
+            changed = parent_change(store_path(config, method), config)
+            if changed:
+                click.echo(f"warning: parent settings changed since store {store_path(config, method)} last ran "
+                           f"({changed}); continuing with the new ones (--accept-parent-change)", err=True)
     try:
         path, result = run_campaign(config, systems, "online", ProgressLine("online"), restart=restart,
-                                    on_warning=warn_once)
+                                    on_warning=warn_once, accept_parent_change=accept_parent_change)
     except CampaignInterrupted as exc:
         _interrupted(exc)
+    except CampaignStopped as exc:
+        _stopped(exc)
     # SiteError: a site file's declarations, read once the run starts; ParentSetupError: its program is missing
     except (StoreError, SiteError, ParentSetupError) as exc:
         _fail(str(exc))
@@ -73,9 +97,12 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     comparisons = []
     for method in references:
         try:
-            ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart)
+            ref_path, ref = run_campaign(config, systems, method, ProgressLine(method), restart=restart,
+                                         accept_parent_change=accept_parent_change)
         except CampaignInterrupted as exc:
             _interrupted(exc)
+        except CampaignStopped as exc:
+            _stopped(exc)
         except (StoreError, SiteError, ParentSetupError) as exc:
             _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
@@ -170,6 +197,10 @@ def _load_run_config(config_path: str, site: str | None, output: str | None):
         _fail(str(exc))
     if site:
         config = dataclasses.replace(config, site=site)
+    from .config import shadowed_settings
+
+    for warning in shadowed_settings(config):
+        click.echo(f"warning: {warning}", err=True)
     return with_overrides(config, campaign={"output": output} if output else {})
 
 
@@ -204,7 +235,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     if unknown:
         _fail(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(ALL_METHODS)})")
     systems, unusable = _load_systems(config_path, config, count)
-    from .campaign import CampaignInterrupted
+    from .campaign import CampaignInterrupted, CampaignStopped
     from .campaign.site import SiteError
     from .parents import ParentSetupError
     from .store import StoreError
@@ -214,6 +245,8 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
                            repeats=repeats)
     except CampaignInterrupted as exc:
         _interrupted(exc)
+    except CampaignStopped as exc:
+        _stopped(exc)
     except (StoreError, SiteError, ParentSetupError) as exc:
         _fail(str(exc))
     folder = Path(out_dir) if out_dir else Path(config.campaign.output).parent
@@ -365,6 +398,50 @@ def verify_parent(config_path: str, system_id: str | None, displacement: float, 
         click.echo("error: the warm session's answer differs from a cold calculation's: do not use this parent warm "
                    "(for kind ase, a calculator that restarts from scratch every call, or a different code)", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", help="The new store (default: STORE with '.salvaged' before its suffix).")
+def salvage(store_path: str, out: str | None) -> None:
+    """Copy every readable system of a damaged store (a full disk, a copy cut short) into a new store.
+
+    The damaged store is only read. Run the campaign with --output NEW (or move NEW in place of STORE) to resume:
+    the systems that could not be read are run again. Exit 1 when a system was lost, 2 when nothing could be read.
+    """
+    from pathlib import Path
+
+    from .store import StoreError
+    from .store import salvage as salvage_store
+
+    store = Path(store_path)
+    target = Path(out) if out else store.with_name(f"{store.stem}.salvaged{store.suffix or '.h5'}")
+    try:
+        saved, lost = salvage_store(store, target)
+    except StoreError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {target}: {exc.strerror or exc}")
+    for system_id, why in lost:
+        click.echo(f"lost system {system_id}: {why}", err=True)
+    click.echo(f"salvaged {len(saved)} of {len(saved) + len(lost)} systems from {store} into {target}")
+    if lost:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
+def cleanup(store_path: str) -> None:
+    """End the Parsl interchanges and worker pools, and remove the bridge socket files, that a run of STORE left
+    behind when its driver was killed (SIGKILL, a crashed node). Only that run's: recorded by pid and start time.
+    The next `run` of the same store does this by itself."""
+    from .campaign.runner import end_leftovers
+
+    lines = end_leftovers(store_path)
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo(f"nothing left behind by a killed run of {store_path}")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ _POSITIVE = {
 #: Keys that take auto or a boolean: YAML's true/false (yes/no, on/off) are stored as the strings "true"/"false".
 _AUTO_OR_BOOL = {("parent", "pause_while_learning")}
 _NON_NEGATIVE = {("campaign", "keep_surrogate_every"), ("campaign", "learn_retries"), ("campaign", "parent_retries"),
-                 ("learner", "residual_points")}
+                 ("learner", "residual_points"), ("systems", "seed"), ("surrogate", "seed")}
 
 
 def _type_name(value: Any) -> str:
@@ -299,3 +299,25 @@ def with_overrides(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     """A copy with some section fields replaced, e.g. with_overrides(c, campaign={"output": "x.h5"})."""
     changed = {name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items() if values}
     return dataclasses.replace(config, **changed)
+
+
+#: parent.options keys (seconds) of a parent's own timeouts for one call, which parent.timeout_s must exceed.
+PARENT_CALL_TIMEOUTS = ("step_timeout_s", "startup_timeout_s")
+
+
+def shadowed_settings(config: RunConfig) -> list[str]:
+    """Settings that make one timeout fire before another can (one line each), for a warning when read.
+
+    parent.timeout_s (the driver's wait for one parent call) shorter than the parent's own timeout for that call
+    (parent.options step_timeout_s, startup_timeout_s: VASP's): the driver gives up first, reports a call
+    without an answer, and the parent's own, more telling error (which step hung, its output) is never seen.
+    """
+    found = []
+    for key in PARENT_CALL_TIMEOUTS:
+        value = config.parent.options.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= config.parent.timeout_s:
+            found.append(
+                f"parent.timeout_s ({config.parent.timeout_s:g} s) is shorter than parent.options.{key} ({value:g} s): "
+                "the driver gives up on a call before the parent's own timeout can say what hung; "
+                f"set parent.timeout_s above {value:g}")
+    return found

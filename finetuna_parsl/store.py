@@ -16,6 +16,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,42 @@ class StoreError(RuntimeError):
     """The store could not be opened or does not hold what was asked for."""
 
 
+class DiskFull(StoreError):
+    """The store's filesystem has less than DISK_RESERVE_BYTES free: the store stopped growing, readable and
+    complete up to its last write (HDF5 itself never meets ENOSPC, which can leave a file unreadable)."""
+
+
+#: Free space (bytes) kept on the store's filesystem: a write that would start below it stops the run instead
+#: (DiskFull), so the store's own metadata can still be flushed and closed.
+DISK_RESERVE_BYTES = 64 * 2**20
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the filesystem holding `path` (the nearest existing folder above it that is one)."""
+    here = Path(os.path.abspath(path))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    while not os.path.ismount(here) and here != here.parent:
+        here = here.parent
+    return here
+
+
+def check_space(path: str | Path, reserve: int | None = None) -> None:
+    """DiskFull (one line naming the filesystem) when the filesystem holding `path` has less than `reserve`
+    (default DISK_RESERVE_BYTES) bytes free for this user; quiet where the OS cannot say."""
+    reserve = DISK_RESERVE_BYTES if reserve is None else reserve
+    try:
+        stat = os.statvfs(Path(path).parent if not Path(path).is_dir() else path)
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < reserve:
+        raise DiskFull(
+            f"the filesystem of store {path} ({mount_point(path)}) is full: {free / 2**20:.1f} MiB free, "
+            f"{reserve / 2**20:.0f} MiB kept so the store stays readable; stopped with everything stored so far "
+            "intact: free some space there and run the same command to resume")
+
+
 def _versions() -> str:
     names = ("finetuna-parsl", "ase", "h5py", "numpy", "parsl", "torch", "fairchem-core")
     found = []
@@ -76,14 +113,54 @@ def open_h5(path: str | Path, mode: str) -> h5py.File:
         raise StoreError(describe_open_failure(path, mode, exc)) from exc
 
 
+#: What HDF5 says of a file that is damaged (cut short by a full disk or a copy, a block overwritten), as opposed
+#: to one that is locked, missing or unwritable.
+_DAMAGE = re.compile(r"truncated file|signature|addr overflow|bad object header|bad local heap|bad global heap|"
+                     r"bad symbol table|b-tree|checksum|can't decompress|inflate\(\) failed|bad version number|"
+                     r"bad (?:heap|object) |address of object past end|invalid object header", re.I)
+#: HDF5's word for a file lock; not "lock" inside "sblock" (the superblock in a truncated file's message).
+_LOCK_WORD = re.compile(r"\block", re.I)
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an h5py error says the file itself is damaged (not locked, missing or unwritable)."""
+    return bool(_DAMAGE.search(str(exc))) and not str(exc).startswith("store ")
+
+
+def damage_message(path: str | Path, exc: BaseException, system_id: str | None = None) -> str:
+    """One line: the store at `path` is damaged (where: system_id, when known), what HDF5 said, what to do."""
+    text = " ".join(str(exc).split()).strip("'\"")
+    where = f"system {system_id}: " if system_id else ""
+    return (f"store {path} is damaged ({where}{text}); `finetuna-parsl salvage {path}` copies every readable "
+            "system into a new store to resume from, or `run --restart` starts over")
+
+
+@contextmanager
+def naming_damage(path: str | Path, system_id: str | None = None) -> Iterator[None]:
+    """Turn h5py's error for a damaged file (OSError, KeyError, RuntimeError ...) into a StoreError naming it."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        if not is_damage(exc):
+            raise
+        raise StoreError(damage_message(path, exc, system_id)) from exc
+
+
 def describe_open_failure(path: str | Path, mode: str, exc: OSError) -> str:
     """One line: why h5py could not open `path` in `mode`."""
     text = " ".join(str(exc).split())
     found = re.search(r"errno = (\d+)", text)
     code = int(found.group(1)) if found else exc.errno
-    if "lock" in text.lower() and code in _NO_LOCKING:
+    if "file signature not found" in text:
+        return f"cannot open store {path}: not an HDF5 file (file signature not found)"
+    if is_damage(exc):
+        return damage_message(path, exc)
+    locked = bool(_LOCK_WORD.search(text))
+    if locked and code in _NO_LOCKING:
         return f"cannot lock store {path}: the filesystem does not support file locking; {LOCKING_HINT}"
-    if "lock" in text.lower() and (code in _HELD or code is None):
+    if locked and (code in _HELD or code is None):
         holders = store_holders(path)
         who = ", ".join(f"pid {pid}: {cmd}" for pid, cmd in holders) if holders else "the OS does not say which"
         return (f"store {path} is held by another process ({who}); close it there (an open reader holds it too) "
@@ -147,6 +224,16 @@ class CampaignStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.keep_surrogate_every = keep_surrogate_every
         self.file = open_h5(self.path, "a")
+        try:
+            with naming_damage(self.path):
+                self._start_run(run_config, method)
+        except BaseException:
+            self.file.close()
+            raise
+        self._rows: dict[str, dict] = {}  # live_rows' cache, re-read only for systems changed since
+        self._changed: set[str] = set(self.file["systems"].keys())
+
+    def _start_run(self, run_config: str, method: str) -> None:
         root = self.file.attrs
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if "format_version" not in root:
@@ -168,8 +255,6 @@ class CampaignStore:
             _append_run(self.file, {"started": now, "method": method, "package_versions": versions,
                                     "run_config": run_config})
         self.file.require_group("systems")
-        self._rows: dict[str, dict] = {}  # live_rows' cache, re-read only for systems changed since
-        self._changed: set[str] = set(self.file["systems"].keys())
 
     def __enter__(self) -> "CampaignStore":
         return self
@@ -193,6 +278,7 @@ class CampaignStore:
         StoreError when the system id cannot name an HDF5 group (empty, or containing '/')."""
         if self.has_system(system.system_id):
             return
+        check_space(self.path)
         if "/" in system.system_id or not system.system_id:
             raise StoreError(f"system id {system.system_id!r} cannot be an HDF5 group name")
         g = self.file["systems"].create_group(system.system_id)
@@ -262,6 +348,7 @@ class CampaignStore:
         2Nth, ... surrogate evaluation of the system is kept, counted over every run of the store (the count is
         the system's surrogate_steps attribute), so a resumed run thins exactly as an uninterrupted one.
         KeyError for a system not in the store."""
+        check_space(self.path)  # before anything is written: the rows go in whole or not at all
         g = self.file["systems"][system_id]
         seen = int(g.attrs["surrogate_steps"])
         kept = []
@@ -304,6 +391,7 @@ class CampaignStore:
         """Latest fine-tuned head weights, so a resumed relaxation need not fine-tune again."""
         if head is None:
             return
+        check_space(self.path)
         g = self.file["systems"][system_id].require_group("head")
         if "weights" in g:
             del g["weights"]
@@ -334,7 +422,8 @@ class CampaignStore:
         reasons and fine-tuning times), the latest head and how many points it was fine-tuned on, and the
         surrogate steps taken, under `settings` (this run's). The outcome is left running: the caller settles it
         (learner.online.settle). KeyError for a system not in the store."""
-        return state_from_group(self.file["systems"][system_id], system_id, settings)
+        with naming_damage(self.path, system_id):
+            return state_from_group(self.file["systems"][system_id], system_id, settings)
 
 
 def _require_later_columns(steps: h5py.Group) -> None:
@@ -421,6 +510,11 @@ def read_system_row(system_id: str, g: h5py.Group) -> dict:
     """One system's summary row: status, outcome, parent calls (total and by reason; "" = not recorded),
     surrogate steps, final parent energy (eV) and fmax over free atoms (eV/A), error and warnings in full,
     SCF cycles, parent wall time (s) and the learner's fine-tuning time before those calls (s)."""
+    with naming_damage(g.file.filename, system_id):
+        return _system_row(system_id, g)
+
+
+def _system_row(system_id: str, g: h5py.Group) -> dict:
     a = g.attrs
     steps = g["steps"]
     parent = steps["kind"][()] == KIND_PARENT
@@ -445,8 +539,10 @@ def read_system_row(system_id: str, g: h5py.Group) -> dict:
 
 
 def read_summary(f: h5py.File) -> list[dict]:
-    """Per-system summary rows (read_system_row) from an open store (any mode)."""
-    return [read_system_row(system_id, g) for system_id, g in f["systems"].items()]
+    """Per-system summary rows (read_system_row) from an open store (any mode); StoreError naming the system
+    where the store is damaged."""
+    with naming_damage(f.filename):
+        return [read_system_row(system_id, g) for system_id, g in f["systems"].items()]
 
 
 def load_summary(path: str | Path) -> list[dict]:
@@ -524,14 +620,120 @@ def read_parent_calls(f: h5py.File) -> dict[str, tuple[list[str], list[float]]]:
 
 def load_parent_calls(path: str | Path) -> dict[str, tuple[list[str], list[float]]]:
     """read_parent_calls of a store on disk (read-only)."""
-    with open_h5(path, "r") as f:
+    with open_h5(path, "r") as f, naming_damage(path):
         return read_parent_calls(f)
 
 
 def load_parent_energies(path: str | Path) -> dict[str, np.ndarray]:
     """Parent energies in call order, per system (for energy-vs-parent-call plots)."""
-    with open_h5(path, "r") as f:
+    with open_h5(path, "r") as f, naming_damage(path):
         return {sid: g["steps/energy"][()][g["steps/kind"][()] == KIND_PARENT] for sid, g in f["systems"].items()}
+
+
+def salvage(path: str | Path, out: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Copy every readable system of the (damaged) store at `path` into a new store `out`; returns (the system ids
+    copied, [(system id, why it was not), ...]), both in stored order.
+
+    A system is copied only when all of it reads (every dataset in full, every attribute), so the new store
+    resumes like any other (the lost systems are simply run again). /runs and the root attributes are kept where
+    readable, and root attribute `salvaged` says from where, when, and what was lost. A store cut short (a full
+    disk, a copy that stopped) is read from a copy padded back to its recorded length, so whatever lies in the
+    part that is left is found. `path` is never written. Written to `out`.part and renamed when complete.
+    Raises StoreError when `out` exists or nothing of `path` can be opened.
+    """
+    path, out = Path(path), Path(out)
+    if out.exists():
+        raise StoreError(f"{out} exists; remove it or choose another name")
+    part = out.with_name(out.name + ".part")
+    padded = out.with_name(out.name + ".source.part")
+    try:
+        try:
+            src = h5py.File(path, "r")
+        except OSError as exc:
+            found = re.search(r"stored_eof = (\d+)", str(exc))
+            if not found:
+                raise StoreError(describe_open_failure(path, "r", exc)) from exc
+            import shutil
+
+            shutil.copyfile(path, padded)  # never touch the damaged original
+            os.truncate(padded, int(found.group(1)))  # sparse zeros where the lost tail was
+            try:
+                src = h5py.File(padded, "r")
+            except OSError as again:
+                raise StoreError(f"nothing of store {path} can be read: {' '.join(str(again).split())}") from again
+        saved: list[str] = []
+        lost: list[tuple[str, str]] = []
+        with src, h5py.File(part, "w") as dst:
+            for key, value in _readable_attrs(src.attrs).items():
+                dst.attrs[key] = value
+            if "runs" in src:
+                try:
+                    dst.create_dataset("runs", data=src["runs"][()], maxshape=(None,), chunks=(16,), dtype=STRING_DTYPE)
+                except (OSError, KeyError, RuntimeError, ValueError):
+                    pass
+            dst.require_group("systems")
+            try:
+                names = list(src["systems"].keys())
+            except (OSError, KeyError, RuntimeError, ValueError) as exc:
+                raise StoreError(f"nothing of store {path} can be read: its list of systems is damaged "
+                                 f"({' '.join(str(exc).split())})") from exc
+            for system_id in names:
+                why = _unreadable(src, system_id)
+                if why is None:
+                    src.copy(src["systems"][system_id], dst["systems"], name=system_id)
+                    why = _unreadable(dst, system_id)  # what was copied reads back in full
+                    if why is not None:
+                        del dst["systems"][system_id]
+                if why is None:
+                    saved.append(system_id)
+                else:
+                    lost.append((system_id, why))
+            dst.attrs["salvaged"] = json.dumps({
+                "from": str(path), "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "copied": len(saved), "lost": {sid: why for sid, why in lost}})
+            if "format_version" not in dst.attrs:
+                dst.attrs["format_version"] = FORMAT_VERSION
+        os.replace(part, out)
+        return saved, lost
+    finally:
+        part.unlink(missing_ok=True)
+        padded.unlink(missing_ok=True)
+
+
+def _readable_attrs(attrs: h5py.AttributeManager) -> dict:
+    found = {}
+    for key in list(attrs.keys()):
+        try:
+            found[key] = attrs[key]
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError):
+            pass
+    return found
+
+
+def _unreadable(f: h5py.File, system_id: str) -> str | None:
+    """Why system `system_id` of `f` does not read in full (one line), or None when every part of it does."""
+    problems: list[str] = []
+
+    def visit(name: str, obj) -> None:
+        try:
+            dict(obj.attrs)
+            if isinstance(obj, h5py.Dataset):
+                obj[()]
+        except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
+            problems.append(f"{name}: {' '.join(str(exc).split())}")
+
+    try:
+        g = f["systems"][system_id]
+        dict(g.attrs)
+        g.visititems(visit)
+        _system_row(system_id, g)
+        for part in ("numbers", "initial_positions", "cell", "pbc", "fixed", "tags", "steps/energy", "steps/kind",
+                     "steps/positions", "steps/forces"):
+            if part not in g:
+                problems.append(f"{part} missing")
+    except Exception as exc:  # noqa: BLE001
+        problems.append(" ".join(str(exc).split()))
+    return "; ".join(problems[:3]) or None
 
 
 #: format -> what it is. aselmdb: ASE's LMDB backend (the ase_db_backends package fairchem installs), which
@@ -564,7 +766,7 @@ def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False)
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixAtoms
 
-    with open_h5(path, "r") as f:
+    with open_h5(path, "r") as f, naming_damage(path):
         method = str(f.attrs.get("method", "online"))
         parent = _parent_kind(str(f.attrs.get("run_config", "")))
         for system_id, g in f["systems"].items():
@@ -598,7 +800,8 @@ def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True
 
     db and aselmdb rows carry the metadata as key-value pairs (for `ase db` queries) and in row.data, with
     fairchem's sid (system id) and fid (parent call index), which AseDBDataset puts in atoms.info and the
-    data's sid. Raises StoreError for an unknown format, an existing `out`, or a store that cannot be opened.
+    data's sid. Raises StoreError for an unknown format, an existing `out`, a store that cannot be opened or read,
+    or an `out` that cannot be written (full disk, read-only folder); `out` is then not there at all.
     """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
@@ -608,7 +811,27 @@ def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True
     if fmt == "aselmdb" and "aselmdb" not in out.name:
         raise StoreError(f"{out}: an aselmdb export's file name must contain 'aselmdb' (ase.db and fairchem "
                          f"pick the LMDB backend by it), e.g. {out.stem}.aselmdb")
-    frames = iter_frames(path, parent_only, final)
+    # written beside `out` under a temp name (its suffix kept: ase.db picks the backend by it) and renamed when
+    # complete, so a failed export (a damaged store, a full disk) leaves nothing that blocks the next one
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.part{out.suffix}")
+    try:
+        count = _write_frames(iter_frames(path, parent_only, final), tmp, fmt)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise StoreError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-lock")):  # LMDB's lock file beside its database
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:  # a read-only folder holds none
+                pass
+    return count
+
+
+def _write_frames(frames: Iterator["Atoms"], out: Path, fmt: str) -> int:
+    """Write `frames` to `out` in `fmt`; the frame count. extxyz leaves out empty strings (a surrogate frame's
+    reason, a running or failed system's outcome): ASE's extxyz cannot write one that reads back (`outcome=`
+    swallows the next key), so such a key is absent where its value is ""."""
     count = 0
     if fmt in ("db", "aselmdb"):
         from ase.db import connect
@@ -630,6 +853,7 @@ def export(path: str | Path, out: str | Path, fmt: str, parent_only: bool = True
         return count
     with open(out, "w") as handle:
         for atoms in frames:
+            atoms.info = {key: value for key, value in atoms.info.items() if not (isinstance(value, str) and not value)}
             write(handle, atoms, format="extxyz")
             count += 1
     return count

@@ -82,7 +82,7 @@ def test_session_that_fails_is_reported_with_its_error():
 
 def test_session_that_never_connects_is_not_waited_on_forever():
     server = ParentServer(mode="unix", timeout_s=2)
-    with pytest.raises(ParentError, match="did not connect within 2 s"):
+    with pytest.raises(ParentError, match="did not connect within parent.timeout_s = 2 s"):
         server.call(SYSTEM.positions, SYSTEM.cell)
     server.session_alive = lambda: "worker lost"
     with pytest.raises(ParentError, match="ended before connecting: worker lost"):

@@ -47,6 +47,15 @@ class StopRequest:
         self.signum: int | None = None
 
 
+class CampaignStopped(RuntimeError):
+    """Something the campaign runs on failed (a Parsl interchange or worker pool died): the run stopped, every stored
+    row is complete, relaxations in flight stay 'running' and the same command resumes them. str() is one line."""
+
+
+#: Seconds between looks at the health of what the campaign runs on (Campaign's `health` callback).
+HEALTH_INTERVAL_S = 2.0
+
+
 class CampaignInterrupted(BaseException):
     """The run was stopped by a signal: every stored row is complete, the same command resumes it.
 
@@ -137,8 +146,11 @@ class Campaign:
         stop: StopRequest | None = None,
         on_warning: Callable[[str, str], None] | None = None,
         pause_between_calls: bool = False,
+        health: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
+        self.health = health or (lambda: None)  # why the execution layer cannot go on (one line), or None
+        self._healthy_at = time.monotonic()
         self.pause_between_calls = pause_between_calls  # parent.pause_while_learning resolved (campaign/pausing.py)
         self.on_warning = on_warning or (lambda system_id, message: None)
         self.stop = stop or StopRequest()
@@ -370,6 +382,12 @@ class Campaign:
         while queue or active:
             if self.stop.signum is not None:
                 raise CampaignInterrupted(self.stop.signum)
+            if time.monotonic() - self._healthy_at > HEALTH_INTERVAL_S:
+                self._healthy_at = time.monotonic()
+                problem = self.health()
+                if problem is not None:
+                    raise CampaignStopped(f"{problem}: the campaign stopped with the store closed and everything "
+                                          "stored so far kept; run the same command to resume")
             while queue and len(active) < slots:
                 system = queue.popleft()
                 r = self._start_reference(system) if self.method != "online" else self._start_online(system)
@@ -385,12 +403,16 @@ class Campaign:
             for future in sorted(finished, key=lambda f: self._order[active[f].state.system.system_id]):
                 r = active.pop(future)
                 stage = future.stage
-                if stage == "learn":
-                    alive = self._on_learn(r)
-                elif stage == "parent":
-                    alive = self._on_parent(r)
-                else:
-                    alive = self._on_reference(r)
+                try:
+                    if stage == "learn":
+                        alive = self._on_learn(r)
+                    elif stage == "parent":
+                        alive = self._on_parent(r)
+                    else:
+                        alive = self._on_reference(r)
+                except BaseException:  # the store stopped the run (a full disk): no session left waiting on us
+                    self._close_session(r)
+                    raise
                 if alive:
                     active[r.future] = r
             self._report()

@@ -23,7 +23,7 @@ from ase.calculators.socketio import IPIProtocol, SocketClosed, SocketServer
 
 from ..records import SOURCE_PARENT, Evaluation, SystemSpec
 from .base import ParentError, ParentSession
-from .journal import CallJournal
+from .journal import CallJournal, non_finite
 
 
 @dataclass(frozen=True)
@@ -86,19 +86,31 @@ class ParentServer(SocketServer):
                 if died is not None:
                     raise ParentError(f"parent session ended before connecting: {died}") from None
                 if time.monotonic() > deadline:
-                    raise ParentError(f"parent session did not connect within {self.timeout_s:.0f} s") from None
+                    raise ParentError(
+                        f"parent session did not connect within parent.timeout_s = {self.timeout_s:g} s: no parent "
+                        "worker took it (all busy, e.g. with an earlier session still computing a hung call, or "
+                        "none started)") from None
         _no_delay(self.clientsocket)
         self.clientsocket.settimeout(self.timeout_s)
-        self.protocol = IPIProtocol(self.clientsocket)
+        self.protocol = _CheckedProtocol(self.clientsocket)
         if self._ended.is_set():  # ended between accept() and here: do not wait on a dead session
             _shutdown(self.clientsocket)
 
     def call(self, positions: np.ndarray, cell: np.ndarray) -> Evaluation:
         """One parent evaluation through the bridge: positions (n, 3) A and cell (3, 3) A in, the session's
         Evaluation out (energy eV, forces (n, 3) eV/A, its SCF cycles and wall time). Raises ParentError when
-        the session is lost, ends, or does not answer within timeout_s."""
+        the session is lost, ends, does not answer within timeout_s, or answers NaN or inf."""
         try:
             result = self.calculate(_Geometry(np.asarray(positions, dtype=float), np.asarray(cell, dtype=float)))
+        except _NonFinite as exc:  # whoever sent it: never stored, never learned from
+            raise ParentError(f"parent session answered a non-finite result: {exc}") from None
+        except socket.timeout:  # the session is connected and alive but silent: its parent is slow or hung
+            died = self.session_alive()
+            if died is not None:
+                raise ParentError(f"parent session lost: {died}") from None
+            raise ParentError(
+                f"parent call got no answer within parent.timeout_s = {self.timeout_s:g} s (the driver's limit): the "
+                "parent is still computing or hung; the session is abandoned and the call retried") from None
         except (SocketClosed, OSError, AssertionError) as exc:
             raise ParentError(f"parent session lost: {self._why_lost(exc)}") from None
         info = _decode_info(result["morebytes"])
@@ -137,6 +149,24 @@ class ParentServer(SocketServer):
         self.close()
 
 
+class _NonFinite(ValueError):
+    """NaN or inf received from the session (ASE's protocol only asserts, which reads as a lost connection)."""
+
+
+class _CheckedProtocol(IPIProtocol):
+    """ASE's i-PI protocol, where a non-finite number received is a _NonFinite naming it, not a bare assert."""
+
+    def recv(self, shape, dtype):
+        nbytes = int(np.dtype(dtype).itemsize * np.prod(shape))
+        values = np.frombuffer(self._recvall(nbytes), dtype=dtype).reshape(shape).copy()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            kinds = sorted({"NaN" if np.isnan(v) else ("+inf" if v > 0 else "-inf") for v in values[bad]})
+            what = "energy" if values.size == 1 else f"{int(bad.sum())} of {values.size} force/virial components"
+            raise _NonFinite(f"{'/'.join(kinds)} in its {what}")
+        return values
+
+
 def _shutdown(sock: socket.socket | None) -> None:
     """Shut a socket down both ways (wakes a recv() blocked on it in another thread); quiet if already gone."""
     if sock is None:
@@ -171,6 +201,15 @@ def _decode_info(morebytes: np.ndarray) -> dict:
         return json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError):
         return {}
+
+
+def _check_finite(session: ParentSession, result: Evaluation) -> None:
+    """ParentError (a run-time failure: retried on a fresh session) when the parent's answer holds NaN or inf."""
+    problem = non_finite(result.energy, result.forces)
+    if problem is not None:
+        system = session.system.system_id if session.system is not None else "?"
+        raise ParentError(f"{session.kind} parent for {system} answered a non-finite result: {problem} "
+                          "(atoms on top of each other, or a broken parent); not journaled, not stored")
 
 
 def _pause(session: ParentSession, pending: list[str]) -> bool:
@@ -238,8 +277,13 @@ def serve_session(
                         warnings.simplefilter("always")
                         result = session.calculate(positions)
                     pending += _messages(caught)
+                    _check_finite(session, result)  # before the journal: a NaN answer is never replayed
                     if journal is not None:
-                        journal.record(positions, result)
+                        try:
+                            journal.record(positions, result)
+                        except OSError as exc:  # a full disk: the answer is paid for, the driver still stores it
+                            pending.append(f"parent answer not journaled ({exc.strerror or exc}, {journal.directory}): "
+                                           "a crash before the driver stores it would cost this call again")
                 served += 1
                 state = "HAVEDATA"
             elif msg == "GETFORCE":

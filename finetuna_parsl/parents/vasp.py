@@ -53,6 +53,7 @@ from .vasp_io import (
     interactive_incar,
     is_scf_line,
     max_displacement,
+    ml_force_field_problem,
     per_species_problem,
     poscar_record,
     positions_record,
@@ -124,6 +125,31 @@ def missing_command_program(command: str | Sequence[str], environ: Mapping[str, 
             return f"{program}: not found on PATH={path} (from parent.options.command {command!r})"
     return None
 
+#: Commands that start VASP's ranks and pass signals on to them.
+MPI_LAUNCHERS = ("srun", "mpirun", "mpiexec", "mpiexec.hydra", "aprun", "jsrun", "ibrun", "flux")
+
+
+def _own_group_dying_with_parent(death: int):
+    """preexec_fn for the VASP launch: a process group of its own, and `death` sent to it by the kernel when the
+    thread that started it ends (Linux prctl PR_SET_PDEATHSIG; elsewhere only the group)."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            libc = None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        os.setpgrp()
+        if libc is not None:
+            libc.prctl(1, int(death), 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os.kill(os.getpid(), int(death))
+
+    return preexec
 
 
 class VaspInteractiveSession(ParentSession):
@@ -155,7 +181,7 @@ class VaspInteractiveSession(ParentSession):
         """Per-species INCAR tags given as anything but a mapping by element (see vasp_io.per_species_problem)."""
         if not isinstance(options.get("setups") or {}, Mapping):
             return "setups must be a mapping by element, e.g. setups: {Cu: _pv}"
-        return per_species_problem(options.get("incar"))
+        return ml_force_field_problem(options.get("incar")) or per_species_problem(options.get("incar"))
 
     @classmethod
     def missing_program(cls, options: Mapping[str, Any]) -> str | None:
@@ -210,7 +236,7 @@ class VaspInteractiveSession(ParentSession):
         super().__init__(workdir)
         if not command:
             raise ParentSetupError("vasp parent: option 'command' is empty (e.g. 'srun -n 64 vasp_std')")
-        problem = per_species_problem(incar)
+        problem = ml_force_field_problem(incar) or per_species_problem(incar)
         if problem is not None:
             raise ParentSetupError(f"vasp parent: {problem}")
         self.command = command
@@ -317,6 +343,13 @@ class VaspInteractiveSession(ParentSession):
         return ["/bin/sh", "-c", f"exec {line}"]
 
     @property
+    def _uses_launcher(self) -> bool:
+        """Whether the command starts VASP through an MPI or Slurm launcher (it forwards signals to the ranks)."""
+        first = shlex.split(self.command)[0] if isinstance(self.command, str) and self.command.strip() else (
+            str(self.command[0]) if not isinstance(self.command, str) else "")
+        return Path(first).name in MPI_LAUNCHERS or self._uses_srun
+
+    @property
     def _uses_srun(self) -> bool:
         if isinstance(self.command, str):
             return bool(_SRUN.match(self.command))
@@ -325,7 +358,10 @@ class VaspInteractiveSession(ParentSession):
     def _launch(self) -> None:
         env = {**os.environ, **self.env}
         # Own process group (killed as a whole) in our session: a stop signal to an orphaned group is discarded.
-        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        # That group is out of reach of Parsl's kill of the worker pool's group: the kernel ends the process
+        # when the one that started it dies (parent-death signal), so a killed worker leaves no VASP running.
+        death = signal.SIGTERM if self._uses_launcher else signal.SIGKILL  # srun/mpiexec pass SIGTERM on to ranks
+        group: dict[str, Any] = {"preexec_fn": _own_group_dying_with_parent(death)}
         try:
             self._proc = subprocess.Popen(
                 self._argv(), cwd=self.workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

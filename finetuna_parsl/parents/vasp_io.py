@@ -89,6 +89,24 @@ def _is_symbol(name: Any) -> bool:
     return isinstance(name, str) and name in chemical_symbols[1:]
 
 
+def ml_force_field_problem(user: Mapping[str, Any] | None) -> str | None:
+    """Why INCAR `user` cannot be used because it turns on VASP's machine-learned force field (one line), or None.
+
+    With ML_LMLFF, VASP 6.4 writes force-field steps in another OUTCAR layout (`free  energy ML TOTEN`,
+    `TOTAL-FORCE (eV/Angst) (ML)`; vasp-interactive #47) and its vasprun.xml outside the <calculation> hierarchy,
+    which this reader does not take for a step's answer; the answers would also be a force field's, not DFT's.
+    """
+    for key, value in (user or {}).items():
+        if str(key).upper() != "ML_LMLFF":
+            continue
+        on = value if isinstance(value, bool) else str(value).strip().strip(".").upper() in ("T", "TRUE")
+        if on:
+            return ("INCAR ML_LMLFF: VASP's machine-learned force field is not supported as the parent (its OUTCAR "
+                    "layout, 'free  energy ML TOTEN', is not read, and its answers are a force field's, not DFT's); "
+                    "remove ML_LMLFF and the other ML_* tags")
+    return None
+
+
 def per_species_problem(user: Mapping[str, Any] | None) -> str | None:
     """Why the per-species INCAR tags of `user` cannot be used (one line), or None.
 
