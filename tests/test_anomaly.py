@@ -138,3 +138,87 @@ def test_tags_problem_names_what_is_wrong(kind):
         fixed = system.fixed.copy()
         fixed[system.tags == 2] = True
         assert "fixed atoms are tagged adsorbate" in tags_problem(replace(system, fixed=fixed))
+
+
+# --- the learner's guard ---------------------------------------------------------------------------------------
+class LiftingSurrogate:
+    """A surrogate (the learner's SurrogateModel protocol) that pulls the adsorbate straight up off the slab with
+    a constant force (eV/A) and holds every other atom where it is: a desorption made by the surrogate alone."""
+
+    def __init__(self, system: SystemSpec, force: float = 1.0) -> None:
+        self.up = np.zeros((system.n_atoms, 3))
+        self.up[system.tags == 2, 2] = force
+        self.start = system.positions.copy()
+
+    def initial_head(self) -> bytes:
+        return b""
+
+    def fine_tune(self, head, points):
+        return head, {}
+
+    def calculator(self, head):
+        from ase.calculators.calculator import Calculator, all_changes
+
+        up, start = self.up, self.start
+
+        class Lift(Calculator):
+            implemented_properties = ["energy", "free_energy", "forces"]
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                held = -5.0 * (self.atoms.positions - start)  # springs hold the slab
+                held[up[:, 2] > 0] = 0.0
+                forces = up + held
+                slab = up[:, 2] == 0
+                energy = float(-(up * self.atoms.positions).sum()
+                               + 2.5 * ((self.atoms.positions - start)[slab] ** 2).sum())
+                self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+
+        return Lift()
+
+
+def first_segment(system: SystemSpec, **settings):
+    """The learn step after the initial parent call (EMT at the start), on the lifting surrogate."""
+    from finetuna_parsl.learner import LearnerState, propose, record_parent
+    from finetuna_parsl.parents import make_parent
+    from finetuna_parsl.records import LearnerSettings
+
+    parent = make_parent("emt")
+    parent.start(system)
+    state = LearnerState(system=system, settings=LearnerSettings(query="relaxed-only", max_surrogate_steps=200,
+                                                                 stall_steps=50, backoff=False, **settings))
+    surrogate = LiftingSurrogate(system)
+    first = propose(state, surrogate)
+    state = record_parent(state, first, parent.calculate(first.positions))
+    return state, propose(state, surrogate)
+
+
+def test_the_guard_ends_a_segment_before_a_surrogate_made_desorption():
+    system = co_on_pt111()
+    guard = AnomalyGuard(system)
+    state, proposal = first_segment(system)
+    assert proposal.reason == "anomaly"
+    assert len(proposal.segment) > 1  # the surrogate walked the adsorbate up for a while ...
+    assert all(not guard.anomalies(step.positions) for step in proposal.segment)  # ... never off the slab
+    np.testing.assert_array_equal(proposal.positions, proposal.segment[-1].positions)  # the parent is asked there
+    # a maxstep (0.2 A) higher, where the surrogate's next step was going, it is desorbed
+    assert detect(system, proposal.positions + np.where(system.tags[:, None] == 2, [0, 0, 0.2], 0))[0] == (DESORBED,)
+
+    _, unguarded = first_segment(system, anomaly_guard=False)  # without the guard the surrogate takes it away
+    assert unguarded.reason != "anomaly" and DESORBED in guard.anomalies(unguarded.positions)
+
+
+def test_the_adsorbate_leash_keeps_the_adsorbate_near_the_newest_parent_point():
+    system = co_on_pt111()
+    state, proposal = first_segment(system, anomaly_guard=False, adsorbate_leash=0.5)
+    assert proposal.reason == "leash"
+    newest = state.parent_points[-1].positions
+    moved = np.linalg.norm(proposal.positions - newest, axis=1)
+    assert moved[system.tags == 2].max() <= 0.5 and len(proposal.segment) > 1
+
+
+def test_adsorbate_leash_must_be_positive():
+    from finetuna_parsl.records import LearnerSettings
+
+    with pytest.raises(ValueError, match="adsorbate_leash must be > 0"):
+        LearnerSettings(adsorbate_leash=0.0)

@@ -8,8 +8,9 @@ fairchem-data-oc's `fairchem.data.oc.utils.flag_anomaly.DetectTrajAnomaly`, whic
 tags are not OC20's says "unknown" with the reason instead of guessing.
 
 `AnomalyGuard` gives the same four answers from one nearest-image distance matrix per structure (0.8 ms against
-DetectTrajAnomaly's 34 ms on a 20-atom slab; a surrogate step of the shipped model takes 46 ms): the online learner checks every
-surrogate step with it (learner/online.py). tests/test_anomaly.py checks it agrees with DetectTrajAnomaly.
+DetectTrajAnomaly's 34 ms on a 20-atom slab; a surrogate step of the shipped model takes 46 ms): the online
+learner checks every surrogate step with it (learner/online.py). tests/test_anomaly.py checks that it agrees
+with DetectTrajAnomaly.
 
 Bonds, as DetectTrajAnomaly draws them (ASE's NeighborList with its default 0.3 A skin per atom): atoms i, j are
 bonded when their distance, under periodic images, is below m * (r_i + r_j) + 0.6 A, r = ASE's covalent radii
