@@ -254,6 +254,8 @@ class CampaignStore:
         for ds in g["steps"].values():
             ds.resize(0, axis=0)
         g.attrs.update(parent_calls=0, surrogate_steps=0, final_energy=np.nan, final_fmax=np.nan)
+        for key in ("anomalies", "anomalies_unknown"):  # they were the old final structure's
+            g.attrs.pop(key, None)
         self._changed.add(system_id)
         self.file.flush()
 
