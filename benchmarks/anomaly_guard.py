@@ -53,7 +53,8 @@ def main(config_path: str, runs: str, out: str, count: int | None, leash: float,
     ]
     details = []
     for label, folder, learner in chosen:
-        config = with_overrides(base, learner=learner, campaign={"output": f"{runs}/{folder}/demo.h5"})
+        store = f"{runs}/{folder}/{Path(base.campaign.output).name}"
+        config = with_overrides(base, learner=learner, campaign={"output": store})
         t0 = time.perf_counter()
         result = run_bench(config, systems, ["bfgs", "k-steps"], "bfgs")
         wall = time.perf_counter() - t0
