@@ -62,9 +62,26 @@ def test_a_campaign_stores_the_flags_and_a_store_from_before_them_still_reads(tm
     assert inspect_json(output)["totals"]["anomalies"] == {"unknown": 2}
     assert {a.info["anomalies"] for a in iter_frames(output, final=True)} == {"unknown"}
 
-    _, again = run_campaign(config, systems)  # the same command again: nothing to relax, the flags filled in
+    seen = []
+    _, again = run_campaign(config, systems, on_progress=lambda p: seen.append((p.done, p.running)))
+    # the same command again: nothing relaxed again, the flags filled in
     assert [r["anomalies"] for r in again.rows] == [r["anomalies"] for r in result.rows]
-    assert [r["parent_calls"] for r in again.rows] == [r["parent_calls"] for r in result.rows]
+    assert again.parent_calls_this_run == 0 and seen[-1] == (2, 0) and max(done for done, _ in seen) == 2
+
+
+def test_a_finished_reference_store_from_before_the_flags_gets_them_without_being_redone(tmp_path, toy_on_workers):
+    output = tmp_path / "ref.h5"
+    config = parse_config(CONFIG.format(output=output, site=TESTS_DIR / "threads_site.py"), where="ref.yaml")
+    systems = demo_systems(1)
+    path, first = run_campaign(config, systems, "bfgs")
+    _, again = run_campaign(config, systems, "bfgs")  # finished, flags stored: nothing to do
+    assert again.parent_calls_this_run == 0 and again.rows == first.rows
+    with h5py.File(path, "a") as f:
+        for g in f["systems"].values():
+            del g.attrs["anomalies"], g.attrs["anomalies_unknown"]
+    _, third = run_campaign(config, systems, "bfgs")
+    assert third.parent_calls_this_run == 0  # a finished reference relaxation is not redone
+    assert third.rows[0]["anomalies"] == first.rows[0]["anomalies"] is not None
 
 
 def co_on_pt111() -> SystemSpec:

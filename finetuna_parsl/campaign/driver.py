@@ -345,11 +345,11 @@ class Campaign:
             done = stored and self.store.status(system.system_id) == DONE
             if stored and (done or self.method == "online"):  # a reference relaxation not done is redone whole
                 self.progress.resumed_parent_calls += self.store.parent_calls(system.system_id)
-            if done:
-                self.progress.done += 1
             if stored and self.store.status(system.system_id) in (DONE, FAILED) and \
                     not self.store.has_anomalies(system.system_id):  # a store from before the flags were kept
                 self._flag_anomalies(system.system_id)
+            if done:
+                self.progress.done += 1
             else:
                 queue.append(system)
         self.progress.parent_calls = self.progress.resumed_parent_calls
