@@ -14,7 +14,6 @@ other-higher minimum against BFGS's final structure (learner.metrics.minimum_mat
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -48,23 +47,21 @@ def main(config_path: str, runs: str, out: str, count: int | None, leash: float,
     chosen = variants(leash) if only is None else [v for v in variants(leash) if v[1] in only.split(",")]
     lines = [
         "| learner | parent calls (k-steps / bfgs) | ratio | accurate | k-steps anomalies | bfgs anomalies | "
-        "same minimum | other, lower | other, higher | anomaly calls | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "same minimum | other, lower | other, higher | anomaly calls |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     details = []
     for label, folder, learner in chosen:
         store = f"{runs}/{folder}/{Path(base.campaign.output).name}"
         config = with_overrides(base, learner=learner, campaign={"output": store})
-        t0 = time.perf_counter()
         result = run_bench(config, systems, ["bfgs", "k-steps"], "bfgs")
-        wall = time.perf_counter() - t0
         ref, row = result.table
         rows, ref_rows = result.rows["k-steps"], result.rows["bfgs"]
         calls = sum((r.get("parent_calls_by_reason") or {}).get("anomaly", 0) for r in rows)
         lines.append(
             f"| {label} | {row.parent_calls} / {ref.parent_calls} | {row.parent_calls / ref.parent_calls:.3f} | "
             f"{round(row.accurate * row.systems)}/{row.systems} | {row.anomalous} | {ref.anomalous} | "
-            f"{row.same_minimum} | {row.other_lower} | {row.other_higher} | {calls} | {wall:.0f} |")
+            f"{row.same_minimum} | {row.other_lower} | {row.other_higher} | {calls} |")
         flagged, ref_flagged = anomalous_systems(rows), anomalous_systems(ref_rows)
         details += [f"- {label}: k-steps anomalies: {', '.join(flagged) or 'none'}; bfgs anomalies: "
                     f"{', '.join(ref_flagged) or 'none'}; other minimum: "
@@ -78,8 +75,7 @@ def main(config_path: str, runs: str, out: str, count: int | None, leash: float,
         "accurate: parent-confirmed relaxed and E <= E_bfgs + 0.02 eV; anomalies: systems whose last parent-confirmed "
         "structure fairchem-data-oc's DetectTrajAnomaly flags against the initial one; same minimum: every free atom "
         f"within {SAME_MINIMUM_DISTANCE} A of BFGS's final structure (periodic images), other = lower / higher in "
-        "parent energy; anomaly calls: parent calls the guard asked for (reason `anomaly`); wall s: the whole "
-        "variant (BFGS and k-steps) on this machine, shared with other jobs.\n\n" + "\n".join(details) + "\n")
+        "parent energy; anomaly calls: parent calls the guard asked for (reason `anomaly`).\n\n" + "\n".join(details) + "\n")
     print(f"wrote {out}")
 
 
