@@ -240,3 +240,24 @@ def test_where_the_guard_does_not_fire_the_relaxation_is_unchanged():
     for a, b in zip(guarded.parent_points, unguarded.parent_points):
         np.testing.assert_array_equal(a.positions, b.positions)
         assert a.energy == b.energy
+
+
+def test_flags_are_unknown_with_the_reason_when_the_check_cannot_run(monkeypatch):
+    import finetuna_parsl.learner.anomaly as anomaly
+
+    system = co_on_pt111()
+
+    def absent():
+        raise ImportError("No module named 'fairchem.data'")
+
+    monkeypatch.setattr(anomaly, "_detector", absent)
+    assert detect(system, system.positions) == (None, "fairchem-data-oc is not installed (No module named "
+                                                       "'fairchem.data')")
+
+    class Broken:
+        def __init__(self, *args):
+            raise ValueError("cannot build\nneighbour list")
+
+    monkeypatch.setattr(anomaly, "_detector", lambda: Broken)
+    assert detect(system, system.positions) == (None, "the anomaly check failed: ValueError: cannot build "
+                                                       "neighbour list")

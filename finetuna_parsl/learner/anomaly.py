@@ -69,7 +69,8 @@ def _detector():
 def detect(system: SystemSpec, final_positions: np.ndarray) -> tuple[tuple[str, ...] | None, str]:
     """The anomalies (ANOMALIES, in order) of the relaxation from the system's initial structure to
     `final_positions` ((n, 3), A), by fairchem-data-oc's DetectTrajAnomaly with its default cushions, and ""; or
-    (None, why) when they cannot be known: tags not OC20's (tags_problem) or fairchem-data-oc not installed."""
+    (None, why) when they cannot be known: tags not OC20's (tags_problem), fairchem-data-oc not installed, or the
+    check itself failed (its error, one line: a finished relaxation is never lost to its flags)."""
     why = tags_problem(system)
     if why:
         return None, why
@@ -79,13 +80,16 @@ def detect(system: SystemSpec, final_positions: np.ndarray) -> tuple[tuple[str, 
         return None, f"fairchem-data-oc is not installed ({exc})"
     initial = system.to_atoms()
     final = system.to_atoms(np.asarray(final_positions, dtype=float))
-    check = detector(initial, final, np.asarray(system.tags).tolist())
-    found = {
-        DISSOCIATED: check.is_adsorbate_dissociated(),
-        DESORBED: check.is_adsorbate_desorbed(),
-        SURFACE_CHANGED: check.has_surface_changed(),
-        INTERCALATED: check.is_adsorbate_intercalated(),
-    }
+    try:
+        check = detector(initial, final, np.asarray(system.tags).tolist())
+        found = {
+            DISSOCIATED: check.is_adsorbate_dissociated(),
+            DESORBED: check.is_adsorbate_desorbed(),
+            SURFACE_CHANGED: check.has_surface_changed(),
+            INTERCALATED: check.is_adsorbate_intercalated(),
+        }
+    except Exception as exc:  # noqa: BLE001 - any failure of the check leaves the flags unknown, never the run
+        return None, f"the anomaly check failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
     return tuple(kind for kind in ANOMALIES if found[kind]), ""
 
 
