@@ -18,11 +18,12 @@ from pathlib import Path
 from .campaign import run_campaign
 from .campaign.driver import Progress
 from .config import RunConfig, with_overrides
-from .learner.metrics import SETTLED_FMAX, CallBreakdown, MethodRow, call_breakdown, missed_systems, table_row
+from .learner.metrics import (SAME_MINIMUM_DISTANCE, SETTLED_FMAX, CallBreakdown, MethodRow, anomalous_systems,
+                              call_breakdown, minimum_matches, missed_systems, other_minima, table_row)
 from .learner.reference import REFERENCE_METHODS
 from .records import QUERY_RULES, QUERY_UNCERTAINTY, REASONS, SystemSpec
 from .reproducible import HOW
-from .store import load_parent_calls
+from .store import load_final_positions, load_parent_calls
 
 QUERY_METHODS = QUERY_RULES
 ALL_METHODS = (*REFERENCE_METHODS, *QUERY_METHODS)
@@ -40,6 +41,8 @@ class BenchResult:
     table: list[MethodRow] = field(default_factory=list)
     breakdown: list[CallBreakdown] = field(default_factory=list)
     repeats: dict[str, list[int]] = field(default_factory=dict)  # method -> parent-call total of each repeat
+    # method -> system id -> (metrics.SAME / OTHER_LOWER / OTHER_HIGHER / UNKNOWN, largest free-atom distance in A)
+    matches: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
 
 
 def method_config(config: RunConfig, method: str) -> tuple[RunConfig, str]:
@@ -88,7 +91,12 @@ def run_bench(
             if k == 1:
                 result.stores[method] = path
                 result.rows[method] = run.rows
-    result.table = [table_row(m, result.rows[m], result.rows[reference]) for m in order]
+    by_id = {s.system_id: s for s in systems}
+    reference_finals = load_final_positions(result.stores[reference])
+    for m in order:
+        result.matches[m] = minimum_matches(by_id, result.rows[m], load_final_positions(result.stores[m]),
+                                            result.rows[reference], reference_finals)
+    result.table = [table_row(m, result.rows[m], result.rows[reference], matches=result.matches[m]) for m in order]
     result.breakdown = [breakdown(m, result.stores[m], result.rows[m]) for m in order]
     return result
 
@@ -118,6 +126,29 @@ def missed_text(result: BenchResult) -> str:
             continue
         missed = missed_systems(rows, result.rows[result.reference])
         lines.append(f"- {method}: " + (", ".join(missed) if missed else "accurate on every system"))
+    return "\n".join(lines)
+
+
+def minima_text(result: BenchResult) -> str:
+    """One line per method naming the systems that ended in another minimum than the reference's."""
+    lines = []
+    for method, matches in result.matches.items():
+        if method == result.reference:
+            continue
+        other = other_minima(matches)
+        everywhere = f"the {result.reference} minimum on every system"
+        lines.append(f"- {method}: " + (", ".join(other) if other else everywhere))
+    return "\n".join(lines)
+
+
+def anomalies_text(result: BenchResult) -> str:
+    """One line per method (the reference too) naming the systems whose final structure has anomalies."""
+    lines = []
+    for method, rows in result.rows.items():
+        flagged = anomalous_systems(rows)
+        unknown = [r["system_id"] for r in rows if r.get("anomalies") is None]
+        line = f"- {method}: " + (", ".join(flagged) if flagged else "none")
+        lines.append(line + (f"; unknown on {len(unknown)}: {', '.join(unknown)}" if unknown else ""))
     return "\n".join(lines)
 
 
@@ -152,18 +183,30 @@ def _pm(mean: float, sem: float) -> str:
     return f"{mean:.1f} ± {sem:.1f}" if not math.isnan(sem) else f"{mean:.1f}"
 
 
+#: What the minimum and anomaly columns of markdown_table mean.
+MINIMA_NOTE = (f"same minimum = final structure within {SAME_MINIMUM_DISTANCE} A of the reference's on every free "
+               "atom (nearest periodic images); other, lower / higher = another minimum, lower / not lower in parent "
+               "energy than the reference's; anomalies = systems whose final structure OC20 flags against its initial "
+               "one (dissociated, desorbed, surface_changed, intercalated: fairchem-data-oc's DetectTrajAnomaly); "
+               "unknown without OC20 tags.")
+
+
 def markdown_table(result: BenchResult) -> str:
-    """Table 1 of the paper, for this bench: speed relative to the reference and accuracy."""
+    """Table 1 of the paper, for this bench: speed relative to the reference, accuracy, same minimum as the
+    reference, and anomalies (counts of systems)."""
     lines = [
         f"| method | systems | parent calls | % of {result.reference} calls (mean ± SEM) | dE <= -0.02 | "
-        "-0.02 < dE < 0.02 | accurate (relaxed, dE <= 0.02) | parent-confirmed relaxed | SCF cycles | parent wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "-0.02 < dE < 0.02 | accurate (relaxed, dE <= 0.02) | parent-confirmed relaxed | SCF cycles | parent wall s | "
+        f"same minimum | other, lower | other, higher | anomalies | anomalies unknown |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    count = (lambda n: "-" if n < 0 else str(n))
     for r in result.table:
         lines.append(
             f"| {r.method} | {r.systems} | {r.parent_calls} | {_pm(r.percent_of_reference_mean, r.percent_of_reference_sem)} "
             f"| {100 * r.lower:.0f}% | {100 * r.same:.0f}% | {100 * r.accurate:.0f}% | {100 * r.relaxed:.0f}% "
-            f"| {r.scf_cycles} | {r.parent_wall_s:.2f} |"
+            f"| {r.scf_cycles} | {r.parent_wall_s:.2f} | {count(r.same_minimum)} | {count(r.other_lower)} "
+            f"| {count(r.other_higher)} | {r.anomalous} | {r.anomalies_unknown} |"
         )
     return "\n".join(lines)
 

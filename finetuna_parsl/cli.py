@@ -53,7 +53,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     from .campaign import CampaignInterrupted, CampaignStopped, run_campaign
     from .campaign.progress import ProgressLine
     from .campaign.site import SiteError, site_file
-    from .learner.metrics import compare
+    from .learner.metrics import compare, minimum_matches
     from .report import comparison_table, summary_table
 
     try:
@@ -66,7 +66,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
     click.echo(f"{plural(len(systems), 'system')}, site {config.site}, query rule {config.learner.query}, "
                f"store {config.campaign.output}", err=True)
     from .parents import ParentSetupError
-    from .store import StoreError
+    from .store import StoreError, load_final_positions
 
     warn_once = WarnOnce()
     from .campaign.runner import end_leftovers, store_path
@@ -107,7 +107,9 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
             _fail(str(exc))
         click.echo(f"\nreference {method}: store {ref_path}")
         click.echo(summary_table(ref.rows))
-        comparisons.append(compare("online", result.rows, method, ref.rows))
+        matches = minimum_matches({s.system_id: s for s in systems}, result.rows, load_final_positions(path), ref.rows,
+                                  load_final_positions(ref_path))
+        comparisons.append(compare("online", result.rows, method, ref.rows, matches))
     if comparisons:
         click.echo("\n" + comparison_table(comparisons))
     failed = sum(r["status"] == STATUS_FAILED for r in result.rows)
@@ -223,8 +225,8 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     """Compare methods on the same systems: the paper's Table 1 (Markdown + CSV) and figures."""
     from pathlib import Path
 
-    from .bench import (ALL_METHODS, breakdown_table, markdown_table, missed_text, repeatability_text, run_bench,
-                        write_csv)
+    from .bench import (ALL_METHODS, MINIMA_NOTE, anomalies_text, breakdown_table, markdown_table, minima_text,
+                        missed_text, repeatability_text, run_bench, write_csv)
     from .campaign.progress import ProgressLine
     from .plots import accuracy_vs_speed, energy_trajectories, per_system_bars
     from .reproducible import HOW
@@ -257,22 +259,27 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
                   "calls), and how many came after the parent fmax first fell below 0.1 eV/A.")
     command = " ".join(["finetuna-parsl", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "finetuna-parsl bench"
     missed = missed_text(result)
+    minima, anomalies = minima_text(result), anomalies_text(result)
     repeatable = repeatability_text(result)
     (folder / "paper_table.md").write_text(
         f"# Speed and accuracy against {reference}\n\n{len(systems)} systems from `{config.systems.source}`, "
         f"parent `{config.parent.kind}`, site `{config.site}`, seed {config.surrogate.seed}.\n\n"
         f"Made by: `{command}`; {HOW} (see Repeatability).\n\n{table}\n\n"
         "dE = final parent energy minus the reference's; accurate = parent-confirmed fmax <= "
-        f"{config.learner.fmax} eV/A and dE <= 0.02 eV.\n\nNot accurate:\n\n{missed}\n\n"
+        f"{config.learner.fmax} eV/A and dE <= 0.02 eV. {MINIMA_NOTE}\n\nNot accurate:\n\n{missed}\n\n"
+        f"In another minimum than {reference}:\n\n{minima}\n\nAnomalies:\n\n{anomalies}\n\n"
         f"## Where the parent calls went\n\n{calls_note}\n\n{calls}\n\n## Repeatability\n\n{repeatable}\n"
     )
     write_csv(result, folder / "paper_table.csv")
     accuracy_vs_speed(result.table, reference, folder / "accuracy_vs_speed.png")
-    per_system_bars(result.rows, reference, folder / "per_system.png")
+    per_system_bars(result.rows, reference, folder / "per_system.png", result.matches)
     sid = trajectory_system or systems[0].system_id
     energy_trajectories(result.stores, sid, folder / "energy_trajectory.png", reference=reference)
     click.echo(table)
+    click.echo(f"\n{MINIMA_NOTE}")
     click.echo(f"\nNot accurate:\n{missed}")
+    click.echo(f"\nIn another minimum than {reference}:\n{minima}")
+    click.echo(f"\nAnomalies:\n{anomalies}")
     click.echo(f"\n{calls_note}\n\n{calls}")
     click.echo(f"\n{repeatable}")
     click.echo(f"\nwrote {folder / 'paper_table.md'}, paper_table.csv and figures accuracy_vs_speed.png, "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import live
 from .records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PENDING, STATUS_RUNNING
-from .report import COLUMNS, first_line, plural
+from .report import COLUMNS, anomaly_cell, anomaly_totals, first_line, plural
 from .store import StoreError, open_h5, read_summary
 
 
@@ -69,10 +69,14 @@ def _reasons(by_reason: dict) -> str:
 
 def totals(rows: Sequence[dict]) -> dict:
     """Campaign totals: systems by status, how many are left to do (`left`: not done or failed) and by outcome,
-    parent calls (total, by reason), surrogate steps, SCF cycles, parent wall time (s)."""
+    parent calls (total, by reason), surrogate steps, SCF cycles, parent wall time (s), and systems by anomaly
+    kind ("none": checked and clean; "unknown")."""
     by_reason: Counter[str] = Counter()
+    anomalies: Counter[str] = Counter()
     for r in rows:
         by_reason.update(r.get("parent_calls_by_reason") or {})
+        kinds = r.get("anomalies")
+        anomalies.update(["unknown"] if kinds is None else (kinds or ["none"]))
     status = Counter(r["status"] for r in rows)
     return {
         "systems": len(rows),
@@ -84,19 +88,20 @@ def totals(rows: Sequence[dict]) -> dict:
         "surrogate_steps": sum(r["surrogate_steps"] for r in rows),
         "scf_cycles": sum(int(r.get("scf_cycles", 0)) for r in rows),
         "parent_wall_s": sum(float(r.get("parent_wall_s", 0.0)) for r in rows),
+        "anomalies": dict(anomalies),
     }
 
 
 def report(ins: Inspection) -> str:
     """The inspection as text: where it was read, a row per system, errors and warnings in full, totals."""
     header = (f"{'system':<32} {'status':<11} {'outcome':<16} {'parent':>6} {'surr.':>6} {'E_parent/eV':>12} "
-              f"{'fmax':>7}  parent calls by reason")
+              f"{'fmax':>7}  {'anomalies':<16} parent calls by reason")
     lines = [f"store {ins.store} (method {ins.method}): {ins.note}", "", header, "-" * len(header)]
     for r in ins.rows:
         lines.append(
             f"{r['system_id'][:32]:<32} {r['status']:<11} {r.get('outcome') or '-':<16} {r['parent_calls']:>6} "
             f"{r['surrogate_steps']:>6} {_num(r['final_energy'], '12.4f'):>12} {_num(r['final_fmax'], '7.3f'):>7}  "
-            f"{_reasons(r.get('parent_calls_by_reason') or {})}"
+            f"{anomaly_cell(r):<16} {_reasons(r.get('parent_calls_by_reason') or {})}"
         )
     problems = [r for r in ins.rows if r.get("error") or r.get("warnings")]
     if problems:
@@ -116,7 +121,10 @@ def report(ins: Inspection) -> str:
         f"{plural(t['systems'], 'system')}: {status}; {t['left']} left to do; outcomes: {outcome}",
         f"{plural(t['parent_calls'], 'parent call')} ({_reasons(t['parent_calls_by_reason'])}), "
         f"{plural(t['surrogate_steps'], 'surrogate step')}, {scf}{t['parent_wall_s']:.1f} s in the parent",
+        anomaly_totals(ins.rows),
     ]
+    unknown = Counter(r.get("anomalies_unknown") or "" for r in ins.rows if r.get("anomalies") is None)
+    lines += [f"anomalies unknown for {n}: {why}" for why, n in unknown.items()]
     stale = t["status"].get(STATUS_RUNNING, 0) + t["status"].get(STATUS_INTERRUPTED, 0)
     if ins.source == "store" and stale:
         lines.append(f"{plural(stale, 'system')} marked running or interrupted: their run stopped; the same run "

@@ -77,9 +77,12 @@ def accuracy_vs_speed(table: Sequence[MethodRow], reference: str, path: str | Pa
     return Path(path)
 
 
-def per_system_bars(rows: Mapping[str, Sequence[dict]], reference: str, path: str | Path) -> Path:
+def per_system_bars(rows: Mapping[str, Sequence[dict]], reference: str, path: str | Path,
+                    matches: Mapping[str, Mapping[str, tuple[str, float]]] | None = None) -> Path:
     """Fig. 4: per-system parent calls of each method beside the reference's (grey, hatched), and each
-    method's final parent energy minus the reference's (eV; the grey band is the 0.02 eV tolerance)."""
+    method's final parent energy minus the reference's (eV; the grey band is the 0.02 eV tolerance). On the
+    energy bars: a ring where the method ended in another minimum than the reference's (`matches`, per method:
+    metrics.minimum_matches), a red cross where its final structure has an OC20 anomaly (row["anomalies"])."""
     ref = {r["system_id"]: r for r in rows[reference]}
     ids = sorted(ref)
     methods = [reference] + [m for m in rows if m != reference]
@@ -88,6 +91,7 @@ def per_system_bars(rows: Mapping[str, Sequence[dict]], reference: str, path: st
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(ids) + 2), 7), dpi=120, sharex=True,
                                       layout="constrained")
     ref_total = sum(ref[s]["parent_calls"] for s in ids)
+    labels = {"other": "another minimum", "anomaly": "OC20 anomaly"}  # each legend entry once
     for i, method in enumerate(methods):
         by_id = {r["system_id"]: r for r in rows[method]}
         calls = [by_id[s]["parent_calls"] if s in by_id else np.nan for s in ids]
@@ -101,6 +105,16 @@ def per_system_bars(rows: Mapping[str, Sequence[dict]], reference: str, path: st
         top.bar(x + i * width, calls, width, label=label, **style)
         if method != reference:
             bottom.bar(x + i * width, de, width, label=method, **style)
+            kinds = {s: kind for s, (kind, _) in (matches or {}).get(method, {}).items()}
+            other = [j for j, s in enumerate(ids) if kinds.get(s, "").startswith("other")]
+            if other:
+                bottom.scatter(x[other] + i * width, np.nan_to_num(np.array(de)[other]), s=28, facecolors="none",
+                               edgecolors="k", linewidths=0.8, zorder=3, label=labels.pop("other", None))
+        flagged = [j for j, s in enumerate(ids) if by_id.get(s, {}).get("anomalies")]
+        if flagged:
+            y = np.zeros(len(flagged)) if method == reference else np.nan_to_num(np.array(de)[flagged])
+            bottom.scatter(x[flagged] + i * width, y, marker="x", s=30, color="red", zorder=4,
+                           label=labels.pop("anomaly", None))
     top.set_ylabel("parent calls per system")
     _integer_ticks(top, "y")
     top.legend(fontsize=8, ncol=min(3, len(methods)), loc="lower left", bbox_to_anchor=(0, 1.01), frameon=False)

@@ -34,9 +34,11 @@ REASON_BACKOFF = "backoff"  # the halved segment after one that led the parent u
 REASON_UNCERTAINTY = QUERY_UNCERTAINTY  # ensemble force spread above the threshold
 REASON_BUDGET = "budget"  # the surrogate-step budget is spent
 REASON_TRUST = "trust"  # near convergence, the next step would leave the newest parent point's trust radius
+REASON_ANOMALY = "anomaly"  # the next step would give the structure an OC20 anomaly the newest parent point lacks
+REASON_LEASH = "leash"  # the next step would take an adsorbate atom beyond adsorbate_leash of the newest parent point
 #: Every reason the learner gives, in the order bench's breakdown shows them.
 REASONS = (REASON_INITIAL, REASON_K_STEPS, REASON_RELAXED, REASON_UNCERTAINTY, REASON_BACKOFF, REASON_TRUST,
-           REASON_STALLED, REASON_BUDGET)
+           REASON_ANOMALY, REASON_LEASH, REASON_STALLED, REASON_BUDGET)
 
 #: How a relaxation ended (the learner's and a reference optimizer's; the store keeps it as a system's "outcome").
 OUTCOME_RUNNING = "running"  # not ended
@@ -195,6 +197,12 @@ class LearnerSettings:
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
     hessian_damping: float = 0.2  # Powell's damped BFGS update (learner/bfgs.py; 0 = ASE's update): keeps the
     # Hessian rebuilt from far-apart parent points from losing its curvature (benchmarks/learner-damped.md)
+    anomaly_guard: bool = True  # end a segment (reason "anomaly") before a surrogate step that would give the
+    # structure an OC20 anomaly (dissociated, desorbed, surface changed, intercalated: learner/anomaly.py) that the
+    # newest parent point does not have: a chemistry change is the parent's decision. Needs OC20 tags; else off
+    adsorbate_leash: float | None = None  # A: end a segment (reason "leash") before a surrogate step that would
+    # move any adsorbate atom (OC20 tag 2; every free atom without OC20 tags) farther than this from the newest
+    # parent point, so the adsorbate follows its parent-confirmed path (site-specific studies); None: off
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_RULES:
@@ -212,6 +220,8 @@ class LearnerSettings:
             raise ValueError(f"exact_fade must be > 0 (A) or null, got {self.exact_fade}")
         if self.trust_radius is not None and not self.trust_radius > 0:
             raise ValueError(f"trust_radius must be > 0 (A) or null, got {self.trust_radius}")
+        if self.adsorbate_leash is not None and not self.adsorbate_leash > 0:
+            raise ValueError(f"adsorbate_leash must be > 0 (A) or null, got {self.adsorbate_leash}")
         for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance", "residual_scale",
                      "trust_fmax"):
             if not getattr(self, name) > 0:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .learner.bfgs import free_fmax
 from .learner.state import LearnerState
-from .records import SOURCE_PARENT, STATUS_PENDING, Evaluation, LearnerSettings, SystemSpec
+from .records import SOURCE_PARENT, STATUS_DONE, STATUS_FAILED, STATUS_PENDING, Evaluation, LearnerSettings, SystemSpec
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -340,6 +340,8 @@ class CampaignStore:
         for ds in g["steps"].values():
             ds.resize(0, axis=0)
         g.attrs.update(parent_calls=0, surrogate_steps=0, final_energy=np.nan, final_fmax=np.nan)
+        for key in ("anomalies", "anomalies_unknown"):  # they were the old final structure's
+            g.attrs.pop(key, None)
         self._changed.add(system_id)
         self.file.flush()
 
@@ -386,6 +388,28 @@ class CampaignStore:
             g.attrs["final_fmax"] = free_fmax(last.forces, g["fixed"][()])
         self._changed.add(system_id)
         self.file.flush()
+
+    def set_anomalies(self, system_id: str, anomalies: Sequence[str] | None, unknown: str = "") -> None:
+        """Record the anomaly flags of the system's last parent-confirmed structure (learner.anomaly.detect):
+        attribute 'anomalies' (the kinds joined by ",", "" for none) and 'anomalies_unknown' (why they cannot be
+        known, then 'anomalies' is ""). KeyError for a system not in the store."""
+        attrs = self.file["systems"][system_id].attrs
+        attrs["anomalies"] = ",".join(anomalies or ())
+        attrs["anomalies_unknown"] = "" if anomalies is not None else (unknown or "unknown")
+        self._changed.add(system_id)
+        self.file.flush()
+
+    def has_anomalies(self, system_id: str) -> bool:
+        """Whether the system's anomaly flags are recorded (stores written before they were kept have none)."""
+        return "anomalies" in self.file["systems"][system_id].attrs
+
+    def system(self, system_id: str) -> SystemSpec:
+        """The system as stored (initial positions, tags, fixed atoms). KeyError for a system not in the store."""
+        return system_from_group(self.file["systems"][system_id], system_id)
+
+    def final_positions(self, system_id: str) -> np.ndarray | None:
+        """Positions (n, 3; A) of the system's last parent call, None before any. KeyError if not in the store."""
+        return _final_positions(self.file["systems"][system_id])
 
     def save_head(self, system_id: str, head: bytes | None, head_points: int) -> None:
         """Latest fine-tuned head weights, so a resumed relaxation need not fine-tune again."""
@@ -506,10 +530,34 @@ def state_from_group(g: h5py.Group, system_id: str, settings: LearnerSettings) -
     )
 
 
+def _final_positions(g: h5py.Group) -> np.ndarray | None:
+    idx = np.flatnonzero(g["steps"]["kind"][()] == KIND_PARENT)
+    return g["steps"]["positions"][idx[-1]] if len(idx) else None
+
+
+#: Why a row's anomalies are unknown when the store has no flags for it.
+NOT_RECORDED = ("not recorded: the store was written before anomaly flags were kept (running the same command "
+                "again adds them)")
+NOT_CHECKED = "not checked until the relaxation ends"
+NO_PARENT_STRUCTURE = "no parent-confirmed structure"
+
+
+def _anomalies(a, status: str, parent_calls: int) -> tuple[list[str] | None, str]:
+    """(anomaly kinds, or None when unknown; why unknown) from a system's attributes."""
+    if "anomalies" in a:
+        unknown = str(a.get("anomalies_unknown", ""))
+        return (None, unknown) if unknown else ([k for k in str(a["anomalies"]).split(",") if k], "")
+    if not parent_calls:
+        return None, NO_PARENT_STRUCTURE
+    return None, NOT_CHECKED if status not in (STATUS_DONE, STATUS_FAILED) else NOT_RECORDED
+
+
 def read_system_row(system_id: str, g: h5py.Group) -> dict:
     """One system's summary row: status, outcome, parent calls (total and by reason; "" = not recorded),
     surrogate steps, final parent energy (eV) and fmax over free atoms (eV/A), error and warnings in full,
-    SCF cycles, parent wall time (s) and the learner's fine-tuning time before those calls (s)."""
+    SCF cycles, parent wall time (s), the learner's fine-tuning time before those calls (s), and the anomaly
+    flags of the last parent-confirmed structure (learner.anomaly: a list of kinds, [] for none, None when
+    unknown, with anomalies_unknown saying why)."""
     with naming_damage(g.file.filename, system_id):
         return _system_row(system_id, g)
 
@@ -519,6 +567,7 @@ def _system_row(system_id: str, g: h5py.Group) -> dict:
     steps = g["steps"]
     parent = steps["kind"][()] == KIND_PARENT
     reasons = steps["reason"].asstr()[()][parent].tolist() if "reason" in steps else [""] * int(parent.sum())
+    anomalies, unknown = _anomalies(a, str(a["status"]), int(a["parent_calls"]))
     return {
         "system_id": system_id,
         "status": str(a["status"]),
@@ -535,6 +584,8 @@ def _system_row(system_id: str, g: h5py.Group) -> dict:
         "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
         "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
         "fine_tune_s": float(steps["fine_tune_s"][()][parent].sum()) if "fine_tune_s" in steps else 0.0,
+        "anomalies": anomalies,
+        "anomalies_unknown": unknown,
     }
 
 
@@ -622,6 +673,14 @@ def load_parent_calls(path: str | Path) -> dict[str, tuple[list[str], list[float
     """read_parent_calls of a store on disk (read-only)."""
     with open_h5(path, "r") as f, naming_damage(path):
         return read_parent_calls(f)
+
+
+def load_final_positions(path: str | Path) -> dict[str, np.ndarray]:
+    """Positions (n, 3; A) of each system's last parent call (its last parent-confirmed structure), for the
+    systems that have one."""
+    with open_h5(path, "r") as f:
+        found = {sid: _final_positions(g) for sid, g in f["systems"].items()}
+    return {sid: p for sid, p in found.items() if p is not None}
 
 
 def load_parent_energies(path: str | Path) -> dict[str, np.ndarray]:
@@ -759,8 +818,9 @@ def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False)
     final: only the last parent-labelled frame of each system (its last parent-confirmed structure; a system
     without parent calls gives none). atoms.info carries the metadata: system_id, step (row in steps/),
     kind (parent|surrogate), parent_call (0-based index among the system's parent calls, -1 for surrogate
-    frames), reason, status and outcome of the system, source (the store file), method, parent (kind), and
-    charge/spin where the system has them. Raises StoreError when the store cannot be opened.
+    frames), reason, status and outcome of the system, anomalies (of its last parent-confirmed structure:
+    "none", "unknown" or the kinds joined by ",", learner.anomaly), source (the store file), method, parent
+    (kind), and charge/spin where the system has them. Raises StoreError when the store cannot be opened.
     """
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -779,6 +839,8 @@ def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False)
             if final:
                 rows = rows[-1:]
             extra = {key: int(g.attrs[key]) for key in ("charge", "spin") if key in g.attrs}
+            kinds, _ = _anomalies(g.attrs, str(g.attrs["status"]), int(g.attrs["parent_calls"]))
+            anomalies = "unknown" if kinds is None else (",".join(kinds) or "none")
             for i in rows:
                 atoms = Atoms(numbers=g["numbers"][()], positions=steps["positions"][i], cell=g["cell"][()],
                               pbc=g["pbc"][()], tags=g["tags"][()])
@@ -790,7 +852,7 @@ def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False)
                     system_id=system_id, step=int(i), kind="parent" if is_parent else "surrogate",
                     parent_call=int(parent_index[i]) if is_parent else -1, reason=str(reasons[i]),
                     status=str(g.attrs["status"]), outcome=str(g.attrs.get("outcome", "")),
-                    source=Path(path).name, method=method, parent=parent, **extra,
+                    anomalies=anomalies, source=Path(path).name, method=method, parent=parent, **extra,
                 )
                 yield atoms
 

@@ -107,6 +107,13 @@ def test_bench_and_plot_commands(tmp_path):
     assert "Made by: `finetuna-parsl bench" in paper
     assert "## Repeatability\n\nrepeatable on CPU: each surrogate prediction seeded" in paper
     assert "Not accurate:\n\n- warm-start: " in paper and "- k-steps: accurate on every system" in paper
+    # same minimum as the reference and anomalies: columns of the table, systems named below it
+    assert table["bfgs"]["same_minimum"] == "2" and table["bfgs"]["other_lower"] == "0"
+    for method in ("warm-start", "k-steps", "gpmin"):
+        minima = [int(table[method][k]) for k in ("same_minimum", "other_lower", "other_higher")]
+        assert sum(minima) == 2 and int(table[method]["anomalies_unknown"]) == 0, table[method]
+    assert "| same minimum | other, lower | other, higher | anomalies | anomalies unknown |" in paper
+    assert "In another minimum than bfgs:\n\n- warm-start: " in paper and "Anomalies:\n\n- bfgs: " in paper
     for method in ("bfgs", "warm-start", "k-steps", "gpmin"):
         assert (tmp_path / f"b.{method}.h5").exists()
     assert float(table["gpmin"]["relaxed"]) == 1.0  # ASE's GPMin, on the same parent, store and budget

@@ -91,6 +91,11 @@ def test_cli_run_with_bfgs_comparison(tmp_path, toy_on_workers):
     online_row = [line for line in table.splitlines() if line.startswith("online")][0].split()
     online_calls, bfgs_calls, ratio = int(online_row[3]), int(online_row[4]), float(online_row[5])
     assert online_calls < bfgs_calls and abs(ratio - online_calls / bfgs_calls) < 1e-3
+    same, lower, higher, anomalous, reference_anomalous = (int(cell) for cell in online_row[8:13])
+    assert same + lower + higher == 2  # each system in the reference's minimum or another, lower or higher
+    for who, n in (("online", anomalous), ("bfgs", reference_anomalous)):
+        assert (f"{who}: anomalies on {n} of 2" in out) == (n > 0)
+    assert "anomalies (OC20 flags of the last parent-confirmed structure)" in out
     assert "done=2" in proc.stderr  # the progress line
     with h5py.File(tmp_path / "two.bfgs.h5", "r") as f:
         assert sum(int(g.attrs["parent_calls"]) for g in f["systems"].values()) == bfgs_calls

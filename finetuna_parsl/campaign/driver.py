@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from .. import live
 from ..apps import learn_and_propose, parent_session, reference_relaxation
 from ..config import RunConfig
+from ..learner.anomaly import detect
 from ..learner.online import record_parent, settle
 from ..learner.reference import ReferenceResult
 from ..learner.state import LearnerState, Proposal
@@ -192,6 +193,7 @@ class Campaign:
     def _finish(self, system_id: str, status: str, outcome: str, error: str = "", r: _Relaxation | None = None) -> None:
         if r is not None:
             self._close_session(r)
+        self._flag_anomalies(system_id)
         self.store.set_status(system_id, status, error=error, outcome=outcome)
         self.progress.running -= 1
         if status == FAILED:
@@ -199,6 +201,13 @@ class Campaign:
         else:
             self.progress.done += 1
         self._report()
+
+    def _flag_anomalies(self, system_id: str) -> None:
+        """Store the OC20 anomaly flags of the system's last parent-confirmed structure against its initial one
+        (learner.anomaly.detect); nothing before its first parent call."""
+        positions = self.store.final_positions(system_id)
+        if positions is not None:
+            self.store.set_anomalies(system_id, *detect(self.store.system(system_id), positions))
 
     # --- online learner ----------------------------------------------------------------------
     def _submit_learn(self, r: _Relaxation) -> None:
@@ -351,6 +360,9 @@ class Campaign:
             done = stored and self.store.status(system.system_id) == DONE
             if stored and (done or self.method == "online"):  # a reference relaxation not done is redone whole
                 self.progress.resumed_parent_calls += self.store.parent_calls(system.system_id)
+            if stored and self.store.status(system.system_id) in (DONE, FAILED) and \
+                    not self.store.has_anomalies(system.system_id):  # a store from before the flags were kept
+                self._flag_anomalies(system.system_id)
             if done:
                 self.progress.done += 1
             else:

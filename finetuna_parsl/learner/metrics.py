@@ -1,5 +1,6 @@
-"""Speed and accuracy of a method against a reference (the paper's measures), from summary rows; and where
-a method's parent calls went (by query reason, and after the parent fmax first fell below 0.1 eV/A)."""
+"""Speed and accuracy of a method against a reference (the paper's measures), from summary rows; whether it
+ended in the reference's minimum and with which anomalies; and where a method's parent calls went (by query
+reason, and after the parent fmax first fell below 0.1 eV/A)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,78 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..records import OUTCOME_CONVERGED
+import numpy as np
+from ase.geometry import find_mic
+
+from ..records import OUTCOME_CONVERGED, SystemSpec
 
 ENERGY_TOLERANCE = 0.02  # eV: no worse than the reference + 0.02 eV counts as accurate
 SETTLED_FMAX = 0.1  # eV/A: parent calls after the parent fmax first fell below this are spent on the last stretch
+#: A: two final structures are the same minimum when no free atom is farther apart than this, under periodic
+#: images. BFGS's own adsorbates move 0.3-0.6 A from a demo start while other minima lie 1.2-3.0 A away (issue 26);
+#: 0.3 A is below a site-to-site hop on any fcc facet (a third of a 2.5-2.9 A nearest-neighbour distance and more).
+SAME_MINIMUM_DISTANCE = 0.3
+SAME = "same"
+OTHER_LOWER = "other-lower"  # another minimum, lower in parent energy than the reference's
+OTHER_HIGHER = "other-higher"  # another minimum, not lower
+UNKNOWN = "unknown"  # a final structure is missing (no parent call)
+MINIMA = (SAME, OTHER_LOWER, OTHER_HIGHER)
+
+
+def largest_free_displacement(system: SystemSpec, positions: np.ndarray, reference_positions: np.ndarray) -> float:
+    """Largest distance (A) between the free atoms of two structures of `system`, each atom's nearest periodic
+    image (ASE's find_mic), 0 without free atoms."""
+    free = ~np.asarray(system.fixed, dtype=bool)
+    if not free.any():
+        return 0.0
+    delta = np.asarray(positions, dtype=float)[free] - np.asarray(reference_positions, dtype=float)[free]
+    _, lengths = find_mic(delta, system.cell, system.pbc)
+    return float(np.max(lengths))
+
+
+def minimum_match(system: SystemSpec, positions: np.ndarray, energy: float, reference_positions: np.ndarray,
+                  reference_energy: float, distance: float = SAME_MINIMUM_DISTANCE) -> tuple[str, float]:
+    """(SAME, OTHER_LOWER or OTHER_HIGHER; the largest free-atom displacement in A): SAME within `distance` (A)
+    of the reference's final structure, else another minimum, lower when its energy (eV) is below the reference's."""
+    moved = largest_free_displacement(system, positions, reference_positions)
+    if moved <= distance:
+        return SAME, moved
+    return (OTHER_LOWER if energy < reference_energy else OTHER_HIGHER), moved
+
+
+def minimum_matches(systems: Mapping[str, SystemSpec], rows: Sequence[dict], finals: Mapping[str, np.ndarray],
+                    reference_rows: Sequence[dict], reference_finals: Mapping[str, np.ndarray]
+                    ) -> dict[str, tuple[str, float]]:
+    """minimum_match of each system of `rows` against the reference's (matched by id, final parent energies in
+    eV); (UNKNOWN, nan) where either has no final structure or the system is not in `systems`."""
+    ref = {r["system_id"]: r for r in reference_rows}
+    out = {}
+    for r in rows:
+        sid = r["system_id"]
+        if sid not in ref:
+            continue
+        if sid in systems and sid in finals and sid in reference_finals:
+            out[sid] = minimum_match(systems[sid], finals[sid], r["final_energy"], reference_finals[sid],
+                                     ref[sid]["final_energy"])
+        else:
+            out[sid] = (UNKNOWN, math.nan)
+    return out
+
+
+def other_minima(matches: Mapping[str, tuple[str, float]]) -> tuple[str, ...]:
+    """'<system id> (lower|higher, 1.84 A)' for each system in another minimum than the reference's."""
+    return tuple(f"{sid} ({kind.removeprefix('other-')}, {moved:.2f} A)" for sid, (kind, moved) in matches.items()
+                 if kind in (OTHER_LOWER, OTHER_HIGHER))
+
+
+def anomalous_systems(rows: Sequence[dict]) -> tuple[str, ...]:
+    """'<system id> (desorbed,dissociated)' for each row whose final structure has anomalies (row["anomalies"])."""
+    return tuple(f"{r['system_id']} ({','.join(r['anomalies'])})" for r in rows if r.get("anomalies"))
+
+
+def unknown_anomalies(rows: Sequence[dict]) -> int:
+    """Rows whose anomalies are unknown (no OC20 tags, no final structure, or not recorded)."""
+    return sum(r.get("anomalies") is None for r in rows)
 
 
 @dataclass(frozen=True)
@@ -26,6 +95,11 @@ class Comparison:
     method_converged: int
     accurate: int  # converged and energy <= reference + 0.02 eV
     missed: tuple[str, ...] = ()  # "<system id> (why)" for each system that was not accurate
+    minima: dict[str, int] | None = None  # SAME / OTHER_LOWER / OTHER_HIGHER / UNKNOWN -> systems; None: not compared
+    other_minima: tuple[str, ...] = ()  # other_minima(): the systems in another minimum than the reference's
+    anomalies: tuple[str, ...] = ()  # anomalous_systems() of the method
+    reference_anomalies: tuple[str, ...] = ()  # ... and of the reference, on the same systems
+    anomalies_unknown: int = 0  # systems whose anomalies are unknown for the method
 
     @property
     def ratio(self) -> float:
@@ -62,10 +136,13 @@ def missed_systems(rows: Sequence[dict], reference_rows: Sequence[dict],
     return tuple(out)
 
 
-def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: Sequence[dict]) -> Comparison:
-    """Compare per-system summary rows (matched by system_id) of a method and a reference."""
+def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: Sequence[dict],
+            matches: Mapping[str, tuple[str, float]] | None = None) -> Comparison:
+    """Compare per-system summary rows (matched by system_id) of a method and a reference; `matches`: the
+    minimum_matches of the two (None: minima not compared)."""
     ref = {r["system_id"]: r for r in reference_rows}
     matched = [(r, ref[r["system_id"]]) for r in rows if r["system_id"] in ref]
+    minima = dict(Counter(kind for kind, _ in matches.values())) if matches is not None else None
     return Comparison(
         method=method,
         reference=reference,
@@ -75,6 +152,11 @@ def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: S
         method_converged=sum(r.get("outcome") == OUTCOME_CONVERGED for r, _ in matched),
         accurate=sum(is_accurate(r, q) for r, q in matched),
         missed=missed_systems(rows, reference_rows),
+        minima=minima,
+        other_minima=other_minima(matches or {}),
+        anomalies=anomalous_systems([r for r, _ in matched]),
+        reference_anomalies=anomalous_systems([q for _, q in matched]),
+        anomalies_unknown=unknown_anomalies([r for r, _ in matched]),
     )
 
 
@@ -93,6 +175,11 @@ class MethodRow:
     relaxed: float  # fraction parent-confirmed relaxed
     scf_cycles: int
     parent_wall_s: float
+    anomalous: int = 0  # systems whose final structure has an OC20 anomaly (learner/anomaly.py)
+    anomalies_unknown: int = 0  # systems whose anomalies are unknown
+    same_minimum: int = -1  # systems in the reference's minimum (minimum_match); -1: not compared
+    other_lower: int = -1  # in another minimum, lower than the reference's
+    other_higher: int = -1  # in another minimum, not lower
 
 
 def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
@@ -107,8 +194,9 @@ def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
 
 
 def table_row(method: str, rows: Sequence[dict], reference_rows: Sequence[dict],
-              tolerance: float = ENERGY_TOLERANCE) -> MethodRow:
-    """Table 1 figures of `method`; rows carry parent_calls, final_energy, outcome, scf_cycles, parent_wall_s."""
+              tolerance: float = ENERGY_TOLERANCE, matches: Mapping[str, tuple[str, float]] | None = None) -> MethodRow:
+    """Table 1 figures of `method`; rows carry parent_calls, final_energy, outcome, scf_cycles, parent_wall_s and
+    (optionally) anomalies; `matches`: minimum_matches against the reference (None: minima not compared)."""
     ref = {r["system_id"]: r for r in reference_rows}
     matched = [(r, ref[r["system_id"]]) for r in rows if r["system_id"] in ref and ref[r["system_id"]]["parent_calls"]]
     n = len(matched)
@@ -129,6 +217,12 @@ def table_row(method: str, rows: Sequence[dict], reference_rows: Sequence[dict],
         relaxed=frac(sum(relaxed)),
         scf_cycles=sum(int(r.get("scf_cycles", 0)) for r, _ in matched),
         parent_wall_s=sum(float(r.get("parent_wall_s", 0.0)) for r, _ in matched),
+        anomalous=sum(bool(r.get("anomalies")) for r, _ in matched),
+        anomalies_unknown=unknown_anomalies([r for r, _ in matched]),
+        **({} if matches is None else {
+            "same_minimum": sum(matches.get(r["system_id"], (UNKNOWN,))[0] == SAME for r, _ in matched),
+            "other_lower": sum(matches.get(r["system_id"], (UNKNOWN,))[0] == OTHER_LOWER for r, _ in matched),
+            "other_higher": sum(matches.get(r["system_id"], (UNKNOWN,))[0] == OTHER_HIGHER for r, _ in matched)}),
     )
 
 

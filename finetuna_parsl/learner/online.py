@@ -2,7 +2,10 @@
 
 propose(): fine-tune the surrogate head on the newest parent point or all of them (settings.train_on),
 rebuild BFGS's Hessian from parent points only, take the parent-force step, then relax on the surrogate
-(optionally made exact at parent points: learner/residual.py) until the query rule fires.
+(optionally made exact at parent points: learner/residual.py) until the query rule fires, or the next step
+would make an OC20 anomaly the newest parent point lacks (anomaly_guard), or move the adsorbate beyond its
+leash (adsorbate_leash) or out of the trust radius (trust_radius): the parent is then asked at the last
+surrogate structure, so a chemistry change is always the parent's step, never the surrogate's alone.
 record_parent(): add the parent point and decide whether the relaxation is done.
 """
 
@@ -18,7 +21,8 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .bfgs import HessianBFGS, constrain, free_fmax
-from .query import leaves_trust, query_reason, segment_cap, trust_radius
+from .anomaly import AnomalyGuard
+from .query import leashed_atoms, leaves_leash, leaves_trust, makes_anomaly, query_reason, segment_cap, trust_radius
 from .residual import NewestPointResidual, ParentPointsResidual
 from ..records import (
     OUTCOME_CONVERGED,
@@ -127,6 +131,9 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
     budget_left = settings.max_surrogate_steps - state.surrogate_steps
     cap = segment_cap(settings, [p.energy for p in state.parent_points])
     radius = trust_radius(settings, free_fmax(newest.forces, fixed))
+    guard = AnomalyGuard.for_system(state.system) if settings.anomaly_guard else None
+    allowed = guard.anomalies(newest.positions) if guard is not None else frozenset()
+    leashed = leashed_atoms(state.system) if settings.adsorbate_leash is not None else None
     segment: list[Evaluation] = []
     reason = ""
     while not reason:
@@ -149,7 +156,9 @@ def propose(state: LearnerState, surrogate: SurrogateModel) -> Proposal:
         )
         if not reason:
             positions = bfgs_step(opt, positions, constrain(forces, fixed), state, len(segment))
-            reason = leaves_trust(radius, newest.positions, positions)
+            reason = (makes_anomaly(guard, allowed, positions)
+                      or leaves_leash(settings.adsorbate_leash, leashed, newest.positions, positions)
+                      or leaves_trust(radius, newest.positions, positions))
 
     call_at = segment[-1].positions if segment else positions
     return Proposal(

@@ -9,14 +9,18 @@ import numpy as np
 from ..records import (
     QUERY_K_STEPS,
     QUERY_UNCERTAINTY,
+    REASON_ANOMALY,
     REASON_BACKOFF,
+    REASON_LEASH,
     REASON_K_STEPS,
     REASON_RELAXED,
     REASON_STALLED,
     REASON_TRUST,
     REASON_UNCERTAINTY,
     LearnerSettings,
+    SystemSpec,
 )
+from .anomaly import TAG_ADSORBATE, AnomalyGuard, tags_problem
 
 
 def stalled(settings: LearnerSettings, recent_positions: Sequence[np.ndarray]) -> bool:
@@ -107,3 +111,28 @@ def leaves_trust(radius: float | None, newest_positions: np.ndarray, next_positi
         return ""
     moved = float(np.linalg.norm(np.asarray(next_positions) - np.asarray(newest_positions), axis=1).max())
     return REASON_TRUST if moved > radius else ""
+
+
+def makes_anomaly(guard: AnomalyGuard | None, allowed: frozenset[str], next_positions: np.ndarray) -> str:
+    """REASON_ANOMALY when `next_positions` (n_atoms, 3; A) has an OC20 anomaly (learner/anomaly.py) outside
+    `allowed` (the newest parent point's own), else ""; "" without a guard (anomaly_guard off, or no OC20 tags)."""
+    if guard is None:
+        return ""
+    return REASON_ANOMALY if guard.anomalies(next_positions) - allowed else ""
+
+
+def leashed_atoms(system: SystemSpec) -> np.ndarray:
+    """Which atoms adsorbate_leash holds: the adsorbate (OC20 tag 2), or every free atom without OC20 tags."""
+    if not tags_problem(system):
+        return np.asarray(system.tags) == TAG_ADSORBATE
+    return ~np.asarray(system.fixed, dtype=bool)
+
+
+def leaves_leash(leash: float | None, atoms: np.ndarray, newest_positions: np.ndarray,
+                 next_positions: np.ndarray) -> str:
+    """REASON_LEASH when `next_positions` would move one of `atoms` (bool mask) farther than `leash` (A) from the
+    newest parent point, else ""; "" when leash is None."""
+    if leash is None or not atoms.any():
+        return ""
+    moved = np.linalg.norm(np.asarray(next_positions)[atoms] - np.asarray(newest_positions)[atoms], axis=1).max()
+    return REASON_LEASH if moved > leash else ""
