@@ -90,3 +90,12 @@ class DriftingEMT(EMT):
         super().calculate(atoms, properties, system_changes)
         self.results["energy"] += 0.05 * self.calls
         self.calls += 1
+
+
+class FileWritingEMT(EMT):
+    """EMT that writes `calc.out` into its `directory` on every call, as file-based codes (CP2K, Espresso) do; its
+    signature takes `directory` only through **kwargs, as CP2K's does."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        Path(self.directory, "calc.out").write_text(f"{self.results['energy']}\n")

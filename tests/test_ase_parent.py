@@ -214,3 +214,20 @@ def test_two_paper_systems_relax_on_the_stand_in_through_the_cli(tmp_path):
             kind = g["steps"]["kind"][()] == 1
             forces = g["steps"]["forces"][()][kind][-1]
             assert np.linalg.norm(forces[~g["fixed"][()]], axis=1).max() <= 0.03
+
+
+def test_a_file_based_calculator_writes_in_the_sessions_folder_not_the_current_one(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.chdir(tmp_path)
+    system = demo_systems(1)[0]
+    session = make_parent("ase", workdir=tmp_path / "parent" / system.system_id,
+                          calculator="ase_calculators:FileWritingEMT", options={})
+    session.start(system)
+    session.calculate(system.positions)
+    session.close()
+    assert (tmp_path / "parent" / system.system_id / "calc.out").is_file()
+    assert not (tmp_path / "calc.out").exists()
+    strict = make_parent("ase", workdir=tmp_path / "strict", calculator="ase_calculators:StrictEMT", options={})
+    strict.start(system)  # its signature names no directory: none is passed
+    assert np.isfinite(strict.calculate(system.positions).energy)
+    strict.close()

@@ -61,17 +61,19 @@ def _keywords_problem(target: Any, options: Mapping[str, Any]) -> str | None:
 
 
 def _takes_directory(target: Any) -> bool:
-    """Whether `target` takes a `directory` keyword: named in its signature, or an ASE calculator class (ASE's
-    Calculator and file-based calculators take it through their base class, often behind **kwargs)."""
+    """Whether `target` takes a `directory` keyword: named in its signature, or an ASE calculator class whose
+    signature passes **kwargs on (ASE's Calculator and file-based calculators take it through their base class)."""
     from ase.calculators.calculator import Calculator
     from ase.calculators.genericfileio import GenericFileIOCalculator
 
-    if isinstance(target, type) and issubclass(target, (Calculator, GenericFileIOCalculator)):
-        return True
     try:
-        return "directory" in inspect.signature(target).parameters
+        parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):
         return False
+    if "directory" in parameters:
+        return True
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return passes_on and isinstance(target, type) and issubclass(target, (Calculator, GenericFileIOCalculator))
 
 
 def scf_iterations(calc: Any) -> int:
