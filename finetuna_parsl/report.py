@@ -28,7 +28,7 @@ def anomaly_totals(rows: Sequence[dict]) -> str:
     """One line: how many systems have anomalies (named, with their kinds) and how many are unknown."""
     flagged = [f"{r['system_id']} ({','.join(r['anomalies'])})" for r in rows if r.get("anomalies")]
     unknown = sum(r.get("anomalies") is None for r in rows)
-    text = f"anomalies (OC20 flags of the last parent-confirmed structure): {len(flagged)} of {len(rows)} systems"
+    text = f"anomalies (OC20 flags of the last parent-confirmed structure): {len(flagged)} of {plural(len(rows), 'system')}"
     text += f": {', '.join(flagged)}" if flagged else ""
     return text + (f"; unknown for {unknown}" if unknown else "")
 
