@@ -113,8 +113,8 @@ class ASESession(ParentSession):
     Options (the run config's parent section): `calculator` (required), `options` (keywords for it; a relative
     path among them is resolved against the folder the run starts in, when the config is read), `threads` (torch
     threads of the worker, for calculators that run on torch; unset: torch's default), `warm` (default
-    true: one calculator for the whole relaxation; false builds a new one every call, the cold baseline that
-    `finetuna-parsl verify-parent` compares against). When the calculator takes a `directory` keyword and
+    true: one calculator for the whole relaxation; false builds a new one every call, a cold baseline for
+    benchmarks; `finetuna-parsl verify-parent` compares against a new session instead). When the calculator takes a `directory` keyword and
     `options` does not set it, it gets the session's folder (`<parent.workdir>/<system id>/`), so file-based
     codes write there.
 
