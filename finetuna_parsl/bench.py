@@ -65,11 +65,13 @@ def run_bench(
     progress: Callable[[str], Callable[[Progress], None]] | None = None,
     restart: bool = False,
     repeats: int = 1,
+    accept_parent_change: bool = False,
 ) -> BenchResult:
     """Run every method (the reference first) on `systems` and build the table.
 
     repeats > 1 runs every method that many times in all, repeat k into stores '<stem>.repeat<k>.<method>.h5',
     and records each repeat's parent-call total (BenchResult.repeats); the table is the first repeat's.
+    accept_parent_change: resume stores run with other parent settings (runner.parent_change) instead of refusing.
     Raises ValueError for repeats < 1.
     """
     if repeats < 1:
@@ -86,7 +88,7 @@ def run_bench(
             cfg, campaign_method = method_config(base, method)
             label = method if k == 1 else f"{method} (repeat {k})"
             path, run = run_campaign(cfg, list(systems), campaign_method, progress(label) if progress else None,
-                                     restart=restart)
+                                     restart=restart, accept_parent_change=accept_parent_change)
             result.repeats.setdefault(method, []).append(sum(r["parent_calls"] for r in run.rows))
             if k == 1:
                 result.stores[method] = path

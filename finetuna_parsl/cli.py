@@ -220,8 +220,11 @@ def _load_run_config(config_path: str, site: str | None, output: str | None):
 @click.option("--restart", is_flag=True, help="Delete existing stores and start over (default: resume them).")
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
               help="Run every method this many times and report the spread of parent-call totals (for GPUs).")
+@click.option("--accept-parent-change", is_flag=True,
+              help="Resume stores that ran with other parent settings, continuing with the new ones.")
 def bench(config_path: str, methods: str, reference: str, out_dir: str | None, site: str | None,
-          output: str | None, count: int | None, trajectory_system: str | None, restart: bool, repeats: int) -> None:
+          output: str | None, count: int | None, trajectory_system: str | None, restart: bool, repeats: int,
+          accept_parent_change: bool) -> None:
     """Compare methods on the same systems: the paper's Table 1 (Markdown + CSV) and figures."""
     from pathlib import Path
 
@@ -244,7 +247,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
 
     try:
         result = run_bench(config, systems, chosen, reference, progress=lambda m: ProgressLine(m), restart=restart,
-                           repeats=repeats)
+                           repeats=repeats, accept_parent_change=accept_parent_change)
     except CampaignInterrupted as exc:
         _interrupted(exc)
     except CampaignStopped as exc:

@@ -76,3 +76,19 @@ def test_restart_is_the_other_way_on(tmp_path):
     proc = cli(tmp_path, "run", str(cfg), "--restart")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(runs(store)) == 1
+
+
+def test_bench_refuses_changed_parent_settings_until_asked(tmp_path):
+    store = tmp_path / "b.h5"
+    cfg = tmp_path / "bench.yaml"
+    write = lambda options: cfg.write_text(  # noqa: E731
+        CONFIG.format(count=1, options=options, output=store, site=TESTS_DIR / "threads_site.py"))
+    write("{}")
+    first = cli(tmp_path, "bench", str(cfg), "--methods", "bfgs")
+    assert first.returncode == 0, first.stderr[-3000:]
+    write(f'{{call_log: "{tmp_path / "calls.log"}"}}')
+    refused = cli(tmp_path, "bench", str(cfg), "--methods", "bfgs")
+    (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+    assert refused.returncode == 2 and "--accept-parent-change" in line, refused.stderr[-3000:]
+    accepted = cli(tmp_path, "bench", str(cfg), "--methods", "bfgs", "--accept-parent-change")
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
