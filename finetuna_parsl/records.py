@@ -187,16 +187,19 @@ class LearnerSettings:
     # by one step after one that set a new low; a misleading surrogate then degrades to parent-only BFGS, no worse
     trust_radius: float | None = None  # A: once the newest parent point's fmax is below trust_fmax, a segment
     # ends (reason "trust") before a step that would move any atom farther than this from that point; None: off
-    trust_fmax: float = 0.1  # eV/A: where trust_radius starts to apply (benchmarks/learner-trust.md)
+    trust_fmax: float = 0.1  # eV/A: where trust_radius starts to apply
+    # (benchmarks/history/2026-12-01-learner-trust.md)
     exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
     # forces exactly (learner/residual.py)
     exact_fade: float | None = 1.0  # that shift's fade length, A (learner/residual.py); None = the same force
-    # shift everywhere, which under relaxed-only pushed adsorbates off their slabs (benchmarks/learner-shift.md)
+    # shift everywhere, which under relaxed-only pushed adsorbates off their slabs
+    # (benchmarks/history/2026-12-01-learner-shift.md)
     residual_points: int = 0  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
     # newest residual_points parent points, so the surrogate reproduces all of them; 0: off (learner/residual.py)
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
     hessian_damping: float = 0.2  # Powell's damped BFGS update (learner/bfgs.py; 0 = ASE's update): keeps the
-    # Hessian rebuilt from far-apart parent points from losing its curvature (benchmarks/learner-damped.md)
+    # Hessian rebuilt from far-apart parent points from losing its curvature
+    # (benchmarks/history/2026-11-30-learner-damped.md)
     anomaly_guard: bool = True  # end a segment (reason "anomaly") before a surrogate step that would give the
     # structure an OC20 anomaly (dissociated, desorbed, surface changed, intercalated: learner/anomaly.py) that the
     # newest parent point does not have: a chemistry change is the parent's decision. Needs OC20 tags; else off

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Pretrain the shipped surrogate on a lent GPU machine: run from the repository root there, with .gpu/ (made by
-# scripts/device_bundle.sh) carried along. One training per BATCH size, all at once on the one GPU (sharing it:
-# benchmarks/prior-gpu.md gives the epoch times), each scripts/pretrain_surrogate.py's own training on the frames of
-# .gpu/frames.tar.xz, the CPU recipe's frames. Each run's checkpoint, model card, training state (to resume
-# from) and log come back as $OUT/b<BATCH>.tar.
+# scripts/device_bundle.sh) carried along. One training per BATCH size, all at once on the one GPU (sharing
+# it: benchmarks/history/2026-12-01-prior-gpu.md gives the epoch times), each scripts/pretrain_surrogate.py's own
+# training on the frames of .gpu/frames.tar.xz, the CPU recipe's frames. Each run's checkpoint, model card,
+# training state (to resume from) and log come back as $OUT/b<BATCH>.tar.
 # Usage: scripts/device_pretrain.sh MINUTES TIMEOUT_S BATCH [BATCH ...]
 set -uo pipefail
 minutes=$1 limit=$2

@@ -6,7 +6,7 @@ Usage: python scripts/pretrain_surrogate.py [--minutes 95] [--systems 1700] [--w
                                             [--batch 16] [--frames DIR] [--energy-weight 1.0]
 
 Trains on the GPU when torch sees one, else on the CPU. scripts/device_pretrain.sh is how it ran on a lent GPU
-machine (benchmarks/prior-gpu.md); the shipped checkpoint was trained on the CPU.
+machine (benchmarks/history/2026-12-01-prior-gpu.md); the shipped checkpoint was trained on the CPU.
 
 The split and the frames are described in finetuna_parsl/surrogate/pretrain.py (issue 12): in domain, unary
 and Ni/Cu/Pd/Ag/Pt-alloy slabs (fcc111/100/110/211) and bulk with 16 C/H/N/O adsorbates; out of domain,

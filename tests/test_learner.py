@@ -105,7 +105,7 @@ def test_near_convergence_a_segment_ends_at_the_trust_radius_of_the_newest_paren
     """Once the newest parent point's fmax is below trust_fmax, a surrogate segment must not carry any atom
     farther than trust_radius from it: the parent is called at the last step inside (reason "trust"). On the
     ood bench (k-steps, 20 systems), 41 of 126 segments started below 0.1 eV/A moved an atom more than 0.2 A,
-    and 34 of those left the parent above 0.1 eV/A again (benchmarks/learner-trust.md)."""
+    and 34 of those left the parent above 0.1 eV/A again (benchmarks/history/2026-12-01-learner-trust.md)."""
     system = SYSTEMS[2]
     radius = 0.05
     settings = LearnerSettings(query="k-steps", k=10, trust_radius=radius, trust_fmax=10.0)

@@ -8,8 +8,8 @@ ed., Procedure 18.2). Parent points replayed after a segment are several surroga
 pair can report almost no curvature (two near-relaxed points 0.3 A apart with similar small forces) or negative
 curvature. ASE's update takes it as it is: on the out-of-domain bench the rebuilt Hessian's lowest eigenvalue
 fell to 0.003 eV/A^2, and the step from a parent point at fmax 0.08 eV/A went a full maxstep to where the
-parent's fmax was 4.4 eV/A (benchmarks/learner-damped.md). Damping keeps the curvature along each step at
-least `damping` times what the Hessian held before.
+parent's fmax was 4.4 eV/A (benchmarks/history/2026-11-30-learner-damped.md). Damping keeps the curvature
+along each step at least `damping` times what the Hessian held before.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def trust_radius(settings: LearnerSettings, newest_fmax: float) -> float | None:
 
     Only near convergence (newest parent fmax below settings.trust_fmax): there the surrogate's own minimum,
     a few tenths of an A off the parent's, is what a long segment walks to, and the parent call lands out of
-    the basin it had nearly reached (benchmarks/learner-trust.md).
+    the basin it had nearly reached (benchmarks/history/2026-12-01-learner-trust.md).
     """
     if settings.trust_radius is None or newest_fmax >= settings.trust_fmax:
         return None

@@ -66,7 +66,7 @@ def labelled(atoms: Atoms) -> Atoms:
 #: Largest fractional strain of in-domain lattice constants in the shipped checkpoint's frames. The held-out
 #: alloys (built on their pair's mean lattice constant) squeeze Al and Au by 5-8%, beyond the 3% the first
 #: checkpoint saw, where its error climbed fivefold; 12% cut the out-of-domain force MAE from 0.100 to 0.086 eV/A
-#: (benchmarks/prior-strain.md).
+#: (benchmarks/history/2026-11-30-prior-strain.md).
 STRAIN = 0.12
 
 

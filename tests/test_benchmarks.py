@@ -1,0 +1,43 @@
+"""benchmarks/learner.py's rows: chosen by a stable name, every learner setting pinned (issue 29 item 5)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import click
+import pytest
+
+from finetuna_parsl.records import LearnerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _learner_bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_learner", ROOT / "benchmarks" / "learner.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_learner_setting_is_pinned_and_every_row_builds() -> None:
+    """A new LearnerSettings field must be pinned in BASELINE, or its default would change every row."""
+    bench = _learner_bench()
+    assert set(bench.BASELINE) == {f.name for f in fields(LearnerSettings)}
+    resolved = [json.dumps(bench.row_settings(row.name), sort_keys=True) for row in bench.ROWS]
+    assert len(set(resolved)) == len(resolved), "two rows name the same lever combination"
+    assert len(bench.ROW_NAMES) == len(bench.ROWS)
+
+
+def test_rows_are_chosen_by_name_and_positions_are_refused() -> None:
+    bench = _learner_bench()
+    assert [r.name for r in bench.parse_rows("all-exact-damped, baseline")] == ["all-exact-damped", "baseline"]
+    assert bench.parse_rows("") == list(bench.ROWS)
+    for bad in ("7,11", "baseline,nope"):
+        with pytest.raises(click.ClickException) as err:
+            bench.parse_rows(bad)
+        assert "\n" not in err.value.message and "all-exact-damped" in err.value.message
