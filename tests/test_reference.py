@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS, GPMin
 
@@ -123,3 +125,27 @@ def test_gpmin_giving_up_in_a_campaign_is_a_failed_system_with_its_calls_stored(
     with h5py.File(path, "r") as f:
         steps = f["systems"][row["system_id"]]["steps"]
         assert list(steps["kind"][()]) == [1] and list(steps["reason"].asstr()[()]) == ["gpmin"]
+
+
+def inconsistent_call(system, counter):
+    """A parent whose energy does not follow its forces (EMT forces, a constant energy): SciPy's CG line search
+    cannot make progress and stops with 'Desired error not necessarily achieved due to precision loss'."""
+    session = make_parent("emt")
+    session.start(system)
+
+    def call(positions):
+        counter.append(1)
+        point = session.calculate(positions)
+        return replace(point, energy=0.0)
+
+    return call
+
+
+def test_cg_giving_up_keeps_its_parent_calls():
+    """SciPy's CG raises ase.optimize.sciopt.OptimizerConvergenceError (not a RuntimeError) when its line search
+    fails; the parent calls it paid for are kept and the outcome says it gave up (it was a lost system with 0
+    calls stored on one of the paper's 30 systems)."""
+    calls = []
+    result = run_reference("cg", SYSTEM, inconsistent_call(SYSTEM, calls), LearnerSettings())
+    assert result.outcome == "gave_up" and result.parent_calls == len(calls) >= 1
+    assert "CG gave up after" in result.error and "precision loss" in result.error

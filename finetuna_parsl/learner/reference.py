@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import BFGS, GPMin
-from ase.optimize.sciopt import SciPyFminCG
+from ase.optimize.sciopt import OptimizerConvergenceError, SciPyFminCG
 
 from ..records import (
     OUTCOME_CONVERGED,
@@ -27,6 +27,21 @@ from .bfgs import free_fmax
 
 ParentCall = Callable[[np.ndarray], Evaluation]
 REFERENCE_METHODS = ("bfgs", "cg", "warm-start", "gpmin")
+OPTIMIZER_NAMES = {"bfgs": "BFGS", "cg": "CG", "warm-start": "BFGS", "gpmin": "GPMin"}
+
+
+class _NeverRaised(Exception):
+    """Stands for 'this optimizer has no way of giving up' in GIVING_UP."""
+
+
+#: How each optimizer says it cannot go on (anything else is a fault and propagates): GPMin raises RuntimeError
+#: ("could not build a descent model", L-BFGS-B failing on the model); SciPy's CG raises
+#: OptimizerConvergenceError when its line search fails ("Desired error not necessarily achieved due to
+#: precision loss", typically near a minimum whose energy differences reach the parent's noise).
+GIVING_UP: dict[str, tuple[type[BaseException], ...]] = {
+    "bfgs": (_NeverRaised,), "warm-start": (_NeverRaised,), "gpmin": (RuntimeError,),
+    "cg": (OptimizerConvergenceError,),
+}
 
 
 class _BudgetSpent(Exception):
@@ -60,8 +75,8 @@ class ReferenceResult:
     """A finished reference relaxation: every parent point and (warm start) the surrogate pre-relaxation.
 
     outcome: records.OUTCOME_CONVERGED, OUTCOME_PARENT_BUDGET, or OUTCOME_GAVE_UP with `error` saying why the
-    optimizer gave up (GPMin cannot always build a descent model); its parent points are kept all the same,
-    they were paid for.
+    optimizer gave up (GPMin cannot always build a descent model; SciPy's CG line search can fail: GIVING_UP);
+    its parent points are kept all the same, they were paid for.
     """
 
     method: str
@@ -114,10 +129,8 @@ def run_reference(
         optimizer.run(fmax=settings.fmax, steps=settings.max_parent_calls)
     except _BudgetSpent:
         pass
-    except RuntimeError as exc:  # GPMin: "could not build a descent model", L-BFGS-B failed on the model
-        if method != "gpmin":
-            raise
-        error = f"ASE GPMin gave up after {len(recorder.points)} parent calls: {exc}"
+    except GIVING_UP[method] as exc:
+        error = f"ASE {OPTIMIZER_NAMES[method]} gave up after {len(recorder.points)} parent calls: {exc}"
     points = recorder.points
     # CG's line search (GPMin's model minimum) may probe past the minimum: converged means some parent call
     # confirmed fmax.
