@@ -241,3 +241,16 @@ def test_the_first_learn_step_asks_the_parent_at_once_and_bad_forces_are_refused
     segment = segment_init(state, head_for(state, ToySurrogate()))
     with pytest.raises(ValueError, match=r"not \(\d+, 3\)"):
         segment_step(segment, Prediction(0.0, np.zeros(3 * system.n_atoms)))
+
+
+def test_with_the_surrogate_budget_spent_no_correction_is_fitted_and_the_parent_takes_the_step():
+    """A resumed relaxation whose surrogate budget is spent (the settings changed): the parent-force step from the
+    newest parent point goes to the parent at once, without asking the surrogate at the residual's anchors."""
+    from dataclasses import replace
+
+    settings = LearnerSettings(query="k-steps", k=3, exact_at_newest=True, residual_points=2)
+    state = started(2, settings, 3)
+    state = replace(state, settings=replace(settings, max_surrogate_steps=state.surrogate_steps))
+    proposal = segment_init(state, head_for(state, ToySurrogate()))
+    assert isinstance(proposal, Proposal) and proposal.reason == "budget" and proposal.segment == []
+    assert_same(proposal, propose(state, ToySurrogate()))

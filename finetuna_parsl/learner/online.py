@@ -137,9 +137,10 @@ def segment_init(state: LearnerState, head: bytes, fine_tune_s: float = 0.0) -> 
     opt = rebuild_optimizer(state)
     start = bfgs_step(opt, newest.positions, constrain(newest.forces, fixed), state, 0)
     anchors = []
-    if settings.exact_at_newest:
+    steps_left = state.surrogate_steps < settings.max_surrogate_steps  # else: no correction to fit, no step
+    if settings.exact_at_newest and steps_left:
         anchors.append(np.array(newest.positions, dtype=float))
-    if settings.residual_points:
+    if settings.residual_points and steps_left:
         for point in state.parent_points[-settings.residual_points:]:
             # the point's free coordinates, with the fixed atoms where the newest point has them
             at = np.array(newest.positions, dtype=float)
@@ -219,7 +220,7 @@ def _anchored(segment: Segment, prediction: Prediction) -> Segment | Proposal:
     settings, newest = state.settings, state.parent_points[-1]
     raw = [(float(p.energy), np.asarray(p.forces, dtype=float)) for p in anchored]
     corrections: list[PointShift | ResidualFit] = []
-    if settings.exact_at_newest:
+    if settings.exact_at_newest:  # the first anchor: the newest parent point
         energy, forces = raw.pop(0)
         corrections.append(PointShift.fit(segment.anchors[0], newest.energy, newest.forces, energy, forces,
                                           fade=settings.exact_fade))
