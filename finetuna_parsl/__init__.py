@@ -20,3 +20,5 @@ Evaluation back; the store appends the segment and the parent point (flushed) be
 """
 
 __version__ = "0.1.0"
+
+from .learner import rules as _query_rules  # noqa: E402,F401  (registers the query rules: records.QUERY_RULES)
