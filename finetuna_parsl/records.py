@@ -188,7 +188,6 @@ class QueryRule:
     fires: Callable[["LearnerSettings", SurrogateStep], bool]
     ceiling: Callable[["LearnerSettings"], int | None] | None = None
     needs_ensemble: bool = False
-    doc: str = ""
 
 
 #: Query rules by name, in registration order: the built-in ones (learner/rules/builtin.py), then each module of

@@ -88,3 +88,15 @@ def test_recipe_refuses_what_is_not_a_setting():
         recipe("paper", kk=3)
     with pytest.raises(ValueError, match="recipe must be one of"):
         recipe("fast")
+
+
+def test_the_plot_legend_reads_the_query_rule_of_a_stored_recipe(tmp_path):
+    from finetuna_parsl.plots import store_method
+    from finetuna_parsl.store import CampaignStore
+
+    with CampaignStore(tmp_path / "r.h5", run_config="learner: {recipe: measured}\n"):
+        pass
+    assert store_method(tmp_path / "r.h5") == "online (k-steps)"
+    with CampaignStore(tmp_path / "q.h5", run_config="learner: {recipe: measured, query: relaxed-only}\n"):
+        pass
+    assert store_method(tmp_path / "q.h5") == "online (relaxed-only)"

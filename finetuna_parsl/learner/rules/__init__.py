@@ -34,8 +34,7 @@ def query_rule(name: str, *, ceiling: Callable[[LearnerSettings], int | None] | 
         known = QUERY_RULES.get(name)
         if known is not None and known.fires is not fires:
             raise ValueError(f"query rule {name!r} is already registered ({known.fires.__module__})")
-        QUERY_RULES[name] = QueryRule(name=name, fires=fires, ceiling=ceiling, needs_ensemble=needs_ensemble,
-                                      doc=(fires.__doc__ or "").strip())
+        QUERY_RULES[name] = QueryRule(name=name, fires=fires, ceiling=ceiling, needs_ensemble=needs_ensemble)
         return fires
 
     return register
