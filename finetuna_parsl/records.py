@@ -211,7 +211,8 @@ class LearnerSettings:
     """Query rule and stopping settings of the online learner (the run config's `learner` section).
 
     Defaults are the paper's (Musielewicz et al., FINETUNA, 2022: k=3, fmax 0.03 eV/A, BFGS maxstep 0.2 A and
-    alpha 70 eV/A^2 as ASE's BFGS). ValueError (one line, naming the field) for a value out of range.
+    alpha 70 eV/A^2 as ASE's BFGS): learner/recipes.py's `paper` recipe; a run config picks one by
+    `learner.recipe`. SettingError (a ValueError, one line naming the field) for a value out of range.
     """
 
     query: str = "k-steps"  # QUERY_RULES
