@@ -2,10 +2,12 @@
 
 Layers, bottom up; a module imports only from its own layer and those below (tests/test_layers.py checks it):
 
-    records                 SystemSpec, Evaluation (one parent or surrogate evaluation), LearnerSettings, and the
-                            names of query rules, reasons, outcomes and statuses
-    learner | parents       the online learner as pure functions | parent sessions (EMT, VASP, GPAW) and the
-                            socket bridge to them
+    records                 SystemSpec, Evaluation (one parent or surrogate evaluation), LearnerSettings, the
+                            query-rule registry (QUERY_RULES), and the names of reasons, outcomes and statuses
+    learner | parents       the online learner as pure functions, its query rules (learner/rules/: one registered
+                            function each) and recipes (learner/recipes.py) | parent sessions (EMT, VASP, GPAW,
+                            any ASE calculator; more through the entry-point group finetuna_parsl.parents:
+                            parents/registry.py) and the socket bridge to them
     surrogate | store       fairchem's prior with fine-tuned residual heads (the learner's SurrogateModel) |
                             the HDF5 store (the only h5py user)
     config                  the run config: one frozen settings record per layer (LearnerSettings,
@@ -20,3 +22,7 @@ Evaluation back; the store appends the segment and the parent point (flushed) be
 """
 
 __version__ = "0.1.0"
+
+# The query rules register themselves in records.QUERY_RULES, which LearnerSettings checks its `query` against:
+# importing them here means any import of the package has them, whichever module it starts from.
+from .learner import rules as _query_rules  # noqa: E402,F401

@@ -21,7 +21,7 @@ from .config import RunConfig, with_overrides
 from .learner.metrics import (SAME_MINIMUM_DISTANCE, SETTLED_FMAX, CallBreakdown, MethodRow, anomalous_systems,
                               call_breakdown, minimum_matches, missed_systems, other_minima, table_row)
 from .learner.reference import REFERENCE_METHODS
-from .records import QUERY_RULES, QUERY_UNCERTAINTY, REASONS, SystemSpec
+from .records import QUERY_RULES, REASONS, SystemSpec
 from .reproducible import HOW
 from .store import load_final_positions, load_parent_calls
 
@@ -50,7 +50,8 @@ def method_config(config: RunConfig, method: str) -> tuple[RunConfig, str]:
     out = Path(config.campaign.output)
     store = str(out.with_name(f"{out.stem}.{method}{out.suffix or '.h5'}"))
     if method in QUERY_METHODS:
-        surrogate = {"ensemble_size": max(config.surrogate.ensemble_size, 3)} if method == QUERY_UNCERTAINTY else {}
+        ensemble = QUERY_RULES[method].needs_ensemble
+        surrogate = {"ensemble_size": max(config.surrogate.ensemble_size, 3)} if ensemble else {}
         return with_overrides(config, learner={"query": method}, campaign={"output": store}, surrogate=surrogate), "online"
     if method in REFERENCE_METHODS:
         return with_overrides(config, campaign={"output": str(out)}), method

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .learner.metrics import MethodRow  # noqa: E402
+from .learner.recipes import DEFAULT_RECIPE, RECIPES  # noqa: E402
 from .learner.reference import REFERENCE_METHODS  # noqa: E402
 from .records import OUTCOME_CONVERGED  # noqa: E402
 from .store import load_parent_energies, load_summary, open_h5, read_runs  # noqa: E402
@@ -48,8 +49,8 @@ def store_method(store: str | Path) -> str:
         return method
     try:
         learner = (yaml.safe_load(runs[-1]["run_config"]) or {}).get("learner") or {}
-        return f"online ({learner.get('query', 'k-steps')})"
-    except (yaml.YAMLError, AttributeError, IndexError, KeyError):
+        return f"online ({learner.get('query') or RECIPES[learner.get('recipe', DEFAULT_RECIPE)].query})"
+    except (yaml.YAMLError, AttributeError, IndexError, KeyError, TypeError):
         return "online"
 
 

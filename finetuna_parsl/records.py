@@ -6,6 +6,7 @@ Every record is frozen and picklable, so it crosses process boundaries (Parsl) u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +14,10 @@ import numpy as np
 from ase import Atoms
 from ase.constraints import FixAtoms
 
-#: Query rules (learner/query.py): when the learner pays for a parent call besides "the surrogate says relaxed".
+#: The built-in query rules' names (the rules themselves: learner/rules/builtin.py).
 QUERY_RELAXED_ONLY = "relaxed-only"
 QUERY_K_STEPS = "k-steps"
 QUERY_UNCERTAINTY = "uncertainty"
-QUERY_RULES = (QUERY_RELAXED_ONLY, QUERY_K_STEPS, QUERY_UNCERTAINTY)
 #: Which parent points each fine-tune sees.
 TRAIN_NEWEST = "newest"
 TRAIN_ALL = "all"
@@ -164,11 +164,55 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class SurrogateStep:
+    """What a query rule sees after one surrogate step: the step's number in its segment (1 = the first step after
+    the parent call), the surrogate's fmax over the free atoms (eV/A) and its ensemble's force spread (eV/A; 0
+    for a single head)."""
+
+    steps_in_segment: int
+    fmax: float
+    uncertainty: float = 0.0
+
+
+@dataclass(frozen=True)
+class QueryRule:
+    """A query rule: when the learner pays for a parent call besides "the surrogate says relaxed" (or stalled).
+
+    fires(settings, step) -> bool: call the parent now (the call's reason is the rule's name).
+    ceiling(settings) -> int | None: the longest surrogate segment the rule allows (backoff's ceiling); None: none.
+    needs_ensemble: the rule reads SurrogateStep.uncertainty, so bench gives it several heads.
+    Registered by name with learner.rules.query_rule; LearnerSettings.query names one.
+    """
+
+    name: str
+    fires: Callable[["LearnerSettings", SurrogateStep], bool]
+    ceiling: Callable[["LearnerSettings"], int | None] | None = None
+    needs_ensemble: bool = False
+
+
+#: Query rules by name, in registration order: the built-in ones (learner/rules/builtin.py), then each module of
+#: learner/rules/. Filled when finetuna_parsl is imported (its __init__ imports learner.rules); add one with
+#: learner.rules.query_rule, never by hand.
+QUERY_RULES: dict[str, QueryRule] = {}
+
+
+class SettingError(ValueError):
+    """A settings record's field is out of range: `field` names it, `problem` says what it must be; str() is
+    '<field> <problem>' (the run config reports '<file>: <section>.<field>: <problem>')."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
 class LearnerSettings:
     """Query rule and stopping settings of the online learner (the run config's `learner` section).
 
     Defaults are the paper's (Musielewicz et al., FINETUNA, 2022: k=3, fmax 0.03 eV/A, BFGS maxstep 0.2 A and
-    alpha 70 eV/A^2 as ASE's BFGS). ValueError (one line, naming the field) for a value out of range.
+    alpha 70 eV/A^2 as ASE's BFGS): learner/recipes.py's `paper` recipe; a run config picks one by
+    `learner.recipe`. SettingError (a ValueError, one line naming the field) for a value out of range.
     """
 
     query: str = "k-steps"  # QUERY_RULES
@@ -208,27 +252,25 @@ class LearnerSettings:
     # parent point, so the adsorbate follows its parent-confirmed path (site-specific studies); None: off
 
     def __post_init__(self) -> None:
+        """The one check of every field's range (the run config reports its SettingError under the key)."""
         if self.query not in QUERY_RULES:
-            raise ValueError(f"query must be one of {', '.join(QUERY_RULES)}, got {self.query!r}")
+            raise SettingError("query", f"must be one of {', '.join(QUERY_RULES)}, got {self.query!r}")
         if self.train_on not in TRAIN_ON:
-            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
+            raise SettingError("train_on", f"must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if self.residual_points < 0:
-            raise ValueError(f"residual_points must be >= 0, got {self.residual_points}")
+            raise SettingError("residual_points", f"must be >= 0, got {self.residual_points}")
         if not 0.0 <= self.hessian_damping < 1.0:
-            raise ValueError(f"hessian_damping must be in [0, 1), got {self.hessian_damping}")
+            raise SettingError("hessian_damping", f"must be in [0, 1), got {self.hessian_damping}")
         for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.exact_fade is not None and not self.exact_fade > 0:
-            raise ValueError(f"exact_fade must be > 0 (A) or null, got {self.exact_fade}")
-        if self.trust_radius is not None and not self.trust_radius > 0:
-            raise ValueError(f"trust_radius must be > 0 (A) or null, got {self.trust_radius}")
-        if self.adsorbate_leash is not None and not self.adsorbate_leash > 0:
-            raise ValueError(f"adsorbate_leash must be > 0 (A) or null, got {self.adsorbate_leash}")
+                raise SettingError(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("exact_fade", "trust_radius", "adsorbate_leash"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise SettingError(name, f"must be > 0 (A) or null, got {getattr(self, name)}")
         for name in ("fmax", "maxstep", "alpha", "uncertainty_threshold", "stall_distance", "residual_scale",
                      "trust_fmax"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise SettingError(name, f"must be > 0, got {getattr(self, name)}")
 
     @property
     def relaxed_fmax(self) -> float:

@@ -1,4 +1,5 @@
-"""Query rules: after each surrogate step, should the parent be called? (relaxed-only, k-steps, uncertainty)"""
+"""After each surrogate step, should the parent be called? The checks every query rule shares (relaxed, stalled,
+backoff, trust radius, anomaly guard, adsorbate leash) around the rule itself (learner/rules/, by name)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,18 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..records import (
-    QUERY_K_STEPS,
-    QUERY_UNCERTAINTY,
     REASON_ANOMALY,
     REASON_BACKOFF,
     REASON_LEASH,
-    REASON_K_STEPS,
     REASON_RELAXED,
     REASON_STALLED,
     REASON_TRUST,
-    REASON_UNCERTAINTY,
     LearnerSettings,
+    SurrogateStep,
     SystemSpec,
 )
 from .anomaly import TAG_ADSORBATE, AnomalyGuard, tags_problem
+from .rules import get_rule
 
 
 def stalled(settings: LearnerSettings, recent_positions: Sequence[np.ndarray]) -> bool:
@@ -45,10 +44,11 @@ def segment_cap(settings: LearnerSettings, parent_energies: Sequence[float]) -> 
 
     After a segment whose parent call came out higher in energy than the lowest parent energy so far, the
     cap halves (down to 1 step: parent-only BFGS); after one that set a new low it grows by one step, back
-    up to the rule's own (k for k-steps, none otherwise). A pure function of stored parent points, so a
+    up to the rule's own ceiling (k for k-steps, none for relaxed-only and uncertainty). A pure function of stored parent points, so a
     resumed run agrees.
     """
-    ceiling = settings.k if settings.query == QUERY_K_STEPS else None
+    rule = get_rule(settings.query)
+    ceiling = rule.ceiling(settings) if rule.ceiling is not None else None
     if not settings.backoff or not parent_energies:
         return ceiling
     cap, lowest = ceiling, parent_energies[0]
@@ -76,17 +76,17 @@ def query_reason(
     """Why the parent should be called now, or "" to keep stepping on the surrogate.
 
     Every rule calls the parent when the surrogate says the structure is relaxed (or its optimizer has
-    stalled); k-steps also after k surrogate steps since the last parent call; uncertainty also when the
-    ensemble disagrees more than the threshold. Any rule stops at `cap` steps (segment_cap's backoff).
+    stalled); then the rule settings.query names (learner/rules/: k-steps after k surrogate steps since the last
+    parent call, uncertainty when the ensemble disagrees more than the threshold) gives its own name as the
+    reason. Any rule stops at `cap` steps (segment_cap's backoff). ValueError for an unregistered rule.
     """
     if surrogate_fmax <= settings.relaxed_fmax:
         return REASON_RELAXED
     if stalled(settings, recent_positions):
         return REASON_STALLED
-    if settings.query == QUERY_K_STEPS and steps_in_segment >= settings.k:
-        return REASON_K_STEPS
-    if settings.query == QUERY_UNCERTAINTY and uncertainty > settings.uncertainty_threshold:
-        return REASON_UNCERTAINTY
+    rule = get_rule(settings.query)
+    if rule.fires(settings, SurrogateStep(steps_in_segment, surrogate_fmax, uncertainty)):
+        return rule.name
     if cap is not None and steps_in_segment >= cap:
         return REASON_BACKOFF
     return ""

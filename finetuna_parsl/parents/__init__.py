@@ -1,36 +1,15 @@
 """Parent sessions (the expensive truth): EMT, VASP interactive, warm GPAW and any ASE calculator behind one
-interface."""
+interface; other packages add kinds through the entry-point group finetuna_parsl.parents (parents/registry.py)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .base import ParentError, ParentSession, ParentSetupError
 from .emt import EMTSession
-
-#: kind -> "module:class"; imported on first use so a missing optional engine (gpaw) only matters when asked for.
-PARENT_KINDS: dict[str, str] = {
-    "emt": "finetuna_parsl.parents.emt:EMTSession",
-    "vasp": "finetuna_parsl.parents.vasp:VaspInteractiveSession",
-    "gpaw": "finetuna_parsl.parents.gpaw:GPAWSession",
-    "ase": "finetuna_parsl.parents.ase:ASESession",
-}
-
-
-def parent_class(kind: str) -> type[ParentSession]:
-    """The session class registered for `kind`; a clear ParentSetupError when unknown or not importable."""
-    try:
-        target = PARENT_KINDS[kind]
-    except KeyError:
-        raise ParentSetupError(f"unknown parent kind {kind!r}; known: {', '.join(sorted(PARENT_KINDS))}") from None
-    module, _, name = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as exc:
-        raise ParentSetupError(f"parent kind {kind!r} is not available here: {exc}") from exc
+from .registry import BUILTIN_PARENTS, ENTRY_POINT_GROUP, parent_class, parent_kinds
 
 
 def make_parent(kind: str, workdir: str | Path | None = None, **options: Any) -> ParentSession:
@@ -63,4 +42,5 @@ def check_systems(kind: str, options: Mapping[str, Any], systems: Sequence[Any])
     return usable, unusable
 
 
-__all__ = ["check_systems", "ParentError", "ParentSetupError", "ParentSession", "EMTSession", "PARENT_KINDS", "make_parent", "parent_class"]
+__all__ = ["check_systems", "ParentError", "ParentSetupError", "ParentSession", "EMTSession", "BUILTIN_PARENTS",
+           "ENTRY_POINT_GROUP", "make_parent", "parent_class", "parent_kinds"]

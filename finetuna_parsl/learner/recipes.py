@@ -1,0 +1,61 @@
+"""Learner recipes: named sets of LearnerSettings, chosen in a run config by `learner.recipe`; the config's other
+`learner` keys override the recipe's.
+
+- `measured`: the recipe measured on the EMT benchmarks (configs/demo.yaml, configs/ood-bench.yaml):
+  - k-steps with k=100 and surrogate_fmax=0.02: the surrogate must relax to 0.02 eV/A before the parent is asked
+    to confirm, and a runaway segment stops at 100 steps. 79 parent calls on the 20 demo systems, all accurate,
+    against 124 and 18/20 at k=15 relaxed at fmax; on the learner ablation's 24 out-of-domain systems 208 calls
+    and 21/24 accurate against 432 and 20/24 at k=10 relaxed at fmax
+    (benchmarks/history/2026-12-01-learner-long-segments.md).
+    k=3 caps the saving at 1/3 of parent-only BFGS's calls.
+  - train_on=all: fine-tune on every parent point so far, in one batch (benchmarks/history/2026-12-01-learner.md).
+  - exact_at_newest=True, exact_fade=1.0: the surrogate reproduces the newest parent point exactly, the shift
+    fading out over 1 A (learner/residual.py, benchmarks/history/2026-12-01-learner-shift.md).
+  - residual_points=0: no residual GP in domain (22.4% of BFGS's calls with it, 19.4% without, on the first
+    prior: benchmarks/history/2026-11-30-demo-residual-gp/); configs/ood-bench.yaml sets 10 out of domain.
+  - hessian_damping=0.2: Powell-damped BFGS Hessian rebuilt from parent points
+    (benchmarks/history/2026-11-30-learner-damped.md).
+  - max_parent_calls=300, max_surrogate_steps=2000 (3000 in configs/ood-bench.yaml).
+- `paper`: the FINETUNA paper's (Musielewicz et al., 2022) query setup: a parent call every k=3 surrogate steps,
+  fine-tuning on the newest parent point, the surrogate relaxed at the parent's fmax (0.03 eV/A), BFGS with
+  maxstep 0.2 A and alpha 70 eV/A^2 as ASE's, 100 parent calls at most.
+
+Both keep the package's safety layers (backoff, the damped Hessian, the anomaly guard), which the paper did not
+have. To add a recipe, add an entry to RECIPES.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+from ..records import QUERY_K_STEPS, TRAIN_ALL, TRAIN_NEWEST, LearnerSettings, SettingError
+
+RECIPES: dict[str, LearnerSettings] = {
+    "measured": LearnerSettings(
+        query=QUERY_K_STEPS, k=100, surrogate_fmax=0.02, train_on=TRAIN_ALL, exact_at_newest=True, exact_fade=1.0,
+        residual_points=0, hessian_damping=0.2, fmax=0.03, max_parent_calls=300, max_surrogate_steps=2000,
+    ),
+    "paper": LearnerSettings(
+        query=QUERY_K_STEPS, k=3, surrogate_fmax=None, train_on=TRAIN_NEWEST, exact_at_newest=False, exact_fade=1.0,
+        residual_points=0, hessian_damping=0.2, fmax=0.03, max_parent_calls=100, max_surrogate_steps=2000,
+    ),
+}
+
+#: The recipe of a run config that names none.
+DEFAULT_RECIPE = "paper"
+
+
+def recipe(name: str, **overrides: Any) -> LearnerSettings:
+    """The settings of recipe `name` with `overrides` (LearnerSettings fields) replacing its own.
+
+    ValueError (records.SettingError, field "recipe") for an unknown name; TypeError for an override that is not
+    a LearnerSettings field; records.SettingError for a value out of range.
+    """
+    if name not in RECIPES:
+        raise SettingError("recipe", f"must be one of {', '.join(RECIPES)}, got {name!r}")
+    known = {f.name for f in fields(LearnerSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"not a learner setting: {', '.join(unknown)}")
+    return replace(RECIPES[name], **overrides)
