@@ -25,7 +25,8 @@ import numpy as np
 
 from .learner.bfgs import free_fmax
 from .learner.state import LearnerState
-from .records import SOURCE_PARENT, STATUS_DONE, STATUS_FAILED, STATUS_PENDING, Evaluation, LearnerSettings, SystemSpec
+from .records import (SOURCE_PARENT, STATUS_DONE, STATUS_FAILED, STATUS_PENDING, Evaluation, LearnerSettings,
+                      SystemResult, SystemSpec)
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -230,7 +231,7 @@ class CampaignStore:
         except BaseException:
             self.file.close()
             raise
-        self._rows: dict[str, dict] = {}  # live_rows' cache, re-read only for systems changed since
+        self._rows: dict[str, SystemResult] = {}  # live_rows' cache, re-read only for systems changed since
         self._changed: set[str] = set(self.file["systems"].keys())
 
     def _start_run(self, run_config: str, method: str) -> None:
@@ -424,7 +425,7 @@ class CampaignStore:
         self.file.flush()
 
     # --- reading -----------------------------------------------------------------------------
-    def summary(self) -> list[dict]:
+    def summary(self) -> list[SystemResult]:
         """One read_system_row per stored system (energies eV, fmax eV/A, times s)."""
         return read_summary(self.file)
 
@@ -432,7 +433,7 @@ class CampaignStore:
         """Whether a system changed since the last live_rows() call."""
         return bool(self._changed)
 
-    def live_rows(self) -> list[dict]:
+    def live_rows(self) -> list[SystemResult]:
         """read_summary's rows of every system, re-reading only the systems changed since the last call
         (cheap enough to call after every parent call of a large campaign)."""
         systems = self.file["systems"]
@@ -552,51 +553,51 @@ def _anomalies(a, status: str, parent_calls: int) -> tuple[list[str] | None, str
     return None, NOT_CHECKED if status not in (STATUS_DONE, STATUS_FAILED) else NOT_RECORDED
 
 
-def read_system_row(system_id: str, g: h5py.Group) -> dict:
-    """One system's summary row: status, outcome, parent calls (total and by reason; "" = not recorded),
-    surrogate steps, final parent energy (eV) and fmax over free atoms (eV/A), error and warnings in full,
-    SCF cycles, parent wall time (s), the learner's fine-tuning time before those calls (s), and the anomaly
-    flags of the last parent-confirmed structure (learner.anomaly: a list of kinds, [] for none, None when
-    unknown, with anomalies_unknown saying why)."""
+def read_system_row(system_id: str, g: h5py.Group) -> SystemResult:
+    """One system's summary row (records.SystemResult): status, outcome, parent calls (total and by reason;
+    "" = not recorded), surrogate steps, final parent energy (eV) and fmax over free atoms (eV/A), error and
+    warnings in full, SCF cycles, parent wall time (s), the learner's fine-tuning time before those calls (s),
+    and the anomaly flags of the last parent-confirmed structure (learner.anomaly: the kinds, () for none, None
+    when unknown, with anomalies_unknown saying why)."""
     with naming_damage(g.file.filename, system_id):
         return _system_row(system_id, g)
 
 
-def _system_row(system_id: str, g: h5py.Group) -> dict:
+def _system_row(system_id: str, g: h5py.Group) -> SystemResult:
     a = g.attrs
     steps = g["steps"]
     parent = steps["kind"][()] == KIND_PARENT
     reasons = steps["reason"].asstr()[()][parent].tolist() if "reason" in steps else [""] * int(parent.sum())
     anomalies, unknown = _anomalies(a, str(a["status"]), int(a["parent_calls"]))
-    return {
-        "system_id": system_id,
-        "status": str(a["status"]),
-        "outcome": str(a.get("outcome", "")),
-        "formula": str(a["formula"]),
-        "n_atoms": int(a["n_atoms"]),
-        "parent_calls": int(a["parent_calls"]),
-        "parent_calls_by_reason": dict(Counter(reasons)),
-        "surrogate_steps": int(a["surrogate_steps"]),
-        "final_energy": float(a["final_energy"]),
-        "final_fmax": float(a["final_fmax"]),
-        "error": str(a["error"]),
-        "warnings": [str(w) for w in a.get("warnings", [])],
-        "scf_cycles": int(steps["scf_cycles"][()][parent].sum()),
-        "parent_wall_s": float(steps["wall_s"][()][parent].sum()),
-        "fine_tune_s": float(steps["fine_tune_s"][()][parent].sum()) if "fine_tune_s" in steps else 0.0,
-        "anomalies": anomalies,
-        "anomalies_unknown": unknown,
-    }
+    return SystemResult(
+        system_id=system_id,
+        status=str(a["status"]),
+        outcome=str(a.get("outcome", "")),
+        formula=str(a["formula"]),
+        n_atoms=int(a["n_atoms"]),
+        parent_calls=int(a["parent_calls"]),
+        parent_calls_by_reason=dict(Counter(reasons)),
+        surrogate_steps=int(a["surrogate_steps"]),
+        final_energy=float(a["final_energy"]),
+        final_fmax=float(a["final_fmax"]),
+        error=str(a["error"]),
+        warnings=tuple(str(w) for w in a.get("warnings", [])),
+        scf_cycles=int(steps["scf_cycles"][()][parent].sum()),
+        parent_wall_s=float(steps["wall_s"][()][parent].sum()),
+        fine_tune_s=float(steps["fine_tune_s"][()][parent].sum()) if "fine_tune_s" in steps else 0.0,
+        anomalies=None if anomalies is None else tuple(anomalies),
+        anomalies_unknown=unknown,
+    )
 
 
-def read_summary(f: h5py.File) -> list[dict]:
+def read_summary(f: h5py.File) -> list[SystemResult]:
     """Per-system summary rows (read_system_row) from an open store (any mode); StoreError naming the system
     where the store is damaged."""
     with naming_damage(f.filename):
         return [read_system_row(system_id, g) for system_id, g in f["systems"].items()]
 
 
-def load_summary(path: str | Path) -> list[dict]:
+def load_summary(path: str | Path) -> list[SystemResult]:
     """Read-only per-system summary of a store on disk."""
     with open_h5(path, "r") as f:
         return read_summary(f)
@@ -818,8 +819,8 @@ def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False)
     final: only the last parent-labelled frame of each system (its last parent-confirmed structure; a system
     without parent calls gives none). atoms.info carries the metadata: system_id, step (row in steps/),
     kind (parent|surrogate), parent_call (0-based index among the system's parent calls, -1 for surrogate
-    frames), reason, status and outcome of the system, anomalies (of its last parent-confirmed structure:
-    "none", "unknown" or the kinds joined by ",", learner.anomaly), source (the store file), method, parent
+    frames), reason, status and outcome of the system (its records.SystemResult), anomalies (of its last
+    parent-confirmed structure: "none", "unknown" or the kinds joined by ",", learner.anomaly), source (the store file), method, parent
     (kind), and charge/spin where the system has them. Raises StoreError when the store cannot be opened.
     """
     from ase import Atoms
@@ -839,8 +840,8 @@ def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False)
             if final:
                 rows = rows[-1:]
             extra = {key: int(g.attrs[key]) for key in ("charge", "spin") if key in g.attrs}
-            kinds, _ = _anomalies(g.attrs, str(g.attrs["status"]), int(g.attrs["parent_calls"]))
-            anomalies = "unknown" if kinds is None else (",".join(kinds) or "none")
+            result = _system_row(system_id, g)
+            anomalies = "unknown" if result.anomalies is None else (",".join(result.anomalies) or "none")
             for i in rows:
                 atoms = Atoms(numbers=g["numbers"][()], positions=steps["positions"][i], cell=g["cell"][()],
                               pbc=g["pbc"][()], tags=g["tags"][()])
@@ -851,7 +852,7 @@ def iter_frames(path: str | Path, parent_only: bool = True, final: bool = False)
                 atoms.info.update(
                     system_id=system_id, step=int(i), kind="parent" if is_parent else "surrogate",
                     parent_call=int(parent_index[i]) if is_parent else -1, reason=str(reasons[i]),
-                    status=str(g.attrs["status"]), outcome=str(g.attrs.get("outcome", "")),
+                    status=result.status, outcome=result.outcome,
                     anomalies=anomalies, source=Path(path).name, method=method, parent=parent, **extra,
                 )
                 yield atoms

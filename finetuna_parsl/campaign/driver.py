@@ -30,7 +30,7 @@ from ..records import STATUS_FAILED as FAILED
 from ..records import STATUS_INTERRUPTED as INTERRUPTED
 from ..records import STATUS_PENDING as PENDING
 from ..records import STATUS_RUNNING as RUNNING
-from ..records import SystemSpec
+from ..records import SystemResult, SystemSpec
 from ..store import CampaignStore
 
 #: Seconds the main loop waits on futures before it looks at a stop request again.
@@ -102,9 +102,9 @@ class _Relaxation:
 
 @dataclass
 class CampaignResult:
-    """Per-system rows as stored, plus what the run itself counted."""
+    """Per-system rows as stored (records.SystemResult), plus what the run itself counted."""
 
-    rows: list[dict] = field(default_factory=list)
+    rows: list[SystemResult] = field(default_factory=list)
     parent_calls_this_run: int = 0
 
 
@@ -387,7 +387,7 @@ class Campaign:
                 cf.wait(sessions, timeout=SESSION_CLOSE_WAIT_S)
             self._publish("interrupted" if self.stop.signum is not None else ended, force=True)
         ids = {s.system_id for s in self.systems}
-        rows = [row for row in self.store.summary() if row["system_id"] in ids]
+        rows = [row for row in self.store.summary() if row.system_id in ids]
         return CampaignResult(rows=rows, parent_calls_this_run=self.parent_calls_this_run)
 
     def _loop(self, queue: deque[SystemSpec], active: dict[cf.Future, _Relaxation], slots: int) -> None:
