@@ -2,9 +2,8 @@
 
 Layers, bottom up; a module imports only from its own layer and those below (tests/test_layers.py checks it):
 
-    records                 SystemSpec, Evaluation (one parent or surrogate evaluation), LearnerSettings,
-                            SystemResult (a system's summary row), and the names of query rules, reasons,
-                            outcomes and statuses
+    records                 SystemSpec, Evaluation (one parent or surrogate evaluation), LearnerSettings, and the
+                            names of query rules, reasons, outcomes and statuses
     learner | parents       the online learner as pure functions | parent sessions (EMT, VASP, GPAW) and the
                             socket bridge to them
     surrogate | store       fairchem's prior with fine-tuned residual heads (the learner's SurrogateModel) |
