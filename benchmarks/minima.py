@@ -82,7 +82,7 @@ class _Counting(EMT):
 
 
 def relax(system: SystemSpec, variant: str) -> dict:
-    """One parent-only relaxation, scored as the bench scores its stores (store.py, learner/metrics.py): outcome
+    """One parent-only relaxation, scored as the bench scores its stores (store/reader.py, learner/metrics.py): outcome
     converged when some parent call confirmed fmax <= FMAX; final energy (eV) is the last parent call's."""
     _doc, make, seed = VARIANTS[variant]
     positions = system.positions.copy()

@@ -21,7 +21,7 @@ from .config import RunConfig, with_overrides
 from .learner.metrics import (SAME_MINIMUM_DISTANCE, SETTLED_FMAX, CallBreakdown, MethodRow, anomalous_systems,
                               call_breakdown, minimum_matches, missed_systems, other_minima, table_row)
 from .learner.reference import REFERENCE_METHODS
-from .records import QUERY_RULES, REASONS, SystemSpec
+from .records import QUERY_RULES, REASONS, ResultRow, SystemSpec, as_results
 from .reproducible import HOW
 from .store import load_final_positions, load_parent_calls
 
@@ -36,7 +36,7 @@ class BenchResult:
     """Per-method summary rows and stores, and the Table 1 rows against the reference."""
 
     reference: str
-    rows: dict[str, list[dict]] = field(default_factory=dict)
+    rows: dict[str, list[ResultRow]] = field(default_factory=dict)  # records.SystemResult, as stored
     stores: dict[str, Path] = field(default_factory=dict)
     table: list[MethodRow] = field(default_factory=list)
     breakdown: list[CallBreakdown] = field(default_factory=list)
@@ -90,7 +90,7 @@ def run_bench(
             label = method if k == 1 else f"{method} (repeat {k})"
             path, run = run_campaign(cfg, list(systems), campaign_method, progress(label) if progress else None,
                                      restart=restart, accept_parent_change=accept_parent_change)
-            result.repeats.setdefault(method, []).append(sum(r["parent_calls"] for r in run.rows))
+            result.repeats.setdefault(method, []).append(sum(r.parent_calls for r in run.rows))
             if k == 1:
                 result.stores[method] = path
                 result.rows[method] = run.rows
@@ -149,15 +149,15 @@ def anomalies_text(result: BenchResult) -> str:
     lines = []
     for method, rows in result.rows.items():
         flagged = anomalous_systems(rows)
-        unknown = [r["system_id"] for r in rows if r.get("anomalies") is None]
+        unknown = [r.system_id for r in as_results(rows) if r.anomalies is None]
         line = f"- {method}: " + (", ".join(flagged) if flagged else "none")
         lines.append(line + (f"; unknown on {len(unknown)}: {', '.join(unknown)}" if unknown else ""))
     return "\n".join(lines)
 
 
-def breakdown(method: str, store: str | Path, rows: Sequence[dict]) -> CallBreakdown:
+def breakdown(method: str, store: str | Path, rows: Sequence[ResultRow]) -> CallBreakdown:
     """Where `method`'s parent calls went, on the systems of `rows` (its store may hold others too)."""
-    ids = {r["system_id"] for r in rows}
+    ids = {r.system_id for r in as_results(rows)}
     calls = {sid: c for sid, c in load_parent_calls(store).items() if sid in ids}
     return call_breakdown(method, calls)
 

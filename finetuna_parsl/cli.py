@@ -112,7 +112,7 @@ def run(config_path: str, site: str | None, output: str | None, count: int | Non
         comparisons.append(compare("online", result.rows, method, ref.rows, matches))
     if comparisons:
         click.echo("\n" + comparison_table(comparisons))
-    failed = sum(r["status"] == STATUS_FAILED for r in result.rows)
+    failed = sum(r.status == STATUS_FAILED for r in result.rows)
     listed = _write_left_out(path, config_path, left_out)
     if failed or left_out:
         click.echo(_closing_line(path, failed, left_out, listed), err=True)
@@ -331,7 +331,7 @@ def inspect(store_path: str, as_json: bool) -> None:
         _fail(str(exc))
     if as_json:
         click.echo(json.dumps({"store": str(ins.store), "source": ins.source, "note": ins.note, "method": ins.method,
-                               "systems": ins.rows, "totals": totals(ins.rows)}, indent=1, default=str))
+                               "systems": [r.as_dict() for r in ins.rows], "totals": totals(ins.rows)}, indent=1, default=str))
     else:
         click.echo(report(ins))
 

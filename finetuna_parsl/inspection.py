@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import live
-from .records import STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PENDING, STATUS_RUNNING
+from .records import (STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PENDING, STATUS_RUNNING, ResultRow,
+                      SystemResult, as_results)
 from .report import COLUMNS, anomaly_cell, anomaly_totals, first_line, plural
 from .store import StoreError, open_h5, read_summary
 
@@ -27,12 +28,12 @@ class Inspection:
     store: Path
     source: str
     method: str
-    rows: list[dict] = field(default_factory=list)
+    rows: list[SystemResult] = field(default_factory=list)
     note: str = ""  # one line on where the numbers come from
 
 
 def inspect_store(path: str | Path) -> Inspection:
-    """Per-system rows of the store at `path` (store.read_system_row's keys).
+    """Per-system rows (records.SystemResult) of the store at `path`, or of its live summary.
 
     Raises StoreError (one line) when neither the store nor a live summary beside it can be read.
     """
@@ -56,7 +57,7 @@ def _from_summary(path: Path, summary: dict, why: str) -> Inspection:
     note = (f"read from the live summary {live.summary_path(path)} ({why}): written {summary.get('written')} by "
             f"pid {summary.get('pid')} on {summary.get('host')}, campaign {summary.get('state')}")
     return Inspection(store=path, source="live summary", method=str(summary.get("method", "online")),
-                      rows=list(summary.get("systems", [])), note=note)
+                      rows=as_results(summary.get("systems", [])), note=note)
 
 
 def _num(value, fmt: str) -> str:
@@ -67,27 +68,27 @@ def _reasons(by_reason: dict) -> str:
     return " ".join(f"{reason or 'unrecorded'}:{n}" for reason, n in by_reason.items()) or "-"
 
 
-def totals(rows: Sequence[dict]) -> dict:
+def totals(rows: Sequence[ResultRow]) -> dict:
     """Campaign totals: systems by status, how many are left to do (`left`: not done or failed) and by outcome,
     parent calls (total, by reason), surrogate steps, SCF cycles, parent wall time (s), and systems by anomaly
     kind ("none": checked and clean; "unknown")."""
+    rows = as_results(rows)
     by_reason: Counter[str] = Counter()
     anomalies: Counter[str] = Counter()
     for r in rows:
-        by_reason.update(r.get("parent_calls_by_reason") or {})
-        kinds = r.get("anomalies")
-        anomalies.update(["unknown"] if kinds is None else (kinds or ["none"]))
-    status = Counter(r["status"] for r in rows)
+        by_reason.update(r.parent_calls_by_reason)
+        anomalies.update(["unknown"] if r.anomalies is None else (r.anomalies or ["none"]))
+    status = Counter(r.status for r in rows)
     return {
         "systems": len(rows),
         "status": dict(status),
         "left": len(rows) - status[STATUS_DONE] - status[STATUS_FAILED],  # pending, running or interrupted
-        "outcome": dict(Counter(r.get("outcome") or "-" for r in rows if r["status"] in (STATUS_DONE, STATUS_FAILED))),
-        "parent_calls": sum(r["parent_calls"] for r in rows),
+        "outcome": dict(Counter(r.outcome or "-" for r in rows if r.ended)),
+        "parent_calls": sum(r.parent_calls for r in rows),
         "parent_calls_by_reason": dict(by_reason),
-        "surrogate_steps": sum(r["surrogate_steps"] for r in rows),
-        "scf_cycles": sum(int(r.get("scf_cycles", 0)) for r in rows),
-        "parent_wall_s": sum(float(r.get("parent_wall_s", 0.0)) for r in rows),
+        "surrogate_steps": sum(r.surrogate_steps for r in rows),
+        "scf_cycles": sum(int(r.scf_cycles) for r in rows),
+        "parent_wall_s": sum(float(r.parent_wall_s) for r in rows),
         "anomalies": dict(anomalies),
     }
 
@@ -97,22 +98,23 @@ def report(ins: Inspection) -> str:
     header = (f"{'system':<32} {'status':<11} {'outcome':<16} {'parent':>6} {'surr.':>6} {'E_parent/eV':>12} "
               f"{'fmax':>7}  {'anomalies':<16} parent calls by reason")
     lines = [f"store {ins.store} (method {ins.method}): {ins.note}", "", header, "-" * len(header)]
-    for r in ins.rows:
+    rows = as_results(ins.rows)
+    for r in rows:
         lines.append(
-            f"{r['system_id'][:32]:<32} {r['status']:<11} {r.get('outcome') or '-':<16} {r['parent_calls']:>6} "
-            f"{r['surrogate_steps']:>6} {_num(r['final_energy'], '12.4f'):>12} {_num(r['final_fmax'], '7.3f'):>7}  "
-            f"{anomaly_cell(r):<16} {_reasons(r.get('parent_calls_by_reason') or {})}"
+            f"{r.system_id[:32]:<32} {r.status:<11} {r.outcome or '-':<16} {r.parent_calls:>6} "
+            f"{r.surrogate_steps:>6} {_num(r.final_energy, '12.4f'):>12} {_num(r.final_fmax, '7.3f'):>7}  "
+            f"{anomaly_cell(r):<16} {_reasons(r.parent_calls_by_reason)}"
         )
-    problems = [r for r in ins.rows if r.get("error") or r.get("warnings")]
+    problems = [r for r in rows if r.error or r.warnings]
     if problems:
         lines += ["", "errors and warnings, in full:"]
         for r in problems:
-            if r.get("error"):
-                lines.append(f"{r['system_id']}: error:")
-                lines += [f"    {line}" for line in str(r["error"]).splitlines()]
-            for w in r.get("warnings") or []:
-                lines.append(f"{r['system_id']}: warning: {w}")
-    t = totals(ins.rows)
+            if r.error:
+                lines.append(f"{r.system_id}: error:")
+                lines += [f"    {line}" for line in str(r.error).splitlines()]
+            for w in r.warnings:
+                lines.append(f"{r.system_id}: warning: {w}")
+    t = totals(rows)
     status = ", ".join(f"{n} {s}" for s, n in sorted(t["status"].items()))
     outcome = ", ".join(f"{n} {o}" for o, n in sorted(t["outcome"].items())) or "none finished"
     scf = f"{plural(t['scf_cycles'], 'SCF cycle')}, " if t["scf_cycles"] else ""  # none: a parent without SCF (EMT)
@@ -121,9 +123,9 @@ def report(ins: Inspection) -> str:
         f"{plural(t['systems'], 'system')}: {status}; {t['left']} left to do; outcomes: {outcome}",
         f"{plural(t['parent_calls'], 'parent call')} ({_reasons(t['parent_calls_by_reason'])}), "
         f"{plural(t['surrogate_steps'], 'surrogate step')}, {scf}{t['parent_wall_s']:.1f} s in the parent",
-        anomaly_totals(ins.rows),
+        anomaly_totals(rows),
     ]
-    unknown = Counter(r.get("anomalies_unknown") or "" for r in ins.rows if r.get("anomalies") is None)
+    unknown = Counter(r.anomalies_unknown for r in rows if r.anomalies is None)
     lines += [f"anomalies unknown for {n}: {why}" for why, n in unknown.items()]
     stale = t["status"].get(STATUS_RUNNING, 0) + t["status"].get(STATUS_INTERRUPTED, 0)
     if ins.source == "store" and stale:

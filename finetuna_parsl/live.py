@@ -6,8 +6,8 @@ to a temporary file in the same folder, then os.replace: a reader sees the old s
 never half of one.
 
 Layout: {"format": 1, "store", "method", "state" ("running", "finished", "interrupted", "stopped"), "pid",
-"host", "written" (UTC, ISO 8601), "systems": [summary rows as store.read_system_row gives them, with
-NaN written as null]}.
+"host", "written" (UTC, ISO 8601), "systems": [summary rows as store.read_system_row gives them
+(records.SystemResult.as_dict), with NaN written as null]}.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import os
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 FORMAT = 1
@@ -46,7 +46,7 @@ def _plain(value):
     return value
 
 
-def publish(store: str | Path, method: str, state: str, rows: Sequence[dict]) -> Path:
+def publish(store: str | Path, method: str, state: str, rows: Sequence[Mapping]) -> Path:
     """Write the summary of `store` atomically (temporary file, then os.replace); returns its path.
 
     Raises OSError only if the folder cannot be written (the store beside it then cannot be either).
@@ -56,7 +56,7 @@ def publish(store: str | Path, method: str, state: str, rows: Sequence[dict]) ->
         "format": FORMAT, "store": str(Path(store).resolve()), "method": method, "state": state,
         "pid": os.getpid(), "host": socket.gethostname(),
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "systems": [_plain(dict(r)) for r in rows],
+        "systems": [_plain(dict(r)) for r in rows],  # a SystemResult's plain form (its mapping view)
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from .learner.metrics import MethodRow  # noqa: E402
 from .learner.recipes import DEFAULT_RECIPE, RECIPES  # noqa: E402
 from .learner.reference import REFERENCE_METHODS  # noqa: E402
-from .records import OUTCOME_CONVERGED  # noqa: E402
+from .records import ResultRow, SystemResult, as_results  # noqa: E402
 from .store import load_parent_energies, load_summary, open_h5, read_runs  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -78,25 +78,26 @@ def accuracy_vs_speed(table: Sequence[MethodRow], reference: str, path: str | Pa
     return Path(path)
 
 
-def per_system_bars(rows: Mapping[str, Sequence[dict]], reference: str, path: str | Path,
+def per_system_bars(rows: Mapping[str, Sequence[ResultRow]], reference: str, path: str | Path,
                     matches: Mapping[str, Mapping[str, tuple[str, float]]] | None = None) -> Path:
     """Fig. 4: per-system parent calls of each method beside the reference's (grey, hatched), and each
     method's final parent energy minus the reference's (eV; the grey band is the 0.02 eV tolerance). On the
     energy bars: a ring where the method ended in another minimum than the reference's (`matches`, per method:
-    metrics.minimum_matches), a red cross where its final structure has an OC20 anomaly (row["anomalies"])."""
-    ref = {r["system_id"]: r for r in rows[reference]}
+    metrics.minimum_matches), a red cross where its final structure has an OC20 anomaly (its .anomalies)."""
+    rows = {method: as_results(method_rows) for method, method_rows in rows.items()}
+    ref = {r.system_id: r for r in rows[reference]}
     ids = sorted(ref)
     methods = [reference] + [m for m in rows if m != reference]
     width = 0.8 / len(methods)
     x = np.arange(len(ids))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(ids) + 2), 7), dpi=120, sharex=True,
                                       layout="constrained")
-    ref_total = sum(ref[s]["parent_calls"] for s in ids)
+    ref_total = sum(ref[s].parent_calls for s in ids)
     labels = {"other": "another minimum", "anomaly": "OC20 anomaly"}  # each legend entry once
     for i, method in enumerate(methods):
-        by_id = {r["system_id"]: r for r in rows[method]}
-        calls = [by_id[s]["parent_calls"] if s in by_id else np.nan for s in ids]
-        de = [by_id[s]["final_energy"] - ref[s]["final_energy"] if s in by_id else np.nan for s in ids]
+        by_id = {r.system_id: r for r in rows[method]}
+        calls = [by_id[s].parent_calls if s in by_id else np.nan for s in ids]
+        de = [by_id[s].final_energy - ref[s].final_energy if s in by_id else np.nan for s in ids]
         style = REFERENCE_STYLE if method == reference else {"color": f"C{i - 1}"}
         total = int(np.nansum(calls))
         if method == reference:
@@ -111,7 +112,7 @@ def per_system_bars(rows: Mapping[str, Sequence[dict]], reference: str, path: st
             if other:
                 bottom.scatter(x[other] + i * width, np.nan_to_num(np.array(de)[other]), s=28, facecolors="none",
                                edgecolors="k", linewidths=0.8, zorder=3, label=labels.pop("other", None))
-        flagged = [j for j, s in enumerate(ids) if by_id.get(s, {}).get("anomalies")]
+        flagged = [j for j, s in enumerate(ids) if s in by_id and by_id[s].anomalies]
         if flagged:
             y = np.zeros(len(flagged)) if method == reference else np.nan_to_num(np.array(de)[flagged])
             bottom.scatter(x[flagged] + i * width, y, marker="x", s=30, color="red", zorder=4,
@@ -185,7 +186,7 @@ def plot_store(store: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = load_summary(store)
     refs = dict(reference_stores(store) if references is None else references)
-    ref_rows = {method: {r["system_id"]: r for r in load_summary(path)} for method, path in refs.items()}
+    ref_rows = {method: {r.system_id: r for r in load_summary(path)} for method, path in refs.items()}
     name = Path(store).stem
     method = store_method(store)
     made = [out_dir / f"{name}_parent_calls.png", out_dir / f"{name}_energy_trajectories.png"]
@@ -195,25 +196,27 @@ def plot_store(store: str | Path, out_dir: str | Path,
     return made
 
 
-def parent_calls_chart(rows: Sequence[dict], method: str, ref_rows: Mapping[str, Mapping[str, dict]],
+def parent_calls_chart(rows: Sequence[ResultRow], method: str, ref_rows: Mapping[str, Mapping[str, ResultRow]],
                        path: str | Path) -> Path:
     """Parent calls per system: each reference method's bars (the first grey, hatched) left of the method's
     (green where a parent call confirmed it relaxed, red where not); totals in the legend and title."""
-    ids = [r["system_id"] for r in rows]
+    rows = as_results(rows)
+    ref_rows = {ref: {s: SystemResult.of(r) for s, r in by_id.items()} for ref, by_id in ref_rows.items()}
+    ids = [r.system_id for r in rows]
     x = np.arange(len(ids))
     width = 0.8 / (1 + len(ref_rows))
     fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * len(rows) + 2), 4.8), dpi=120, layout="constrained")
     totals = {}
     for j, (ref, by_id) in enumerate(ref_rows.items()):
         style = REFERENCE_STYLE if j == 0 else {"color": ("tab:blue", "tab:purple", "tab:orange")[(j - 1) % 3]}
-        calls = [by_id[s]["parent_calls"] if s in by_id else np.nan for s in ids]
+        calls = [by_id[s].parent_calls if s in by_id else np.nan for s in ids]
         totals[ref] = int(np.nansum(calls))
         bars = ax.bar(x + j * width, calls, width, label=f"{ref} (reference): {totals[ref]} calls", **style)
         if len(ids) <= 30:
             ax.bar_label(bars, fontsize=6, padding=1)
     online = x + len(ref_rows) * width
-    converged = np.array([r["outcome"] == OUTCOME_CONVERGED for r in rows], dtype=bool)
-    calls = np.array([r["parent_calls"] for r in rows], dtype=float)
+    converged = np.array([r.converged for r in rows], dtype=bool)
+    calls = np.array([r.parent_calls for r in rows], dtype=float)
     total = int(calls.sum())
     label = f"{method}: {total} calls, {int(converged.sum())}/{len(rows)} parent-confirmed relaxed"
     bars = [ax.bar(online[converged], calls[converged], width, color="tab:green", label=label)]

@@ -1,13 +1,17 @@
-"""The plain records every layer shares: the system, one evaluation, the learner's settings, and the names.
+"""The plain records every layer shares: the system, one evaluation, the learner's settings, a system's result,
+and the names.
 
 The bottom of the package (it imports only numpy and ase; the layer picture is the package docstring).
+SystemResult is a system's result as the store's summary gives it, what the tables, metrics, `inspect` and
+export read.
 Every record is frozen and picklable, so it crosses process boundaries (Parsl) unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -275,3 +279,101 @@ class LearnerSettings:
     @property
     def relaxed_fmax(self) -> float:
         return self.fmax if self.surrogate_fmax is None else self.surrogate_fmax
+
+
+@dataclass(frozen=True)
+class SystemResult:
+    """Where one system of a campaign stands and how its relaxation went: one row of the store's summary
+    (store.read_system_row builds it), of the live summary (live.py), of the tables (report.py, bench.py),
+    of `inspect` and of the metrics (learner/metrics.py); export labels its frames with it.
+
+    Energies eV, fmax eV/A over free atoms, times s. final_energy / final_fmax are the last parent call's (NaN
+    before any). parent_calls_by_reason: query reason (REASON_*, a reference method's name; "" = not recorded)
+    -> calls, in first-call order. anomalies: the OC20 anomaly kinds of the last parent-confirmed structure
+    (learner.anomaly; () for none), None when unknown, with anomalies_unknown saying why.
+
+    The mapping view (row["parent_calls"], row.get("anomalies"), dict(row), as_dict()) gives the summary row's
+    plain form, lists where the record holds tuples: what the live summary's JSON and `inspect --json` hold,
+    and what scripts written against the dict rows of earlier versions read.
+    """
+
+    system_id: str
+    status: str = ""  # STATUS_*
+    outcome: str = ""  # OUTCOME_* once ended; "" before, and for a failed system
+    formula: str = ""
+    n_atoms: int = 0
+    parent_calls: int = 0
+    parent_calls_by_reason: dict[str, int] = field(default_factory=dict)
+    surrogate_steps: int = 0
+    final_energy: float = math.nan
+    final_fmax: float = math.nan
+    error: str = ""  # why it failed, in full (may be several lines)
+    warnings: tuple[str, ...] = ()
+    scf_cycles: int = 0
+    parent_wall_s: float = 0.0
+    fine_tune_s: float = 0.0  # the learner's fine-tuning before its parent calls
+    anomalies: tuple[str, ...] | None = None
+    anomalies_unknown: str = ""
+
+    @property
+    def converged(self) -> bool:
+        """Parent-confirmed relaxed."""
+        return self.outcome == OUTCOME_CONVERGED
+
+    @property
+    def ended(self) -> bool:
+        """Done or failed: nothing left to run."""
+        return self.status in (STATUS_DONE, STATUS_FAILED)
+
+    @classmethod
+    def of(cls, row: "SystemResult | Mapping[str, Any]") -> "SystemResult":
+        """`row` as a SystemResult: itself, or a summary row's plain form (a dict; keys not given take the
+        defaults above, keys it has beyond them are ignored)."""
+        if isinstance(row, SystemResult):
+            return row
+        given = {f.name: row[f.name] for f in fields(cls) if f.name in row}
+        for name in ("warnings", "anomalies"):
+            if given.get(name) is not None:
+                given[name] = tuple(str(v) for v in given[name])
+        if given.get("parent_calls_by_reason") is None:
+            given.pop("parent_calls_by_reason", None)
+        else:
+            given["parent_calls_by_reason"] = dict(given["parent_calls_by_reason"])
+        for name in ("outcome", "error", "anomalies_unknown"):  # None in a hand-made row means not given
+            if given.get(name, "") is None:
+                given[name] = ""
+        return cls(**given)
+
+    # --- the mapping view: the summary row's plain form ---------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key not in _RESULT_KEYS:
+            raise KeyError(key)
+        value = getattr(self, key)
+        if key == "parent_calls_by_reason":
+            return dict(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in _RESULT_KEYS else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in _RESULT_KEYS
+
+    def keys(self) -> tuple[str, ...]:
+        return _RESULT_KEYS
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary row's plain form (JSON-ready but for NaN): every field, lists for tuples."""
+        return {key: self[key] for key in _RESULT_KEYS}
+
+
+#: A summary row as the readers (metrics, tables, inspect) take it: a SystemResult, or its plain form.
+ResultRow = SystemResult | Mapping[str, Any]
+
+
+def as_results(rows: Iterable[ResultRow]) -> list[SystemResult]:
+    """SystemResult.of each row."""
+    return [SystemResult.of(r) for r in rows]
+
+
+_RESULT_KEYS = tuple(f.name for f in fields(SystemResult))

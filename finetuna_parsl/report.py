@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from .learner.anomaly import describe
 from .learner.metrics import MINIMA, SAME_MINIMUM_DISTANCE, UNKNOWN, Comparison
-from .records import OUTCOME_CONVERGED
+from .records import ResultRow, SystemResult, as_results
 
 
 #: What the table's columns are, printed under it.
@@ -19,41 +19,43 @@ def _num(value: float, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-def anomaly_cell(row: dict) -> str:
+def anomaly_cell(row: ResultRow) -> str:
     """The row's anomalies for a table: "none", "unknown" or the kinds joined by "," (learner.anomaly)."""
-    return describe(row.get("anomalies"))
+    return describe(SystemResult.of(row).anomalies)
 
 
-def anomaly_totals(rows: Sequence[dict]) -> str:
+def anomaly_totals(rows: Sequence[ResultRow]) -> str:
     """One line: how many systems have anomalies (named, with their kinds) and how many are unknown."""
-    flagged = [f"{r['system_id']} ({','.join(r['anomalies'])})" for r in rows if r.get("anomalies")]
-    unknown = sum(r.get("anomalies") is None for r in rows)
+    rows = as_results(rows)
+    flagged = [f"{r.system_id} ({','.join(r.anomalies)})" for r in rows if r.anomalies]
+    unknown = sum(r.anomalies is None for r in rows)
     text = f"anomalies (OC20 flags of the last parent-confirmed structure): {len(flagged)} of {plural(len(rows), 'system')}"
     text += f": {', '.join(flagged)}" if flagged else ""
     return text + (f"; unknown for {unknown}" if unknown else "")
 
 
-def summary_table(rows: Sequence[dict]) -> str:
+def summary_table(rows: Sequence[ResultRow]) -> str:
     """Per system: status, outcome, parent calls, surrogate steps, final parent energy and fmax, anomalies."""
+    rows = as_results(rows)
     header = (f"{'system':<32} {'status':<7} {'outcome':<16} {'parent':>6} {'surr.':>6} {'E_parent/eV':>12} "
               f"{'fmax':>7}  anomalies")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['system_id'][:32]:<32} {r['status']:<7} {r.get('outcome', '') or '-':<16} {r['parent_calls']:>6} "
-            f"{r['surrogate_steps']:>6} {_num(r['final_energy'], '12.4f'):>12} {_num(r['final_fmax'], '7.3f'):>7}  "
+            f"{r.system_id[:32]:<32} {r.status:<7} {r.outcome or '-':<16} {r.parent_calls:>6} "
+            f"{r.surrogate_steps:>6} {_num(r.final_energy, '12.4f'):>12} {_num(r.final_fmax, '7.3f'):>7}  "
             f"{anomaly_cell(r)}"
         )
-        if r.get("error"):
-            lines.append(f"    error: {first_line(r['error'])}")
-    total_parent = sum(r["parent_calls"] for r in rows)
-    converged = sum(r.get("outcome") == OUTCOME_CONVERGED for r in rows)
+        if r.error:
+            lines.append(f"    error: {first_line(r.error)}")
+    total_parent = sum(r.parent_calls for r in rows)
+    converged = sum(r.converged for r in rows)
     lines.append("-" * len(header))
     lines.append(f"{plural(len(rows), 'system')}, {converged} parent-confirmed relaxed, "
                  f"{plural(total_parent, 'parent call')}")
     lines.append(anomaly_totals(rows))
     lines.append(COLUMNS)
-    if any("\n" in (r.get("error") or "") for r in rows):
+    if any("\n" in r.error for r in rows):
         lines.append("full reasons (exit code, output tails, command, folder): the 'error' attribute of "
                      "/systems/<id> in the store")
     return "\n".join(lines)

@@ -51,7 +51,7 @@ def test_extxyz_of_running_and_failed_systems_reads_back_with_every_key(store, t
 @pytest.mark.parametrize("fmt", ["extxyz", "traj", "db", "aselmdb"])
 def test_a_failed_export_leaves_no_file_and_the_next_one_works(store, tmp_path, fmt, monkeypatch):
     out = tmp_path / f"frames.{fmt}"
-    import finetuna_parsl.store as store_module
+    import finetuna_parsl.store.frames as store_module  # where export finds iter_frames
 
     real = store_module.iter_frames
 

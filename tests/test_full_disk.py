@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-import finetuna_parsl.store as store_module
+import finetuna_parsl.store.errors as store_errors  # where check_space reads the reserve
 from fault_fs import small_filesystem
 from finetuna_parsl.campaign import run_campaign
 from finetuna_parsl.config import parse_config
@@ -35,7 +35,7 @@ def fill(folder: Path, leave_bytes: int) -> Path:
 
 
 def test_a_store_stops_before_its_filesystem_is_full_and_stays_readable(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "DISK_RESERVE_BYTES", 1 * MiB)
+    monkeypatch.setattr(store_errors, "DISK_RESERVE_BYTES", 1 * MiB)
     system = demo_systems(1)[0]
     with small_filesystem(tmp_path / "disk", "8m") as disk:
         path = disk / "s.h5"
@@ -71,7 +71,7 @@ site: "{site}"
 
 def test_a_campaign_on_a_disk_that_fills_stops_cleanly_and_resumes_with_nothing_lost(tmp_path, monkeypatch,
                                                                                       toy_on_workers):
-    monkeypatch.setattr(store_module, "DISK_RESERVE_BYTES", 1 * MiB)
+    monkeypatch.setattr(store_errors, "DISK_RESERVE_BYTES", 1 * MiB)
     log = tmp_path / "calls.log"  # on another filesystem: every parent calculation, paid or not
     with small_filesystem(tmp_path / "disk", "16m") as disk:
         config = parse_config(CONFIG.format(log=log, output=disk / "s.h5", site=TESTS_DIR / "threads_site.py"))

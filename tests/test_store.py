@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from finetuna_parsl.records import SOURCE_PARENT, SOURCE_SURROGATE, Evaluation, LearnerSettings
-from finetuna_parsl.store import CampaignStore, StoreError, load_parent_calls, read_runs
+from finetuna_parsl.records import SOURCE_PARENT, SOURCE_SURROGATE, Evaluation, LearnerSettings, SystemResult
+from finetuna_parsl.store import CampaignStore, StoreError, load_parent_calls, load_summary, read_runs
 from finetuna_parsl.systems import demo_systems
 
 SYSTEM = demo_systems(1)[0]
@@ -51,6 +51,31 @@ def test_layout_is_plain_h5py(tmp_path):
         assert g.attrs["status"] == "done" and g.attrs["outcome"] == "converged"
         assert g.attrs["final_energy"] == -1.5 and g.attrs["final_fmax"] == 0.0
         assert g["head/weights"][()].tobytes() == b"\x00head-bytes\xff"
+
+
+def test_a_systems_summary_row_is_one_frozen_record_with_the_dict_view_of_before(tmp_path):
+    path = tmp_path / "c.h5"
+    with CampaignStore(path) as store:
+        store.add_system(SYSTEM)
+        store.append_steps(SYSTEM.system_id, rows(3, reason="initial"))
+        store.append_steps(SYSTEM.system_id, rows(2, start=10))
+        store.set_status(SYSTEM.system_id, "done", outcome="converged")
+        store.set_anomalies(SYSTEM.system_id, ["desorbed"])
+    (row,) = load_summary(path)
+    assert isinstance(row, SystemResult) and row.converged and row.ended
+    assert (row.parent_calls, row.surrogate_steps, row.scf_cycles) == (2, 5, 14)
+    assert row.parent_calls_by_reason == {"initial": 1, "k-steps": 1} and row.anomalies == ("desorbed",)
+    with pytest.raises(AttributeError):
+        row.status = "failed"  # frozen
+    plain = row.as_dict()  # the 17 keys the summary rows have always had, in their order; lists, not tuples
+    assert list(plain) == ["system_id", "status", "outcome", "formula", "n_atoms", "parent_calls",
+                           "parent_calls_by_reason", "surrogate_steps", "final_energy", "final_fmax", "error",
+                           "warnings", "scf_cycles", "parent_wall_s", "fine_tune_s", "anomalies", "anomalies_unknown"]
+    assert plain["anomalies"] == ["desorbed"] and plain["warnings"] == [] and dict(row) == plain
+    assert row["parent_calls"] == 2 and row.get("anomalies") == ["desorbed"] and row.get("variant") is None
+    assert SystemResult.of(plain) == row and SystemResult.of(row) is row
+    partial = SystemResult.of({"system_id": "a", "parent_calls": 3, "variant": "x"})  # a hand-made row
+    assert partial.parent_calls == 3 and partial.anomalies is None and partial.outcome == ""
 
 
 def test_keep_every_nth_surrogate_step_but_every_parent_point(tmp_path):

@@ -1,6 +1,9 @@
 """Speed and accuracy of a method against a reference (the paper's measures), from summary rows; whether it
 ended in the reference's minimum and with which anomalies; and where a method's parent calls went (by query
-reason, and after the parent fmax first fell below 0.1 eV/A)."""
+reason, and after the parent fmax first fell below 0.1 eV/A).
+
+Rows are records.SystemResult (the store's summary); a plain dict of the same keys is taken too
+(SystemResult.of), keys it lacks taking the record's defaults."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase.geometry import find_mic
 
-from ..records import OUTCOME_CONVERGED, SystemSpec
+from ..records import ResultRow, SystemResult, SystemSpec, as_results
 
 ENERGY_TOLERANCE = 0.02  # eV: no worse than the reference + 0.02 eV counts as accurate
 SETTLED_FMAX = 0.1  # eV/A: parent calls after the parent fmax first fell below this are spent on the last stretch
@@ -25,6 +28,8 @@ OTHER_LOWER = "other-lower"  # another minimum, lower in parent energy than the 
 OTHER_HIGHER = "other-higher"  # another minimum, not lower
 UNKNOWN = "unknown"  # a final structure is missing (no parent call)
 MINIMA = (SAME, OTHER_LOWER, OTHER_HIGHER)
+def _by_id(rows: Sequence[ResultRow]) -> dict[str, SystemResult]:
+    return {r.system_id: r for r in as_results(rows)}
 
 
 def largest_free_displacement(system: SystemSpec, positions: np.ndarray, reference_positions: np.ndarray) -> float:
@@ -48,20 +53,20 @@ def minimum_match(system: SystemSpec, positions: np.ndarray, energy: float, refe
     return (OTHER_LOWER if energy < reference_energy else OTHER_HIGHER), moved
 
 
-def minimum_matches(systems: Mapping[str, SystemSpec], rows: Sequence[dict], finals: Mapping[str, np.ndarray],
-                    reference_rows: Sequence[dict], reference_finals: Mapping[str, np.ndarray]
+def minimum_matches(systems: Mapping[str, SystemSpec], rows: Sequence[ResultRow], finals: Mapping[str, np.ndarray],
+                    reference_rows: Sequence[ResultRow], reference_finals: Mapping[str, np.ndarray]
                     ) -> dict[str, tuple[str, float]]:
     """minimum_match of each system of `rows` against the reference's (matched by id, final parent energies in
     eV); (UNKNOWN, nan) where either has no final structure or the system is not in `systems`."""
-    ref = {r["system_id"]: r for r in reference_rows}
+    ref = _by_id(reference_rows)
     out = {}
-    for r in rows:
-        sid = r["system_id"]
+    for r in as_results(rows):
+        sid = r.system_id
         if sid not in ref:
             continue
         if sid in systems and sid in finals and sid in reference_finals:
-            out[sid] = minimum_match(systems[sid], finals[sid], r["final_energy"], reference_finals[sid],
-                                     ref[sid]["final_energy"])
+            out[sid] = minimum_match(systems[sid], finals[sid], r.final_energy, reference_finals[sid],
+                                     ref[sid].final_energy)
         else:
             out[sid] = (UNKNOWN, math.nan)
     return out
@@ -73,14 +78,14 @@ def other_minima(matches: Mapping[str, tuple[str, float]]) -> tuple[str, ...]:
                  if kind in (OTHER_LOWER, OTHER_HIGHER))
 
 
-def anomalous_systems(rows: Sequence[dict]) -> tuple[str, ...]:
-    """'<system id> (desorbed,dissociated)' for each row whose final structure has anomalies (row["anomalies"])."""
-    return tuple(f"{r['system_id']} ({','.join(r['anomalies'])})" for r in rows if r.get("anomalies"))
+def anomalous_systems(rows: Sequence[ResultRow]) -> tuple[str, ...]:
+    """'<system id> (desorbed,dissociated)' for each row whose final structure has anomalies (its .anomalies)."""
+    return tuple(f"{r.system_id} ({','.join(r.anomalies)})" for r in as_results(rows) if r.anomalies)
 
 
-def unknown_anomalies(rows: Sequence[dict]) -> int:
+def unknown_anomalies(rows: Sequence[ResultRow]) -> int:
     """Rows whose anomalies are unknown (no OC20 tags, no final structure, or not recorded)."""
-    return sum(r.get("anomalies") is None for r in rows)
+    return sum(r.anomalies is None for r in as_results(rows))
 
 
 @dataclass(frozen=True)
@@ -110,46 +115,49 @@ class Comparison:
         return self.accurate / self.systems if self.systems else math.nan
 
 
-def is_accurate(row: dict, reference_row: dict, tolerance: float = ENERGY_TOLERANCE) -> bool:
+def is_accurate(row: ResultRow, reference_row: ResultRow, tolerance: float = ENERGY_TOLERANCE) -> bool:
     """Parent-confirmed relaxed and parent energy <= reference energy + tolerance."""
-    return row.get("outcome") == OUTCOME_CONVERGED and row["final_energy"] <= reference_row["final_energy"] + tolerance
+    row, reference_row = SystemResult.of(row), SystemResult.of(reference_row)
+    return row.converged and row.final_energy <= reference_row.final_energy + tolerance
 
 
-def why_not_accurate(row: dict, reference_row: dict, tolerance: float = ENERGY_TOLERANCE) -> str:
+def why_not_accurate(row: ResultRow, reference_row: ResultRow, tolerance: float = ENERGY_TOLERANCE) -> str:
     """'' when accurate; otherwise why: 'not relaxed: <outcome or status>' or 'dE +0.051 eV' (eV)."""
-    if row.get("outcome") != OUTCOME_CONVERGED:
-        return f"not relaxed: {row.get('outcome') or row.get('status') or 'unfinished'}"
-    de = row["final_energy"] - reference_row["final_energy"]
+    row, reference_row = SystemResult.of(row), SystemResult.of(reference_row)
+    if not row.converged:
+        return f"not relaxed: {row.outcome or row.status or 'unfinished'}"
+    de = row.final_energy - reference_row.final_energy
     return f"dE {de:+.3f} eV" if not de <= tolerance else ""
 
 
-def missed_systems(rows: Sequence[dict], reference_rows: Sequence[dict],
+def missed_systems(rows: Sequence[ResultRow], reference_rows: Sequence[ResultRow],
                    tolerance: float = ENERGY_TOLERANCE) -> tuple[str, ...]:
     """'<system id> (why)' for each system of `rows` (matched by id) that is not accurate against the reference."""
-    ref = {r["system_id"]: r for r in reference_rows}
+    ref = _by_id(reference_rows)
     out = []
-    for r in rows:
-        if r["system_id"] in ref:
-            why = why_not_accurate(r, ref[r["system_id"]], tolerance)
+    for r in as_results(rows):
+        if r.system_id in ref:
+            why = why_not_accurate(r, ref[r.system_id], tolerance)
             if why:
-                out.append(f"{r['system_id']} ({why})")
+                out.append(f"{r.system_id} ({why})")
     return tuple(out)
 
 
-def compare(method: str, rows: Sequence[dict], reference: str, reference_rows: Sequence[dict],
+def compare(method: str, rows: Sequence[ResultRow], reference: str, reference_rows: Sequence[ResultRow],
             matches: Mapping[str, tuple[str, float]] | None = None) -> Comparison:
     """Compare per-system summary rows (matched by system_id) of a method and a reference; `matches`: the
     minimum_matches of the two (None: minima not compared)."""
-    ref = {r["system_id"]: r for r in reference_rows}
-    matched = [(r, ref[r["system_id"]]) for r in rows if r["system_id"] in ref]
+    rows, reference_rows = as_results(rows), as_results(reference_rows)
+    ref = _by_id(reference_rows)
+    matched = [(r, ref[r.system_id]) for r in rows if r.system_id in ref]
     minima = dict(Counter(kind for kind, _ in matches.values())) if matches is not None else None
     return Comparison(
         method=method,
         reference=reference,
         systems=len(matched),
-        method_parent_calls=sum(r["parent_calls"] for r, _ in matched),
-        reference_parent_calls=sum(q["parent_calls"] for _, q in matched),
-        method_converged=sum(r.get("outcome") == OUTCOME_CONVERGED for r, _ in matched),
+        method_parent_calls=sum(r.parent_calls for r, _ in matched),
+        reference_parent_calls=sum(q.parent_calls for _, q in matched),
+        method_converged=sum(r.converged for r, _ in matched),
         accurate=sum(is_accurate(r, q) for r, q in matched),
         missed=missed_systems(rows, reference_rows),
         minima=minima,
@@ -193,36 +201,36 @@ def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def table_row(method: str, rows: Sequence[dict], reference_rows: Sequence[dict],
+def table_row(method: str, rows: Sequence[ResultRow], reference_rows: Sequence[ResultRow],
               tolerance: float = ENERGY_TOLERANCE, matches: Mapping[str, tuple[str, float]] | None = None) -> MethodRow:
-    """Table 1 figures of `method`; rows carry parent_calls, final_energy, outcome, scf_cycles, parent_wall_s and
-    (optionally) anomalies; `matches`: minimum_matches against the reference (None: minima not compared)."""
-    ref = {r["system_id"]: r for r in reference_rows}
-    matched = [(r, ref[r["system_id"]]) for r in rows if r["system_id"] in ref and ref[r["system_id"]]["parent_calls"]]
+    """Table 1 figures of `method` from its rows' parent_calls, final_energy, outcome, scf_cycles, parent_wall_s
+    and anomalies; `matches`: minimum_matches against the reference (None: minima not compared)."""
+    ref = _by_id(reference_rows)
+    matched = [(r, ref[r.system_id]) for r in as_results(rows) if r.system_id in ref and ref[r.system_id].parent_calls]
     n = len(matched)
-    percents = [100.0 * r["parent_calls"] / q["parent_calls"] for r, q in matched]
+    percents = [100.0 * r.parent_calls / q.parent_calls for r, q in matched]
     mean, sem = _mean_sem(percents)
-    de = [r["final_energy"] - q["final_energy"] for r, q in matched]
-    relaxed = [r.get("outcome") == OUTCOME_CONVERGED for r, _ in matched]
+    de = [r.final_energy - q.final_energy for r, q in matched]
+    relaxed = [r.converged for r, _ in matched]
     frac = (lambda k: k / n if n else math.nan)
     return MethodRow(
         method=method,
         systems=n,
-        parent_calls=sum(r["parent_calls"] for r, _ in matched),
+        parent_calls=sum(r.parent_calls for r, _ in matched),
         percent_of_reference_mean=mean,
         percent_of_reference_sem=sem,
         lower=frac(sum(d <= -tolerance for d in de)),
         same=frac(sum(-tolerance < d < tolerance for d in de)),
         accurate=frac(sum(ok and d <= tolerance for ok, d in zip(relaxed, de))),
         relaxed=frac(sum(relaxed)),
-        scf_cycles=sum(int(r.get("scf_cycles", 0)) for r, _ in matched),
-        parent_wall_s=sum(float(r.get("parent_wall_s", 0.0)) for r, _ in matched),
-        anomalous=sum(bool(r.get("anomalies")) for r, _ in matched),
+        scf_cycles=sum(int(r.scf_cycles) for r, _ in matched),
+        parent_wall_s=sum(float(r.parent_wall_s) for r, _ in matched),
+        anomalous=sum(bool(r.anomalies) for r, _ in matched),
         anomalies_unknown=unknown_anomalies([r for r, _ in matched]),
         **({} if matches is None else {
-            "same_minimum": sum(matches.get(r["system_id"], (UNKNOWN,))[0] == SAME for r, _ in matched),
-            "other_lower": sum(matches.get(r["system_id"], (UNKNOWN,))[0] == OTHER_LOWER for r, _ in matched),
-            "other_higher": sum(matches.get(r["system_id"], (UNKNOWN,))[0] == OTHER_HIGHER for r, _ in matched)}),
+            "same_minimum": sum(matches.get(r.system_id, (UNKNOWN,))[0] == SAME for r, _ in matched),
+            "other_lower": sum(matches.get(r.system_id, (UNKNOWN,))[0] == OTHER_LOWER for r, _ in matched),
+            "other_higher": sum(matches.get(r.system_id, (UNKNOWN,))[0] == OTHER_HIGHER for r, _ in matched)}),
     )
 
 
