@@ -25,3 +25,43 @@ def processes_mentioning(text: str) -> list[int]:
 
     # process_iter with attrs leaves a process that vanished or is not ours to read as cmdline None
     return [p.pid for p in psutil.process_iter(["cmdline"]) if text in " ".join(p.info["cmdline"] or ())]
+
+
+# --- The fast tier: `python -m pytest -m "not campaign"` (the pure layers, under 3 minutes on 2 cores) ---------------
+# A test module that starts a campaign (Parsl executors, a `finetuna-parsl` subprocess, a parent program) is in
+# CAMPAIGN_MODULES, which marks its tests `campaign`; the README's test command and CI run every test. A test outside
+# these modules that starts Parsl fails, naming the marker, so a slow test cannot slip into the fast tier unseen.
+CAMPAIGN_MODULES = frozenset({
+    "test_anomaly_reports", "test_ase_parent", "test_bad_paths", "test_bench", "test_bridge", "test_campaign",
+    "test_checkpoints", "test_cli_inputs", "test_dead_parsl", "test_export", "test_full_disk", "test_gpaw",
+    "test_inspect", "test_interrupt", "test_leftovers", "test_new_user", "test_non_finite", "test_parent_checks",
+    "test_parent_failures", "test_paths", "test_reference", "test_reproducible", "test_resume",
+    "test_resume_settings", "test_sites", "test_slurm", "test_species_settings", "test_standin_frames",
+    "test_standins", "test_store", "test_store_damage", "test_store_lock", "test_surrogate", "test_timeouts",
+    "test_vasp", "test_vasp_ml", "test_worker_warnings",
+})
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "campaign: starts a campaign, Parsl or a parent program (left out of the "
+                                       "fast tier: pytest -m 'not campaign')")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in CAMPAIGN_MODULES:
+            item.add_marker(pytest.mark.campaign)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_parsl(request, monkeypatch):
+    """Outside CAMPAIGN_MODULES, starting Parsl is a mistake in the tiering: fail naming the fix."""
+    if request.node.get_closest_marker("campaign") is not None:
+        return
+    import parsl
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts Parsl: add its module to CAMPAIGN_MODULES in "
+                             "tests/conftest.py (the fast tier, pytest -m 'not campaign', leaves campaigns out)")
+
+    monkeypatch.setattr(parsl, "load", refuse)
