@@ -345,7 +345,8 @@ def end_leftovers(store: str | Path) -> list[str]:
 
 
 def _shutdown_parsl(dfk, limit_s: float | None) -> None:
-    """dfk.cleanup(), given at most limit_s (None: as long as it takes) before the processes are killed."""
+    """dfk.cleanup(), given at most limit_s (None: as long as it takes); with a limit, every interchange and local
+    worker pool still running afterwards is killed."""
     if limit_s is None:
         try:
             dfk.cleanup()
@@ -355,8 +356,9 @@ def _shutdown_parsl(dfk, limit_s: float | None) -> None:
     worker = threading.Thread(target=dfk.cleanup, name="parsl-cleanup", daemon=True)
     worker.start()
     worker.join(limit_s)
-    if worker.is_alive():
-        _kill_parsl_processes(dfk)
+    # Killed whether or not cleanup returned in time: on an executor that died it can return (raise in its
+    # thread) before shutting down the others, leaving a live interchange that holds the driver's stdout/stderr.
+    _kill_parsl_processes(dfk)
     parsl.clear()
 
 
