@@ -32,13 +32,13 @@ def processes_mentioning(text: str) -> list[int]:
 # CAMPAIGN_MODULES, which marks its tests `campaign`; the README's test command and CI run every test. A test outside
 # these modules that starts Parsl fails, naming the marker, so a slow test cannot slip into the fast tier unseen.
 CAMPAIGN_MODULES = frozenset({
-    "test_anomaly_reports", "test_ase_parent", "test_bad_paths", "test_bench", "test_bridge", "test_campaign",
-    "test_checkpoints", "test_cli_inputs", "test_dead_parsl", "test_export", "test_full_disk", "test_gpaw",
-    "test_inspect", "test_interrupt", "test_leftovers", "test_new_user", "test_non_finite", "test_parent_checks",
-    "test_parent_failures", "test_paths", "test_reference", "test_reproducible", "test_resume",
-    "test_resume_settings", "test_sites", "test_slurm", "test_species_settings", "test_standin_frames",
-    "test_standins", "test_store", "test_store_damage", "test_store_lock", "test_surrogate", "test_timeouts",
-    "test_vasp", "test_vasp_ml", "test_worker_warnings",
+    "test_anomaly_reports", "test_full_disk", "test_non_finite",
+    "test_ase_parent", "test_bad_paths", "test_bench", "test_bridge", "test_campaign", "test_checkpoints",
+    "test_cli_inputs", "test_dead_parsl", "test_gpaw", "test_inspect", "test_interrupt", "test_leftovers",
+    "test_new_user", "test_parent_checks", "test_parent_failures", "test_paths", "test_reference",
+    "test_reproducible", "test_resume", "test_resume_settings", "test_slurm", "test_species_settings",
+    "test_standins", "test_store_damage", "test_store_lock", "test_surrogate", "test_timeouts", "test_vasp",
+    "test_vasp_ml", "test_worker_warnings",
 })
 
 
