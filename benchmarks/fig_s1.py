@@ -26,22 +26,12 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+from surrogate import force_mae  # benchmarks/surrogate.py: this folder is on sys.path when run as a script
 
 from finetuna_parsl.store import iter_frames
 from finetuna_parsl.surrogate import load_surrogate
-from finetuna_parsl.surrogate.surrogate import free_mask
 
 POINTS = (1, 3, 5)
-
-
-def force_mae(surrogate, head, frames) -> float:
-    """Mean absolute force-component error (eV/A) over the free atoms of `frames`."""
-    errors = []
-    for frame in frames:
-        _, forces, _ = surrogate.predict(frame, head)
-        free = free_mask(frame)
-        errors.append(np.abs(forces[free] - frame.get_forces(apply_constraint=False)[free]).ravel())
-    return float(np.concatenate(errors).mean())
 
 
 def split_path(path: list, held_out: int) -> tuple[list, list]:
