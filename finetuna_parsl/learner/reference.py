@@ -30,16 +30,13 @@ REFERENCE_METHODS = ("bfgs", "cg", "warm-start", "gpmin")
 OPTIMIZER_NAMES = {"bfgs": "BFGS", "cg": "CG", "warm-start": "BFGS", "gpmin": "GPMin"}
 
 
-class _NeverRaised(Exception):
-    """Stands for 'this optimizer has no way of giving up' in GIVING_UP."""
-
-
 #: How each optimizer says it cannot go on (anything else is a fault and propagates): GPMin raises RuntimeError
 #: ("could not build a descent model", L-BFGS-B failing on the model); SciPy's CG raises
 #: OptimizerConvergenceError when its line search fails ("Desired error not necessarily achieved due to
-#: precision loss", typically near a minimum whose energy differences reach the parent's noise).
+#: precision loss", typically near a minimum whose energy differences reach the parent's noise). BFGS has no
+#: way of giving up: () catches nothing.
 GIVING_UP: dict[str, tuple[type[BaseException], ...]] = {
-    "bfgs": (_NeverRaised,), "warm-start": (_NeverRaised,), "gpmin": (RuntimeError,),
+    "bfgs": (), "warm-start": (), "gpmin": (RuntimeError,),
     "cg": (OptimizerConvergenceError,),
 }
 
