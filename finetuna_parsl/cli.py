@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -29,6 +30,25 @@ def _interrupted(exc) -> None:
     click.echo(f"{start}{exc}", err=True)
     sys.exit(128 + exc.signum)
 
+
+
+def world_text(config) -> str:
+    """The world a bench table measured, in words: the parent (for `ase`, its calculator and keywords), the
+    surrogate's prior (checkpoint name or factory) and the commit of the code that ran (when in a git checkout)."""
+    import subprocess
+
+    parent = config.parent.kind
+    if config.parent.calculator:
+        keywords = ", ".join(f"{k}={v}" for k, v in config.parent.options.items())
+        parent += f": {config.parent.calculator}({keywords})"
+    prior = f"factory `{config.surrogate.factory}`" if config.surrogate.factory else \
+        f"checkpoint `{config.surrogate.checkpoint}`"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"parent `{parent}`, prior {prior}" + (f", code at commit `{commit}`" if commit else "")
 
 @click.group()
 @click.version_option(package_name="finetuna-parsl")
@@ -266,7 +286,7 @@ def bench(config_path: str, methods: str, reference: str, out_dir: str | None, s
     repeatable = repeatability_text(result)
     (folder / "paper_table.md").write_text(
         f"# Speed and accuracy against {reference}\n\n{len(systems)} systems from `{config.systems.source}`, "
-        f"parent `{config.parent.kind}`, site `{config.site}`, seed {config.surrogate.seed}.\n\n"
+        f"{world_text(config)}, site `{config.site}`, seed {config.surrogate.seed}.\n\n"
         f"Made by: `{command}`; {HOW} (see Repeatability).\n\n{table}\n\n"
         "dE = final parent energy minus the reference's; accurate = parent-confirmed fmax <= "
         f"{config.learner.fmax} eV/A and dE <= 0.02 eV. {MINIMA_NOTE}\n\nNot accurate:\n\n{missed}\n\n"
