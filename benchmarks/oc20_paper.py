@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,16 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"BFGS through the product on the stand-in vs the paper's VASP BFGS, {len(vasp)} systems: totals "
                      f"{int(sum(ours))} vs {int(sum(vasp))}, Spearman {spearman(vasp, ours):.2f}, mean |gap| "
                      f"{np.mean(np.abs(np.subtract(ours, vasp))):.1f} calls.")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# The paper's 30 OC20 systems: parent calls per system on the stand-in, beside the paper's VASP counts", "",
-        f"Made by `python benchmarks/oc20_paper.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip()
-        + "` from the stores of `finetuna-parsl bench configs/oc20-paper.yaml` (`benchmarks/oc20-paper/paper_table.md`).",
+        f"Made by `{' '.join(['python benchmarks/oc20_paper.py', *(argv if argv is not None else sys.argv[1:])])}` "
+        f"at commit `{commit}` from the stores of `finetuna-parsl bench configs/oc20-paper.yaml` "
+        "(`benchmarks/oc20-paper/paper_table.md`). World: parent SevenNet-0 (`sevenn`'s 7net-0 through `parent.kind: "
+        "ase`), the learner's and warm start's prior the shipped EMT-trained checkpoint (`surrogate.checkpoint: "
+        "shipped`); the paper's columns are its VASP counts (`paper_counts()`).",
         "",
         "A number alone: converged (parent-confirmed fmax <= 0.03 eV/A); otherwise the outcome or status follows it. "
         "\"prior never saw\": elements of the system absent from the shipped prior's pretraining (its model card), "
         "where it predicts from an untrained embedding.", "", *lines, "", *notes, ""])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text.replace("`` from", "` from"))
+    Path(args.out).write_text(text)
     print(text)
     return 0
 
