@@ -105,8 +105,8 @@ def main(store: Path, checkpoints: str, n_systems: int, held_out: int, threads: 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = ["# Fig. S1 in the stand-in world: fine-tuning on a system's own parent points", "",
              f"Made by `{' '.join(['python benchmarks/fig_s1.py', *sys.argv[1:]])}` at commit `{commit}`. World: "
-             "parent SevenNet-0 (the stand-in for DFT), priors " + ", ".join(f"`{n}`" for n in names) + " (`oc20-standin`: "
-             "distilled from SevenNet-0; `shipped`: from EMT).",
+             "parent SevenNet-0 (the stand-in for DFT), priors " + ", ".join(f"`{n}`" for n in names)
+             + " (`oc20-standin`: distilled from SevenNet-0; `shipped`: from EMT).",
              "", f"Frames: the parent calls of each system's BFGS relaxation in `{store}` (SevenNet-0 parent, "
              "`configs/oc20-paper.yaml`). Force MAE (eV/A, free atoms) on held-out frames of the path (at most "
              f"{held_out}, evenly spaced), before head-only fine-tuning and after 1, 3 and 5 parent points from the "
