@@ -116,7 +116,7 @@ def test_predictions_and_fine_tuning_do_not_depend_on_the_calling_threads_torch_
 
     def learn_task(torch_threads):
         torch.set_num_threads(torch_threads)  # what ran in this thread before
-        surrogate._cache.clear()
+        surrogate.clear_caches()
         prior = surrogate.prior.predict(atoms)
         head, _ = surrogate.fine_tune(surrogate.initial_head(), [point])
         energy, forces, _ = surrogate.predict(atoms, head)

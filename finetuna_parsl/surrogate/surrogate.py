@@ -26,6 +26,11 @@ from .prior import GLOBAL_GENERATOR, Prior, torch_threads
 from .settings import SurrogateSettings
 
 
+def _nbytes(feats: Features) -> int:
+    """Memory a cached forward pass holds (its tensors), bytes."""
+    return sum(t.numel() * t.element_size() for t in (feats.embedding, feats.forces, feats.numbers))
+
+
 def free_mask(atoms: Atoms) -> np.ndarray:
     """True for atoms not held by a FixAtoms constraint."""
     free = np.ones(len(atoms), dtype=bool)
@@ -43,14 +48,22 @@ class Surrogate:
     """
 
     def __init__(self, prior: Prior, card: ModelCard | None = None, settings: SurrogateSettings | None = None,
-                 ensemble_spread: float = 0.05, feature_cache: int = 64) -> None:
+                 ensemble_spread: float = 0.05, feature_cache: int = 64, training_cache_mb: float = 512.0) -> None:
         self.settings = settings or SurrogateSettings(device=prior.device)
         self.prior, self.card, self.device = prior, card or ModelCard(), prior.device
         self.checkpoint = str(prior.info.path)
         self.ensemble_spread = ensemble_spread
         self._template = self._residual_template()
+        # Two caches of the prior's forward passes (the backbone is frozen, so a structure's features never change):
+        # the surrogate steps' (feature_cache entries, least recently used out), and the parent points the heads
+        # are fine-tuned on (training_cache_mb in all). With train_on=all every learn step fine-tunes on every
+        # parent point so far; in one cache, a segment's steps pushed them out and each learn step re-ran the
+        # prior on all of them (tests/test_surrogate.py).
         self._cache: OrderedDict[bytes, Features] = OrderedDict()
         self._cache_size = feature_cache
+        self._training: OrderedDict[bytes, Features] = OrderedDict()
+        self._training_bytes = 0
+        self._training_budget = int(training_cache_mb * 1e6)
         # One prediction at a time: the prior's forward hook and fairchem's calculator hold per-call state, and a
         # learn executor made of threads (tests/threads_site.py) shares this object between tasks.
         self._lock = threading.RLock()
@@ -70,23 +83,41 @@ class Surrogate:
             warnings.warn(f"surrogate {self.checkpoint}: pretraining never saw {', '.join(unseen)}; its prior "
                           "there is uninformed and the online learner leans on parent calls", stacklevel=3)
 
-    def features(self, atoms: Atoms) -> Features:
-        """The prior's energy/forces and node embeddings for `atoms`: one fairchem forward pass, cached per structure."""
+    def features(self, atoms: Atoms, training: bool = False) -> Features:
+        """The prior's energy/forces and node embeddings for `atoms`: one fairchem forward pass, cached per structure
+        (training=True: in the cache of fine-tuning points, kept while the training cache's budget allows)."""
         key = (atoms.numbers.tobytes() + np.ascontiguousarray(atoms.positions).tobytes() + atoms.cell.array.tobytes()
                + repr((atoms.info.get("charge"), atoms.info.get("spin"))).encode())
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            self.check_elements(atoms.numbers)
-            pred = self.prior.predict(atoms)
-            feats = Features(pred.embedding.to(self.device, torch.float32), pred.energy,
-                             torch.as_tensor(pred.forces, dtype=torch.float32, device=self.device),
-                             torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device))
-            self._cache[key] = feats
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            for cache in (self._training, self._cache):
+                if key in cache:
+                    cache.move_to_end(key)
+                    feats = cache[key]
+                    break
+            else:
+                self.check_elements(atoms.numbers)
+                pred = self.prior.predict(atoms)
+                feats = Features(pred.embedding.to(self.device, torch.float32), pred.energy,
+                                 torch.as_tensor(pred.forces, dtype=torch.float32, device=self.device),
+                                 torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device))
+            if training and key not in self._training:
+                self._cache.pop(key, None)
+                self._training[key] = feats
+                self._training_bytes += _nbytes(feats)
+                while self._training_bytes > self._training_budget and len(self._training) > 1:
+                    self._training_bytes -= _nbytes(self._training.popitem(last=False)[1])
+            elif key not in self._training and key not in self._cache:
+                self._cache[key] = feats
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
             return feats
+
+    def clear_caches(self) -> None:
+        """Forget every cached forward pass (what a fresh worker starts with)."""
+        with self._lock:
+            self._cache.clear()
+            self._training.clear()
+            self._training_bytes = 0
 
     # ------------------------------------------------------------------ the learner's protocol
     def initial_head(self) -> bytes:
@@ -100,7 +131,7 @@ class Surrogate:
         heads = member_heads(self._template, state, self.device)
         data = []
         for atoms in points:
-            feats = self.features(atoms)
+            feats = self.features(atoms, training=True)
             target = torch.as_tensor(atoms.get_forces(apply_constraint=False), dtype=feats.forces.dtype,
                                      device=self.device)
             data.append((feats, target, torch.as_tensor(free_mask(atoms), device=self.device)))
