@@ -90,18 +90,39 @@ def parent_session(parent: ParentConfig, system: SystemSpec, address, pause_betw
 def reference_relaxation(
     method: str, system: SystemSpec, parent: ParentConfig, settings: LearnerSettings, surrogate: SurrogateSettings
 ) -> ReferenceResult:
-    """A whole reference relaxation (parent-only BFGS/CG/GPMin, or warm start) on one parent session."""
+    """A whole reference relaxation (parent-only BFGS/CG/GPMin, or warm start) on one parent session.
+
+    Every answer is journaled (parents/journal.py) before the optimizer sees it: the relaxation runs whole in this
+    task, so a crash would otherwise lose every call it had paid for. The optimizers are deterministic, so the
+    resumed task re-proposes the same positions and replays them from the journal."""
+    import warnings
+    from pathlib import Path
+
     from finetuna_parsl.apps import surrogate_for
     from finetuna_parsl.parents import make_parent
+    from finetuna_parsl.parents.journal import CallJournal, parent_fingerprint
 
     model = None
     if method == "warm-start":
         model = surrogate_for(surrogate)
         model = model.calculator(model.initial_head())
-    session = make_parent(parent.kind, workdir=f"{parent.workdir}/{method}/{system.system_id}",
-                          **parent.session_options())
+    workdir = Path(parent.workdir) / method / system.system_id
+    session = make_parent(parent.kind, workdir=str(workdir), **parent.session_options())
+    journal = CallJournal(workdir / f"journal-{parent_fingerprint(parent.kind, parent.session_options())}")
+
+    def call(positions):
+        answer = journal.lookup(positions)
+        if answer is None:
+            answer = session.calculate(positions)
+            try:
+                journal.record(positions, answer)
+            except OSError as exc:  # a full disk: the answer is paid for and still reaches the store at the end
+                warnings.warn(f"parent answer not journaled ({exc.strerror or exc}, {journal.directory}): a crash "
+                              "before this relaxation ends would cost this call again", stacklevel=2)
+        return answer
+
     session.start(system)
     try:
-        return run_reference(method, system, session.calculate, settings, model)
+        return run_reference(method, system, call, settings, model)
     finally:
         session.close()

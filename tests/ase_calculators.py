@@ -99,3 +99,21 @@ class FileWritingEMT(EMT):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         Path(self.directory, "calc.out").write_text(f"{self.results['energy']}\n")
+
+
+class SlowEMT(EMT):
+    """EMT that takes `delay` seconds a call and appends one line to `call_log` per call: the name of its session
+    folder (the system id) and the process id, so a test can kill a run mid-relaxation and count what was paid."""
+
+    def __init__(self, call_log: str, delay: float = 0.05, directory: str = ".", **kwargs) -> None:
+        super().__init__(directory=directory, **kwargs)
+        self.call_log, self.delay = call_log, delay
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        import os
+        import time
+
+        time.sleep(self.delay)
+        super().calculate(atoms, properties, system_changes)
+        with open(self.call_log, "a") as log:
+            log.write(f"{Path(self.directory).name} {os.getpid()}\n")

@@ -111,3 +111,58 @@ def test_sigterm_of_the_driver_shuts_its_parsl_workers_down(tmp_path):
     except ProcessLookupError:
         pass
     assert not left, f"worker processes outlived the driver: {left}"
+
+
+REFERENCE_CONFIG = """
+systems: {{source: demo, count: 8}}
+parent: {{kind: ase, calculator: "ase_calculators:SlowEMT", options: {{call_log: "{log}", delay: 0.03}}}}
+surrogate: {{factory: "toy_surrogate:make"}}
+campaign: {{output: "{output}", max_concurrent: 4}}
+"""
+
+
+def test_a_reference_relaxation_killed_mid_way_pays_no_parent_call_twice(tmp_path):
+    """A reference relaxation (here parent-only BFGS) runs whole in one parent task; before its calls were
+    journaled, a crash lost every call of the relaxations in flight and the resumed run paid for them again
+    (with DFT: hours per call). Now the resumed optimizer replays its steps from the journal."""
+    log = tmp_path / "calls.log"
+    cfg = tmp_path / "ref.yaml"
+    cfg.write_text(REFERENCE_CONFIG.format(log=log, output=tmp_path / "ref.h5"))
+    args = ["bench", str(cfg), "--methods", "bfgs", "--out", str(tmp_path / "bench")]
+    first = cli(args, tmp_path)
+    deadline = time.monotonic() + 180
+    while not (log.exists() and len(log.read_text().splitlines()) >= 40):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+        time.sleep(0.05)
+    # The whole allocation dies at once (a node failure, a batch job killed): the driver and its worker pools.
+    doomed = psutil.Process(first.pid).children(recursive=True)
+    for pid in processes_mentioning(str(tmp_path / "runinfo")):
+        try:
+            pool = psutil.Process(pid)
+            doomed += [pool, *pool.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    os.kill(first.pid, signal.SIGKILL)
+    for proc in doomed:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    first.wait(timeout=30)
+    psutil.wait_procs(doomed, timeout=30)
+    before = Counter(line.split()[0] for line in log.read_text().splitlines())
+    assert 40 <= sum(before.values())
+
+    second = cli(args, tmp_path)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    made = Counter(line.split()[0] for line in log.read_text().splitlines())
+    stored = {}
+    with h5py.File(tmp_path / "ref.bfgs.h5", "r") as f:
+        for sid, g in f["systems"].items():
+            assert g.attrs["outcome"] == "converged"
+            stored[sid] = int((g["steps/kind"][()] == 1).sum())
+    assert len(stored) == 8
+    cut = [sid for sid in before if 0 < before[sid] < stored[sid]]
+    assert cut, (before, stored)  # some relaxation was killed part way
+    assert made == Counter(stored)  # every call paid once: the resumed relaxations replayed the journal
