@@ -214,21 +214,22 @@ class SettingError(ValueError):
 class LearnerSettings:
     """Query rule and stopping settings of the online learner (the run config's `learner` section).
 
-    Defaults are the paper's (Musielewicz et al., FINETUNA, 2022: k=3, fmax 0.03 eV/A, BFGS maxstep 0.2 A and
-    alpha 70 eV/A^2 as ASE's BFGS): learner/recipes.py's `paper` recipe; a run config picks one by
-    `learner.recipe`. SettingError (a ValueError, one line naming the field) for a value out of range.
+    Defaults are the measured recipe (learner/recipes.py's `measured`, with the measurements behind each value;
+    fmax 0.03 eV/A, BFGS maxstep 0.2 A and alpha 70 eV/A^2 as ASE's BFGS and the FINETUNA paper); `recipe("paper")`
+    gives the paper's k-steps setup (Musielewicz et al., 2022: k=3, fine-tuning on the newest point). A run config
+    picks one by `learner.recipe`. SettingError (a ValueError, one line naming the field) for a value out of range.
     """
 
     query: str = "k-steps"  # QUERY_RULES
-    k: int = 3  # k-steps: parent call at least every k surrogate steps
+    k: int = 100  # k-steps: parent call at least every k surrogate steps
     uncertainty_threshold: float = 0.05  # uncertainty: eV/A of ensemble force std that triggers a call
     fmax: float = 0.03  # parent-confirmed convergence threshold, eV/A
-    surrogate_fmax: float | None = None  # surrogate "relaxed" threshold; None means use fmax
-    max_parent_calls: int = 100
+    surrogate_fmax: float | None = 0.02  # surrogate "relaxed" threshold, eV/A; None means use fmax
+    max_parent_calls: int = 300
     max_surrogate_steps: int = 2000
     maxstep: float = 0.2  # BFGS maximum atomic step, A
     alpha: float = 70.0  # BFGS initial Hessian, eV/A^2
-    train_on: str = "newest"  # TRAIN_ON: which parent points each fine-tune sees
+    train_on: str = "all"  # TRAIN_ON: which parent points each fine-tune sees
     stall_steps: int = 10  # any rule: call the parent if the surrogate optimizer has stalled, i.e. no atom
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
     backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, grow it
@@ -237,7 +238,7 @@ class LearnerSettings:
     # ends (reason "trust") before a step that would move any atom farther than this from that point; None: off
     trust_fmax: float = 0.1  # eV/A: where trust_radius starts to apply
     # (benchmarks/history/2026-12-01-learner-trust.md)
-    exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
+    exact_at_newest: bool = True  # shift the surrogate so it reproduces the newest parent point's energy and
     # forces exactly (learner/residual.py)
     exact_fade: float | None = 1.0  # that shift's fade length, A (learner/residual.py); None = the same force
     # shift everywhere, which under relaxed-only pushed adsorbates off their slabs

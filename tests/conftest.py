@@ -65,3 +65,12 @@ def _fast_tier_starts_no_parsl(request, monkeypatch):
                              "tests/conftest.py (the fast tier, pytest -m 'not campaign', leaves campaigns out)")
 
     monkeypatch.setattr(parsl, "load", refuse)
+
+
+def paper(**overrides):
+    """The FINETUNA paper's learner settings (learner/recipes.py `paper`: k=3, fine-tuning on the newest point, the
+    surrogate relaxed at fmax) with `overrides`: what the learner's unit tests were written against, from when
+    the code defaults were the paper's (they are the measured recipe now)."""
+    from finetuna_parsl.learner.recipes import recipe
+
+    return recipe("paper", **overrides)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS
+from conftest import paper
 
 from finetuna_parsl.learner.anomaly import (
     DESORBED,
@@ -181,12 +182,11 @@ def first_segment(system: SystemSpec, **settings):
     """The learn step after the initial parent call (EMT at the start), on the lifting surrogate."""
     from finetuna_parsl.learner import LearnerState, propose, record_parent
     from finetuna_parsl.parents import make_parent
-    from finetuna_parsl.records import LearnerSettings
 
     parent = make_parent("emt")
     parent.start(system)
-    state = LearnerState(system=system, settings=LearnerSettings(query="relaxed-only", max_surrogate_steps=200,
-                                                                 stall_steps=50, backoff=False, **settings))
+    state = LearnerState(system=system, settings=paper(query="relaxed-only", max_surrogate_steps=200,
+                                                       stall_steps=50, backoff=False, **settings))
     surrogate = LiftingSurrogate(system)
     first = propose(state, surrogate)
     state = record_parent(state, first, parent.calculate(first.positions))
@@ -218,10 +218,8 @@ def test_the_adsorbate_leash_keeps_the_adsorbate_near_the_newest_parent_point():
 
 
 def test_adsorbate_leash_must_be_positive():
-    from finetuna_parsl.records import LearnerSettings
-
     with pytest.raises(ValueError, match="adsorbate_leash must be > 0"):
-        LearnerSettings(adsorbate_leash=0.0)
+        paper(adsorbate_leash=0.0)
 
 
 def test_where_the_guard_does_not_fire_the_relaxation_is_unchanged():
@@ -230,11 +228,9 @@ def test_where_the_guard_does_not_fire_the_relaxation_is_unchanged():
     without it; the other 4 are those where it fired)."""
     from test_learner import relax
 
-    from finetuna_parsl.records import LearnerSettings
-
     system = demo_systems(1)[0]
-    guarded, proposals = relax(system, LearnerSettings(query="k-steps"))
-    unguarded, _ = relax(system, LearnerSettings(query="k-steps", anomaly_guard=False))
+    guarded, proposals = relax(system, paper(query="k-steps"))
+    unguarded, _ = relax(system, paper(query="k-steps", anomaly_guard=False))
     assert "anomaly" not in {p.reason for p in proposals}
     assert len(guarded.parent_points) == len(unguarded.parent_points)
     for a, b in zip(guarded.parent_points, unguarded.parent_points):
@@ -243,7 +239,7 @@ def test_where_the_guard_does_not_fire_the_relaxation_is_unchanged():
 
 
 def test_flags_are_unknown_with_the_reason_when_the_check_cannot_run(monkeypatch):
-    import finetuna_parsl.learner.anomaly as anomaly
+    from finetuna_parsl.learner import anomaly
 
     system = co_on_pt111()
 

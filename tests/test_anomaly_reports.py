@@ -26,7 +26,7 @@ CONFIG = """
 systems: {{source: demo, count: 2}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3, fmax: 0.1}}
+learner: {{recipe: paper, query: k-steps, k: 3, fmax: 0.1}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 site: {site}
 """

@@ -26,7 +26,7 @@ CONFIG = """
 systems: {{source: demo, count: {count}}}
 parent: {parent}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2, parent_retries: {retries}}}
 site: laptop
 """
@@ -184,7 +184,7 @@ parent:
   options: {{model: 7net-0, device: cpu}}
   threads: 1
 surrogate: {{checkpoint: {checkpoint}, epochs: 100}}
-learner: {{query: k-steps, k: 100, surrogate_fmax: 0.02, train_on: all, max_parent_calls: 150}}
+learner: {{recipe: paper, query: k-steps, k: 100, surrogate_fmax: 0.02, train_on: all, max_parent_calls: 150}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 """
 

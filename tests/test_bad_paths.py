@@ -22,7 +22,7 @@ CONFIG = """
 systems: {{source: demo, count: 1{systems}}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"{surrogate}}}
-learner: {{query: k-steps, k: 3, max_parent_calls: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3, max_parent_calls: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 site: "{site}"
 """

@@ -86,7 +86,7 @@ def test_bench_and_plot_commands(tmp_path):
     cfg = tmp_path / "bench.yaml"
     cfg.write_text(
         "systems: {source: demo, count: 2}\nparent: {kind: emt}\nsurrogate: {factory: 'toy_surrogate:make'}\n"
-        f"learner: {{k: 3}}\ncampaign: {{output: '{tmp_path / 'b.h5'}', max_concurrent: 2}}\n"
+        f"learner: {{recipe: paper, k: 3}}\ncampaign: {{output: '{tmp_path / 'b.h5'}', max_concurrent: 2}}\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     run = lambda *args: subprocess.run([sys.executable, "-m", "finetuna_parsl.cli", *args], cwd=tmp_path, env=env,

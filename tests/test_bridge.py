@@ -171,7 +171,7 @@ CONFIG = """
 systems: {{source: demo, count: 2}}
 parent: {{kind: emt, options: {{call_log: "{log}"{extra}}}}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2, parent_retries: 2}}
 """
 

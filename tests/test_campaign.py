@@ -21,7 +21,7 @@ TOY_CONFIG = """
 systems: {{source: demo, count: 3}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 site: laptop
 """

@@ -165,7 +165,7 @@ RUN_CONFIG = """
 systems: {{source: "{systems}", count: 2}}
 parent: {{kind: emt}}
 surrogate: {{checkpoint: "{checkpoint}", task: {task}, device: cpu, epochs: 50}}
-learner: {{query: k-steps, k: 3, max_parent_calls: 100}}
+learner: {{recipe: paper, query: k-steps, k: 3, max_parent_calls: 100}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 site: laptop
 """

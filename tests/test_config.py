@@ -55,7 +55,7 @@ def test_shipped_vasp_example_config_parses_and_builds_a_vasp_session(tmp_path):
         ("parent: {kind: castep}", "cfg.yaml: parent.kind: unknown parent 'castep'"),
         ("site: 3", "cfg.yaml: site: expected a string"),
         ("learner: [1, 2]", "cfg.yaml: learner: expected a mapping"),
-        ("learner: {k: 3", "cfg.yaml: not valid YAML"),
+        ("learner: {recipe: paper, k: 3", "cfg.yaml: not valid YAML"),
         ("parent: {pause_while_learning: sometimes}",
          "cfg.yaml: parent.pause_while_learning: must be one of auto, true, false, got 'sometimes'"),
         ("parent: {pause_while_learning: 1}",

@@ -23,7 +23,7 @@ CONFIG = """
 systems: {{source: demo, count: 6}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3, max_parent_calls: 12}}
+learner: {{recipe: paper, query: k-steps, k: 3, max_parent_calls: 12}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 site: laptop
 """

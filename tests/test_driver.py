@@ -15,7 +15,7 @@ from finetuna_parsl.systems import demo_systems
 CONFIG = """
 systems: {{source: demo, count: 3}}
 parent: {{kind: emt}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 site: laptop
 """

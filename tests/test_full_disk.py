@@ -63,7 +63,7 @@ CONFIG = """
 systems: {{source: demo, count: 2}}
 parent: {{kind: emt, options: {{call_log: "{log}"}}}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3, max_parent_calls: 8}}
+learner: {{recipe: paper, query: k-steps, k: 3, max_parent_calls: 8}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 site: "{site}"
 """

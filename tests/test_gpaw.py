@@ -157,7 +157,7 @@ CAMPAIGN = """
 systems: {{source: "{systems}"}}
 parent: {{kind: gpaw, options: {{mode: pw, ecut: 200, kpts: [2, 2, 1], smearing: 0.1}}}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3, fmax: 0.05, max_parent_calls: 4}}
+learner: {{recipe: paper, query: k-steps, k: 3, fmax: 0.05, max_parent_calls: 4}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 """
 

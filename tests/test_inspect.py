@@ -22,7 +22,7 @@ CONFIG = """
 systems: {{source: demo, count: 4}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 site: {site}
 """

@@ -22,7 +22,7 @@ CONFIG = """
 systems: {{source: demo, count: 6}}
 parent: {{kind: emt, options: {{call_log: "{log}"}}}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 """
 
@@ -99,7 +99,7 @@ parent:
     env: {{FAKE_VASP_HANG_AT: "2"}}
     step_timeout_s: 120
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 """
 

@@ -10,6 +10,8 @@ import pytest
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.optimize import BFGS
+from conftest import paper
+from toy_surrogate import ToySurrogate
 
 from finetuna_parsl.learner import (
     HessianBFGS,
@@ -27,10 +29,8 @@ from finetuna_parsl.records import (
     OUTCOME_PARENT_BUDGET,
     OUTCOME_RUNNING,
     OUTCOME_SURROGATE_BUDGET,
-    LearnerSettings,
 )
 from finetuna_parsl.systems import demo_systems
-from toy_surrogate import ToySurrogate
 
 SYSTEMS = demo_systems(20, seed=0)
 
@@ -64,12 +64,12 @@ def relax(system, settings, surrogate=None):
     ],
 )
 def test_query_rule_decisions(query, fmax, steps, unc, expected):
-    settings = LearnerSettings(query=query, k=3, fmax=0.03, uncertainty_threshold=0.05)
+    settings = paper(query=query, k=3, fmax=0.03, uncertainty_threshold=0.05)
     assert query_reason(settings, fmax, steps, unc) == expected
 
 
 def test_stalled_surrogate_optimizer_triggers_a_parent_call():
-    settings = LearnerSettings(query="relaxed-only", stall_steps=3, stall_distance=0.02)
+    settings = paper(query="relaxed-only", stall_steps=3, stall_distance=0.02)
     base = np.zeros((2, 3))
     creeping = [base + [0.005 * i, 0, 0] for i in range(4)]
     assert query_reason(settings, 0.5, 4, 0.0, creeping) == "stalled"
@@ -79,26 +79,26 @@ def test_stalled_surrogate_optimizer_triggers_a_parent_call():
 
 
 def test_surrogate_fmax_can_be_tighter_than_parent_fmax():
-    settings = LearnerSettings(query="relaxed-only", fmax=0.03, surrogate_fmax=0.01)
+    settings = paper(query="relaxed-only", fmax=0.03, surrogate_fmax=0.01)
     assert query_reason(settings, 0.02, 1, 0.0) == ""
     assert query_reason(settings, 0.009, 1, 0.0) == "relaxed"
 
 
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="query"):
-        LearnerSettings(query="sometimes")
+        paper(query="sometimes")
     with pytest.raises(ValueError, match="k must be >= 1"):
-        LearnerSettings(k=0)
+        paper(k=0)
     with pytest.raises(ValueError, match="residual_points must be >= 0"):
-        LearnerSettings(residual_points=-1)
+        paper(residual_points=-1)
     with pytest.raises(ValueError, match="residual_scale must be > 0"):
-        LearnerSettings(residual_scale=0.0)
+        paper(residual_scale=0.0)
     with pytest.raises(ValueError, match=r"hessian_damping must be in \[0, 1\)"):
-        LearnerSettings(hessian_damping=-0.1)
+        paper(hessian_damping=-0.1)
     with pytest.raises(ValueError, match="trust_radius must be > 0"):
-        LearnerSettings(trust_radius=0.0)
+        paper(trust_radius=0.0)
     with pytest.raises(ValueError, match="trust_fmax must be > 0"):
-        LearnerSettings(trust_fmax=-1.0)
+        paper(trust_fmax=-1.0)
 
 
 def test_near_convergence_a_segment_ends_at_the_trust_radius_of_the_newest_parent_point():
@@ -108,7 +108,7 @@ def test_near_convergence_a_segment_ends_at_the_trust_radius_of_the_newest_paren
     and 34 of those left the parent above 0.1 eV/A again (benchmarks/history/2026-12-01-learner-trust.md)."""
     system = SYSTEMS[2]
     radius = 0.05
-    settings = LearnerSettings(query="k-steps", k=10, trust_radius=radius, trust_fmax=10.0)
+    settings = paper(query="k-steps", k=10, trust_radius=radius, trust_fmax=10.0)
     state, proposals = relax(system, settings)
     assert state.outcome == OUTCOME_CONVERGED
     trusted = [p for p in proposals if p.reason == "trust"]
@@ -198,7 +198,7 @@ def test_step_matches_ase_bfgs_trajectory():
 
 def test_parent_point_rebuilds_hessian_from_parent_points_only():
     system = SYSTEMS[2]
-    state, proposals = relax(system, LearnerSettings(query="k-steps", k=4, max_parent_calls=4))
+    state, proposals = relax(system, paper(query="k-steps", k=4, max_parent_calls=4))
     assert state.parent_calls == 4
     from finetuna_parsl.learner.online import rebuild_optimizer
 
@@ -219,7 +219,7 @@ def test_parent_point_rebuilds_hessian_from_parent_points_only():
 # --- the learner end to end ------------------------------------------------------------------------
 def test_first_parent_call_is_the_initial_structure_and_segments_follow_the_rule():
     system = SYSTEMS[4]
-    state, proposals = relax(system, LearnerSettings(query="k-steps", k=3))
+    state, proposals = relax(system, paper(query="k-steps", k=3))
     assert proposals[0].reason == "initial" and proposals[0].segment == []
     np.testing.assert_allclose(state.parent_points[0].positions, system.positions)
     for proposal in proposals[1:]:
@@ -234,8 +234,8 @@ def test_first_parent_call_is_the_initial_structure_and_segments_follow_the_rule
 
 
 @pytest.mark.parametrize("settings, n_systems", [
-    (LearnerSettings(query="k-steps", k=3), 6),
-    (LearnerSettings(query="k-steps", k=10, exact_at_newest=True), 3),  # the surrogate exact at the newest point
+    (paper(query="k-steps", k=3), 6),
+    (paper(query="k-steps", k=10, exact_at_newest=True), 3),  # the surrogate exact at the newest point
 ])
 def test_online_learning_needs_fewer_parent_calls_than_parent_only_bfgs(settings, n_systems):
     online_calls = bfgs_calls = 0
@@ -252,7 +252,7 @@ def test_online_learning_needs_fewer_parent_calls_than_parent_only_bfgs(settings
 
 
 def test_relaxed_only_calls_the_parent_only_when_the_surrogate_is_relaxed():
-    state, proposals = relax(SYSTEMS[3], LearnerSettings(query="relaxed-only", max_parent_calls=30, backoff=False))
+    state, proposals = relax(SYSTEMS[3], paper(query="relaxed-only", max_parent_calls=30, backoff=False))
     assert state.outcome == OUTCOME_CONVERGED
     reasons = [p.reason for p in proposals[1:]]
     assert set(reasons) <= {"relaxed", "stalled"} and reasons[-1] == "relaxed"
@@ -272,8 +272,8 @@ def test_relaxed_only_calls_the_parent_only_when_the_surrogate_is_relaxed():
     ("relaxed-only", [5.0, 6.0, 4.0, 3.9, 3.8, 3.7, 3.6, 3.5, 3.4, 3.3], None),  # back to no cap
 ])
 def test_segment_cap_backs_off_after_uphill_segments(query, energies, expected):
-    assert segment_cap(LearnerSettings(query=query, k=10), energies) == expected
-    assert segment_cap(LearnerSettings(query=query, k=10, backoff=False), energies) == (10 if query == "k-steps" else None)
+    assert segment_cap(paper(query=query, k=10), energies) == expected
+    assert segment_cap(paper(query=query, k=10, backoff=False), energies) == (10 if query == "k-steps" else None)
 
 
 class UphillSurrogate:
@@ -310,23 +310,23 @@ def test_backoff_degrades_a_misleading_surrogate_to_parent_only_bfgs():
     system = SYSTEMS[0]
     reference = bfgs_calls(system)
     settings = dict(query="k-steps", k=10, max_parent_calls=6 * reference)
-    state, proposals = relax(system, LearnerSettings(**settings), UphillSurrogate())
+    state, proposals = relax(system, paper(**settings), UphillSurrogate())
     assert state.outcome == OUTCOME_CONVERGED, (state.parent_calls, reference)
     assert "backoff" in {p.reason for p in proposals}
-    stuck, _ = relax(system, LearnerSettings(**settings, backoff=False), UphillSurrogate())
+    stuck, _ = relax(system, paper(**settings, backoff=False), UphillSurrogate())
     assert stuck.outcome in (OUTCOME_PARENT_BUDGET, OUTCOME_SURROGATE_BUDGET)  # without backoff: never there
 
     system = SYSTEMS[3]
     settings = dict(query="k-steps", k=10, max_parent_calls=4 * bfgs_calls(system))
-    damped, _ = relax(system, LearnerSettings(**settings), UphillSurrogate())
+    damped, _ = relax(system, paper(**settings), UphillSurrogate())
     assert damped.outcome == OUTCOME_CONVERGED
-    plain, _ = relax(system, LearnerSettings(**settings, hessian_damping=0.0), UphillSurrogate())
+    plain, _ = relax(system, paper(**settings, hessian_damping=0.0), UphillSurrogate())
     assert plain.outcome == OUTCOME_PARENT_BUDGET
 
 
 def test_uncertainty_rule_fires_on_ensemble_disagreement():
     # the toy ensemble's spread grows with distance from the newest parent point (0.5 * max displacement)
-    state, proposals = relax(SYSTEMS[0], LearnerSettings(query="uncertainty", uncertainty_threshold=0.05))
+    state, proposals = relax(SYSTEMS[0], paper(query="uncertainty", uncertainty_threshold=0.05))
     reasons = {p.reason for p in proposals[1:]}
     assert "uncertainty" in reasons
     for proposal in proposals[1:]:
@@ -337,13 +337,13 @@ def test_uncertainty_rule_fires_on_ensemble_disagreement():
 
 
 def test_parent_budget_stops_with_its_outcome():
-    state, _ = relax(SYSTEMS[2], LearnerSettings(query="k-steps", k=2, max_parent_calls=3))
+    state, _ = relax(SYSTEMS[2], paper(query="k-steps", k=2, max_parent_calls=3))
     assert state.outcome == OUTCOME_PARENT_BUDGET
     assert state.parent_calls == 3
 
 
 def test_surrogate_budget_stops_with_its_outcome():
-    state, proposals = relax(SYSTEMS[2], LearnerSettings(query="relaxed-only", max_surrogate_steps=7))
+    state, proposals = relax(SYSTEMS[2], paper(query="relaxed-only", max_surrogate_steps=7))
     assert state.outcome == OUTCOME_SURROGATE_BUDGET
     assert state.surrogate_steps == 7
     assert proposals[-1].reason == "budget"  # the parent still checked where the budget ran out
@@ -352,7 +352,7 @@ def test_surrogate_budget_stops_with_its_outcome():
 def test_fixed_atoms_never_move_and_fmax_ignores_them():
     system = SYSTEMS[5]
     assert system.fixed.any()
-    state, proposals = relax(system, LearnerSettings(query="k-steps", k=3))
+    state, proposals = relax(system, paper(query="k-steps", k=3))
     for proposal in proposals:
         np.testing.assert_array_equal(proposal.positions[system.fixed], system.positions[system.fixed])
         for step in proposal.segment:
@@ -364,7 +364,7 @@ def test_fixed_atoms_never_move_and_fmax_ignores_them():
 
 def test_state_round_trips_through_pickle():
     """What Parsl does to it on the way to a learn worker and back."""
-    state, _ = relax(SYSTEMS[6], LearnerSettings(query="k-steps", k=3, max_parent_calls=4))
+    state, _ = relax(SYSTEMS[6], paper(query="k-steps", k=3, max_parent_calls=4))
     copy = pickle.loads(pickle.dumps(state))
     assert copy.settings == state.settings
     assert copy.outcome == state.outcome and copy.head == state.head and copy.head_points == state.head_points
@@ -379,10 +379,10 @@ def test_state_round_trips_through_pickle():
 
 def test_resumed_state_continues_exactly_like_the_uninterrupted_one():
     system = SYSTEMS[7]
-    settings = LearnerSettings(query="k-steps", k=3)
+    settings = paper(query="k-steps", k=3)
     full, _ = relax(system, settings)
     # stop after 3 parent calls, serialise, continue
-    part, _ = relax(system, LearnerSettings(query="k-steps", k=3, max_parent_calls=3))
+    part, _ = relax(system, paper(query="k-steps", k=3, max_parent_calls=3))
     resumed = pickle.loads(pickle.dumps(replace(part, outcome=OUTCOME_RUNNING, settings=settings)))
     parent = make_parent("emt")
     parent.start(system)
@@ -410,8 +410,8 @@ def test_non_finite_surrogate_is_reported():
             return calc
 
     system = SYSTEMS[0]
-    state, _ = relax(system, LearnerSettings(max_parent_calls=1))
-    state = replace(state, outcome=OUTCOME_RUNNING, settings=LearnerSettings())
+    state, _ = relax(system, paper(max_parent_calls=1))
+    state = replace(state, outcome=OUTCOME_RUNNING, settings=paper())
     with pytest.raises(SurrogateDiverged, match=system.system_id):
         propose(state, Broken())
 
@@ -423,8 +423,8 @@ def test_a_non_finite_bfgs_step_is_reported_before_the_surrogate_sees_it(monkeyp
     from finetuna_parsl.learner import SurrogateDiverged, online
 
     system = SYSTEMS[0]
-    state, _ = relax(system, LearnerSettings(max_parent_calls=1))
-    state = replace(state, outcome=OUTCOME_RUNNING, settings=LearnerSettings())
+    state, _ = relax(system, paper(max_parent_calls=1))
+    state = replace(state, outcome=OUTCOME_RUNNING, settings=paper())
 
     def flat_hessian(state):
         opt = HessianBFGS(system.n_atoms, fixed=system.fixed)
@@ -555,7 +555,7 @@ def test_residual_gp_passes_the_surrogate_uncertainty_through_and_relaxes_with_f
     atoms.calc = ParentPointsResidual(surrogate, system.to_atoms(), [point], ~system.fixed)
     atoms.get_forces()
     assert atoms.calc.results["uncertainty"] == 0.5
-    with_gp, _ = relax(system, LearnerSettings(query="k-steps", k=10, residual_points=10))
+    with_gp, _ = relax(system, paper(query="k-steps", k=10, residual_points=10))
     bfgs = system.to_atoms()
     bfgs.calc = EMT()
     opt = BFGS(bfgs, logfile=None)

@@ -22,7 +22,7 @@ CONFIG = """
 systems: {{source: "{source}"}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 site: {site}
 """
@@ -104,7 +104,7 @@ parent:
   kind: vasp
   options: {{command: "{command}", kpoints: gamma}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 site: {site}
 """

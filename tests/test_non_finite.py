@@ -75,7 +75,7 @@ CONFIG = """
 systems: {{source: "{source}"}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3, max_parent_calls: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3, max_parent_calls: 3}}
 campaign: {{output: "{output}", max_concurrent: 1, parent_retries: 1}}
 site: "{site}"
 """

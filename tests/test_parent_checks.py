@@ -94,7 +94,7 @@ parent:
     potcar_dir: "{pp}"
     step_timeout_s: 60
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 """
 

@@ -35,7 +35,7 @@ parent:
     step_timeout_s: 60
     env: {env}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 1, parent_retries: 2}}
 """
 

@@ -67,6 +67,14 @@ def test_keys_override_the_recipe():
     assert parse_config(f"learner: {{recipe: paper}}\n{NO_CHECKPOINT}").learner == RECIPES["paper"]
 
 
+def test_the_code_defaults_are_the_measured_recipe():
+    """Issue 29: the settings a user gets without naming a recipe (LearnerSettings(), a config without
+    learner.recipe) are the measured recipe, not the paper's k=3, which caps the saving at 1/3 of BFGS's calls."""
+    assert DEFAULT_RECIPE == "measured"
+    assert asdict(LearnerSettings()) == DEMO
+    assert parse_config(NO_CHECKPOINT).learner == RECIPES["measured"]
+
+
 def test_a_config_without_a_recipe_gets_the_default_one_which_is_the_code_defaults():
     assert parse_config(f"learner: {{}}\n{NO_CHECKPOINT}").learner == RECIPES[DEFAULT_RECIPE] == LearnerSettings()
 

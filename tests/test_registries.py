@@ -55,7 +55,7 @@ def test_a_query_rule_from_one_function_is_accepted_by_config_and_used_by_the_le
 
 def test_an_unregistered_rule_is_one_line_listing_the_known_ones():
     with pytest.raises(ConfigError) as info:
-        parse_config(f"learner: {{query: two-steps}}\n{NO_CHECKPOINT}", where="cfg.yaml")
+        parse_config(f"learner: {{recipe: paper, query: two-steps}}\n{NO_CHECKPOINT}", where="cfg.yaml")
     assert str(info.value).startswith("cfg.yaml: learner.query: must be one of relaxed-only, k-steps, uncertainty")
 
 

@@ -21,7 +21,7 @@ CONFIG = """
 systems: {{source: demo, count: 2}}
 parent: {{kind: emt}}
 surrogate: {{checkpoint: shipped, device: cpu, epochs: 100}}
-learner: {{query: k-steps, k: 10, fmax: 0.05}}
+learner: {{recipe: paper, query: k-steps, k: 10, fmax: 0.05}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 site: {site}
 """

@@ -20,7 +20,7 @@ CONFIG = """
 systems: {{source: demo, count: 10}}
 parent: {{kind: emt, options: {{call_log: "{log}"}}}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 4}}
 """
 

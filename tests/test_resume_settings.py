@@ -20,7 +20,7 @@ CONFIG = """
 systems: {{source: demo, count: {count}}}
 parent: {{kind: emt, options: {options}}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3, max_parent_calls: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3, max_parent_calls: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 site: "{site}"
 """

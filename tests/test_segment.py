@@ -8,6 +8,8 @@ import pickle
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
+from conftest import paper
+from toy_surrogate import ToySurrogate
 
 from finetuna_parsl.learner import (
     LearnerState,
@@ -23,7 +25,6 @@ from finetuna_parsl.learner import (
 from finetuna_parsl.parents import make_parent
 from finetuna_parsl.records import LearnerSettings
 from finetuna_parsl.systems import demo_systems
-from toy_surrogate import ToySurrogate
 
 SYSTEMS = demo_systems(20, seed=0)
 
@@ -96,12 +97,12 @@ def assert_same(a: Proposal, b: Proposal) -> None:
 
 
 @pytest.mark.parametrize("system, settings, make, predictor", [
-    (0, LearnerSettings(query="k-steps", k=3), ToySurrogate, lambda: toy_prediction),
-    (0, LearnerSettings(query="uncertainty", uncertainty_threshold=0.05), ToySurrogate, lambda: toy_prediction),
-    (3, LearnerSettings(query="k-steps", k=10, exact_at_newest=True, residual_points=4), ToySurrogate,
+    (0, paper(query="k-steps", k=3), ToySurrogate, lambda: toy_prediction),
+    (0, paper(query="uncertainty", uncertainty_threshold=0.05), ToySurrogate, lambda: toy_prediction),
+    (3, paper(query="k-steps", k=10, exact_at_newest=True, residual_points=4), ToySurrogate,
      lambda: toy_prediction),
-    (7, LearnerSettings(query="relaxed-only", max_surrogate_steps=7), ToySurrogate, lambda: toy_prediction),
-    (4, LearnerSettings(query="k-steps", k=5, exact_at_newest=True), EMTSurrogate, emt_predictor),
+    (7, paper(query="relaxed-only", max_surrogate_steps=7), ToySurrogate, lambda: toy_prediction),
+    (4, paper(query="k-steps", k=5, exact_at_newest=True), EMTSurrogate, emt_predictor),
 ], ids=["k-steps", "uncertainty", "both-residuals", "surrogate-budget", "emt"])
 def test_predictions_from_outside_give_propose_s_proposals(system, settings, make, predictor):
     """A whole relaxation (EMT parent), every learn step made twice from the same state: by propose() and by
@@ -124,10 +125,10 @@ def test_one_predictor_serves_several_relaxations_at_once():
     """Four relaxations advanced together: each round every segment waiting for the surrogate gets its prediction
     from one batch call, and every one waiting for the parent gets its parent call. Each ends exactly where it
     ends run alone with propose()."""
-    cases = [(SYSTEMS[0], LearnerSettings(query="k-steps", k=3)),
-             (SYSTEMS[1], LearnerSettings(query="uncertainty", uncertainty_threshold=0.05)),
-             (SYSTEMS[2], LearnerSettings(query="k-steps", k=10, exact_at_newest=True)),
-             (SYSTEMS[5], LearnerSettings(query="relaxed-only", max_parent_calls=30))]
+    cases = [(SYSTEMS[0], paper(query="k-steps", k=3)),
+             (SYSTEMS[1], paper(query="uncertainty", uncertainty_threshold=0.05)),
+             (SYSTEMS[2], paper(query="k-steps", k=10, exact_at_newest=True)),
+             (SYSTEMS[5], paper(query="relaxed-only", max_parent_calls=30))]
     surrogate = ToySurrogate()
     batches = []
 
@@ -186,7 +187,7 @@ def started(system_index: int, settings: LearnerSettings, parent_calls: int) -> 
 def test_the_residual_anchors_are_asked_first_then_the_surrogate_steps():
     """With both residual corrections the surrogate is first asked at the newest parent point (the shift's) and
     at the last residual_points parent points (the Gaussian process's), then along the relaxation."""
-    settings = LearnerSettings(query="k-steps", k=10, exact_at_newest=True, residual_points=2)
+    settings = paper(query="k-steps", k=10, exact_at_newest=True, residual_points=2)
     state = started(3, settings, 3)
     surrogate = ToySurrogate()
     head = head_for(state, surrogate)
@@ -205,7 +206,7 @@ def test_the_residual_anchors_are_asked_first_then_the_surrogate_steps():
 def test_segment_step_is_pure_and_a_segment_crosses_a_process_boundary():
     """segment_step leaves its segment as it was (the same prediction twice gives the same next segment), and a
     segment pickled mid-way goes on to the same proposal."""
-    state = started(6, LearnerSettings(query="k-steps", k=10), 2)
+    state = started(6, paper(query="k-steps", k=10), 2)
     surrogate = ToySurrogate()
     head = head_for(state, surrogate)
     segment = segment_init(state, head)
@@ -232,12 +233,12 @@ def test_segment_step_is_pure_and_a_segment_crosses_a_process_boundary():
 
 def test_the_first_learn_step_asks_the_parent_at_once_and_bad_forces_are_refused():
     system = SYSTEMS[0]
-    state = LearnerState(system=system, settings=LearnerSettings())
+    state = LearnerState(system=system, settings=paper())
     first = segment_init(state, b"head")
     assert isinstance(first, Proposal) and first.reason == "initial" and first.segment == []
     np.testing.assert_array_equal(first.positions, system.positions)
 
-    state = started(0, LearnerSettings(), 1)
+    state = started(0, paper(), 1)
     segment = segment_init(state, head_for(state, ToySurrogate()))
     with pytest.raises(ValueError, match=r"not \(\d+, 3\)"):
         segment_step(segment, Prediction(0.0, np.zeros(3 * system.n_atoms)))
@@ -248,7 +249,7 @@ def test_with_the_surrogate_budget_spent_no_correction_is_fitted_and_the_parent_
     newest parent point goes to the parent at once, without asking the surrogate at the residual's anchors."""
     from dataclasses import replace
 
-    settings = LearnerSettings(query="k-steps", k=3, exact_at_newest=True, residual_points=2)
+    settings = paper(query="k-steps", k=3, exact_at_newest=True, residual_points=2)
     state = started(2, settings, 3)
     state = replace(state, settings=replace(settings, max_surrogate_steps=state.surrogate_steps))
     proposal = segment_init(state, head_for(state, ToySurrogate()))

@@ -41,7 +41,7 @@ def test_campaign_runs_through_the_local_slurm_site(slurm, tmp_path):
     cfg = tmp_path / "slurm.yaml"
     cfg.write_text(
         f"systems: {{source: demo, count: 2}}\nparent: {{kind: emt, options: {{call_log: '{log}'}}}}\n"
-        f"surrogate: {{factory: 'toy_surrogate:make'}}\nlearner: {{k: 3}}\n"
+        f"surrogate: {{factory: 'toy_surrogate:make'}}\nlearner: {{recipe: paper, k: 3}}\n"
         f"campaign: {{output: '{tmp_path / 's.h5'}', max_concurrent: 2}}\nsite: local_slurm\n"
     )
     env = {**os.environ, "SLURM_CONF": slurm,

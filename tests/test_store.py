@@ -26,7 +26,7 @@ def rows(n_surrogate: int, n: int = SYSTEM.n_atoms, start: float = 0.0, reason: 
 
 def test_layout_is_plain_h5py(tmp_path):
     path = tmp_path / "c.h5"
-    with CampaignStore(path, run_config="learner: {k: 3}\n") as store:
+    with CampaignStore(path, run_config="learner: {recipe: paper, k: 3}\n") as store:
         store.add_system(SYSTEM)
         store.append_steps(SYSTEM.system_id, rows(3, reason="initial"))
         store.append_steps(SYSTEM.system_id, rows(2, start=10))
@@ -34,7 +34,7 @@ def test_layout_is_plain_h5py(tmp_path):
         store.set_status(SYSTEM.system_id, "done", outcome="converged")
     with h5py.File(path, "r") as f:
         assert f.attrs["format_version"] == 1
-        assert "ase==" in f.attrs["package_versions"] and f.attrs["run_config"] == "learner: {k: 3}\n"
+        assert "ase==" in f.attrs["package_versions"] and f.attrs["run_config"] == "learner: {recipe: paper, k: 3}\n"
         g = f["systems"][SYSTEM.system_id]
         n = SYSTEM.n_atoms
         assert g["steps/positions"].shape == (7, n, 3) and g["steps/forces"].shape == (7, n, 3)
@@ -112,32 +112,32 @@ def test_thinning_carries_on_across_a_resume_as_if_never_stopped(tmp_path):
 
 def test_every_run_of_a_store_appends_its_config_and_versions(tmp_path):
     path = tmp_path / "c.h5"
-    with CampaignStore(path, run_config="learner: {k: 3}\n"):
+    with CampaignStore(path, run_config="learner: {recipe: paper, k: 3}\n"):
         pass
-    with CampaignStore(path, run_config="learner: {k: 20}\n", method="online"):  # resumed with a changed config
+    with CampaignStore(path, run_config="learner: {recipe: paper, k: 20}\n", method="online"):  # resumed with a changed config
         pass
     with h5py.File(path, "r") as f:
         runs = read_runs(f)
-        assert [r["run_config"] for r in runs] == ["learner: {k: 3}\n", "learner: {k: 20}\n"]
+        assert [r["run_config"] for r in runs] == ["learner: {recipe: paper, k: 3}\n", "learner: {recipe: paper, k: 20}\n"]
         assert all("ase==" in r["package_versions"] and r["started"] and r["method"] == "online" for r in runs)
-        assert f.attrs["run_config"] == "learner: {k: 20}\n"  # the root attribute is the latest run's
+        assert f.attrs["run_config"] == "learner: {recipe: paper, k: 20}\n"  # the root attribute is the latest run's
         assert runs[0]["started"] == f.attrs["created"]
 
 
 def test_a_store_from_before_runs_were_kept_keeps_its_first_config_when_resumed(tmp_path):
     path = tmp_path / "old.h5"
-    with CampaignStore(path, run_config="learner: {k: 3}\n"):
+    with CampaignStore(path, run_config="learner: {recipe: paper, k: 3}\n"):
         pass
     with h5py.File(path, "a") as f:  # as written before /runs existed: the first run's config in the root only
         del f["runs"]
-        f.attrs["run_config"] = "learner: {k: 3}\n"
-    with CampaignStore(path, run_config="learner: {k: 20}\n"):
+        f.attrs["run_config"] = "learner: {recipe: paper, k: 3}\n"
+    with CampaignStore(path, run_config="learner: {recipe: paper, k: 20}\n"):
         pass
     with CampaignStore(path):  # opened without a config (a reader, a repair): not a run
         pass
     with h5py.File(path, "r") as f:
-        assert [r["run_config"] for r in read_runs(f)] == ["learner: {k: 3}\n", "learner: {k: 20}\n"]
-        assert f.attrs["run_config"] == "learner: {k: 20}\n"
+        assert [r["run_config"] for r in read_runs(f)] == ["learner: {recipe: paper, k: 3}\n", "learner: {recipe: paper, k: 20}\n"]
+        assert f.attrs["run_config"] == "learner: {recipe: paper, k: 20}\n"
 
 
 def test_load_state_gives_parent_points_and_head_for_resume(tmp_path):

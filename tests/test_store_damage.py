@@ -26,7 +26,7 @@ CONFIG = """
 systems: {{source: demo, count: 3}}
 parent: {{kind: emt}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3, max_parent_calls: 4}}
+learner: {{recipe: paper, query: k-steps, k: 3, max_parent_calls: 4}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 site: "{site}"
 """

@@ -481,7 +481,7 @@ parent:
     step_timeout_s: 60
     env: {{FAKE_VASP_SIGNAL_LOG: "{signals}"}}
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 1}}
 site: laptop
 """

@@ -23,7 +23,7 @@ parent:
     incar: {{ENCUT: 350, IBRION: 2, NSW: 5}}
     step_timeout_s: 60
 surrogate: {{factory: "toy_surrogate:make"}}
-learner: {{query: k-steps, k: 3}}
+learner: {{recipe: paper, query: k-steps, k: 3}}
 campaign: {{output: "{output}", max_concurrent: 2}}
 """
 

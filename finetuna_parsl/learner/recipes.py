@@ -1,7 +1,8 @@
 """Learner recipes: named sets of LearnerSettings, chosen in a run config by `learner.recipe`; the config's other
 `learner` keys override the recipe's.
 
-- `measured`: the recipe measured on the EMT benchmarks (configs/demo.yaml, configs/ood-bench.yaml):
+- `measured` (the default; LearnerSettings' own defaults): the recipe measured on the EMT benchmarks
+  (configs/demo.yaml, configs/ood-bench.yaml):
   - k-steps with k=100 and surrogate_fmax=0.02: the surrogate must relax to 0.02 eV/A before the parent is asked
     to confirm, and a runaway segment stops at 100 steps. 79 parent calls on the 20 demo systems, all accurate,
     against 124 and 18/20 at k=15 relaxed at fmax; on the learner ablation's 24 out-of-domain systems 208 calls
@@ -29,21 +30,18 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from ..records import QUERY_K_STEPS, TRAIN_ALL, TRAIN_NEWEST, LearnerSettings, SettingError
+from ..records import QUERY_K_STEPS, TRAIN_NEWEST, LearnerSettings, SettingError
 
 RECIPES: dict[str, LearnerSettings] = {
-    "measured": LearnerSettings(
-        query=QUERY_K_STEPS, k=100, surrogate_fmax=0.02, train_on=TRAIN_ALL, exact_at_newest=True, exact_fade=1.0,
-        residual_points=0, hessian_damping=0.2, fmax=0.03, max_parent_calls=300, max_surrogate_steps=2000,
-    ),
+    "measured": LearnerSettings(),  # LearnerSettings' own defaults are this recipe (records.py)
     "paper": LearnerSettings(
         query=QUERY_K_STEPS, k=3, surrogate_fmax=None, train_on=TRAIN_NEWEST, exact_at_newest=False, exact_fade=1.0,
         residual_points=0, hessian_damping=0.2, fmax=0.03, max_parent_calls=100, max_surrogate_steps=2000,
     ),
 }
 
-#: The recipe of a run config that names none.
-DEFAULT_RECIPE = "paper"
+#: The recipe of a run config that names none (the code's defaults).
+DEFAULT_RECIPE = "measured"
 
 
 def recipe(name: str, **overrides: Any) -> LearnerSettings:
