@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,18 +18,38 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _end_stopped_run(code: int) -> None:
+    """Exit with `code` once a run was stopped (its store closed, Parsl's processes killed by run_campaign).
+
+    Without waiting on threads still alive: a Parsl thread can stay blocked for good on what died (a task sent to
+    a killed interchange waits in zmq's send with no peer to take it), and the interpreter's exit joins every
+    non-daemon thread, so the driver would print its line and never end. Streams and logs are flushed first.
+    Where no such thread is left (a caller embedding the CLI), a normal SystemExit.
+    """
+    import logging
+    import threading
+
+    held = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not held:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def _stopped(exc) -> None:
     """A run that stopped because what it runs on failed (campaign.CampaignStopped): one line, exit 1."""
     start = "\n" if sys.stderr.isatty() else ""
     click.echo(f"{start}error: {exc}", err=True)
-    sys.exit(1)
+    _end_stopped_run(1)
 
 
 def _interrupted(exc) -> None:
     """One line saying how to resume, then exit 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
     start = "\n" if sys.stderr.isatty() else ""  # after the progress bar's line
     click.echo(f"{start}{exc}", err=True)
-    sys.exit(128 + exc.signum)
+    _end_stopped_run(128 + exc.signum)
 
 
 

@@ -88,3 +88,58 @@ def test_a_killed_learn_interchange_ends_the_run_in_a_minute_with_one_line_and_i
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert [r["status"] for r in load_summary(store)] == ["done"] * 6
+
+
+STUCK_LAUNCH = """
+import sys, time
+import parsl
+from parsl import python_app
+from finetuna_parsl import cli
+from finetuna_parsl.campaign import CampaignStopped
+from finetuna_parsl.campaign.runner import SHUTDOWN_LIMIT_S, _isolate_interchanges, _scripts_on_path, _shutdown_parsl
+from finetuna_parsl.campaign.site import load_site
+
+config = load_site("laptop", run_dir=sys.argv[1], parent_slots=1)
+_isolate_interchanges(config)
+with _scripts_on_path():
+    dfk = parsl.load(config)
+    learn = dfk.executors["learn"]
+    learn.interchange_proc.kill()
+    learn.interchange_proc.wait()
+    time.sleep(1)  # the learn executor's task socket has lost its only peer
+
+    @python_app(executors=["learn"])
+    def step():
+        return 1
+
+    step()  # its launch thread now blocks for good in zmq's send, as a learn task sent just after a kill does
+    time.sleep(1)
+    _shutdown_parsl(dfk, SHUTDOWN_LIMIT_S)  # what run_campaign does on CampaignStopped
+cli._stopped(CampaignStopped("Parsl's interchange of the 'learn' executor exited (code -9): resume"))
+"""
+
+
+def test_a_parsl_thread_blocked_on_a_dead_interchange_does_not_keep_the_stopped_driver_alive(tmp_path):
+    """The CI failure of 2026-12-05 made deterministic: a learn task submitted between the interchange's death and
+    the driver noticing it leaves a Parsl launch thread blocked forever in zmq's send; the interpreter's exit joined
+    it, so the driver printed its error line and never ended."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_LAUNCH)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runinfo")], cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the driver did not exit after its error line: a blocked Parsl thread held it")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: Parsl's interchange of the 'learn' executor"), stderr
+    deadline = time.monotonic() + 15
+    while processes_mentioning(str(tmp_path / "runinfo")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(str(tmp_path / "runinfo"))

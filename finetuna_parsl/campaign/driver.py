@@ -54,7 +54,10 @@ class StopRequest:
 
 class CampaignStopped(RuntimeError):
     """Something the campaign runs on failed (a Parsl interchange or worker pool died): the run stopped, every stored
-    row is complete, relaxations in flight stay 'running' and the same command resumes them. str() is one line."""
+    row is complete, relaxations in flight stay 'running' and the same command resumes them. str() is one line.
+
+    A Parsl thread may stay blocked on what died (a task sent to a killed interchange); the process then needs
+    os._exit to end, as the CLI does (cli._end_stopped_run)."""
 
 
 #: Seconds between looks at the health of what the campaign runs on (Campaign's `health` callback).
