@@ -44,6 +44,8 @@ import numpy as np
 DEMO_LEARNER = {"train_on": "all", "exact_at_newest": True, "exact_fade": 1.0, "hessian_damping": 0.2}
 OOD_LEARNER = {**DEMO_LEARNER, "residual_points": 10}
 TRUST_ANY = {"trust_radius": 1.0, "trust_fmax": 1e3}  # every segment kept within 1 A of the newest parent point
+#: The measured recipe (learner/recipes.py, the code defaults) over BASELINE: the demo-config row's levers.
+MEASURED = {**DEMO_LEARNER, "k": 100, "surrogate_fmax": 0.02, "anomaly_guard": True}
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,19 @@ ROWS: tuple[Row, ...] = (
         {**DEMO_LEARNER, "k": 100, "surrogate_fmax": 0.02, "anomaly_guard": True}),
     Row("ood-config", "configs/ood-bench.yaml's learner (k100-all-fade1-gp10-damped-sf0.02 + anomaly guard)",
         {**OOD_LEARNER, "k": 100, "surrogate_fmax": 0.02, "anomaly_guard": True}),
+    Row("demo-config-restart", "demo-config + restart from the lowest parent point after an uphill segment",
+        {**MEASURED, "restart_from_lowest": True}),
+    Row("ood-config-restart", "ood-config + restart from the lowest parent point after an uphill segment",
+        {**MEASURED, "residual_points": 10, "restart_from_lowest": True}),
+    Row("demo-config-no-backoff", "demo-config without backoff", {**MEASURED, "backoff": False}),
+    Row("demo-config-restart-no-backoff", "demo-config-restart without backoff",
+        {**MEASURED, "restart_from_lowest": True, "backoff": False}),
+    Row("demo-config-not-exact", "demo-config without the exact shift at the newest parent point",
+        {**MEASURED, "exact_at_newest": False}),
+    Row("demo-config-undamped", "demo-config with ASE's Hessian update (no damping)",
+        {**MEASURED, "hessian_damping": 0.0}),
+    Row("demo-config-newest", "demo-config fine-tuning on the newest parent point only",
+        {**MEASURED, "train_on": "newest"}),
 )
 
 #: Every LearnerSettings field, pinned, so that a row keeps its levers when a code default changes (the code
@@ -182,7 +197,8 @@ BASELINE = {"query": "k-steps", "k": 10, "uncertainty_threshold": 0.05, "fmax": 
             "residual_points": 0, "residual_scale": 0.4,
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
             "anomaly_guard": False,  # no guard, as every row before it existed was measured
-            "adsorbate_leash": None}
+            "adsorbate_leash": None,
+            "restart_from_lowest": False}  # segments start from the newest parent point, as before the lever
 ROW_NAMES = {row.name: row for row in ROWS}
 assert len(ROW_NAMES) == len(ROWS), "two rows share a name"
 
@@ -197,6 +213,34 @@ def _init(checkpoint: str) -> None:
 
     torch.set_num_threads(1)
     _SURROGATE = load_surrogate(checkpoint, device="cpu")
+
+
+#: The stand-in world's parent (configs/oc20-paper.yaml): SevenNet-0 through ASE, weights from the sevenn wheel.
+STANDIN_CALCULATOR = ("sevenn.calculator", "SevenNetCalculator", {"model": "7net-0", "device": "cpu"})
+#: The oc20-ood30 systems --world standin relaxes unless --paper names others: 8 of the 30 with 17-57 atoms, from
+#: the k-steps run's best (2500909, 1447590) to its worst (1070869, 2537583) in benchmarks/oc20-paper/per_system.md.
+STANDIN_SUBSET = ("1447590", "1553462", "1697959", "2176747", "2500909", "1979576", "1070869", "2537583")
+
+
+def _parent(world: str, spec):
+    """The parent of `world` for one relaxation: EMT, or the stand-in (one SevenNet-0 calculator kept for the whole
+    relaxation, as the product's ase parent keeps it)."""
+    if world == "emt":
+        return _emt_parent(spec)
+    import importlib
+
+    from finetuna_parsl.records import Evaluation
+
+    module, name, options = STANDIN_CALCULATOR
+    calc = getattr(importlib.import_module(module), name)(**options)
+    atoms = spec.to_atoms(spec.positions)
+    atoms.calc = calc
+
+    def call(positions: np.ndarray) -> Evaluation:
+        atoms.positions = positions
+        return Evaluation(positions.copy(), float(atoms.get_potential_energy()),
+                          np.array(atoms.get_forces(apply_constraint=False)))
+    return call
 
 
 def _emt_parent(spec):
@@ -248,9 +292,9 @@ def _run(job: tuple[str, dict, object]) -> dict:
     from finetuna_parsl.learner.state import LearnerState
     from finetuna_parsl.records import OUTCOME_CONVERGED, LearnerSettings
 
-    name, fields_, spec = job
+    name, fields_, spec, world = job
     settings = LearnerSettings(**fields_)
-    parent = _emt_parent(spec)
+    parent = _parent(world, spec)
     t0 = time.perf_counter()
     if name == "bfgs":
         ref = run_reference("bfgs", spec, parent, settings)
@@ -287,34 +331,52 @@ def _list_rows() -> None:
 @click.option("--checkpoint", default="shipped", show_default=True)
 @click.option("--ood", "n_ood", default=10, show_default=True, help="systems from the 'ood' source")
 @click.option("--demo", "n_demo", default=6, show_default=True, help="systems from the 'demo' source")
+@click.option("--world", type=click.Choice(["emt", "standin"]), default="emt", show_default=True,
+              help="emt: the ood and demo systems with the EMT parent; standin: oc20-ood30 systems (--paper) with "
+                   "SevenNet-0 as the parent (configs/oc20-paper.yaml's; needs the .[mlip] extra)")
+@click.option("--paper", "paper_ids", default=",".join(STANDIN_SUBSET), show_default=True,
+              help="--world standin: the oc20-ood30 system ids to relax, comma-separated")
 @click.option("--workers", default=2, show_default=True)
 @click.option("--rows", default="", help="only these rows, by name, comma-separated (default: all; see --list)")
 @click.option("--list", "list_rows", is_flag=True, help="print each row's name and settings, and exit")
 @click.option("--dry-run", is_flag=True, help="say what would run and what --results already holds, and exit")
-@click.option("--results", type=click.Path(path_type=Path), default=Path("runs/learner-ablation.jsonl"),
-              show_default=True, help="one JSON line per finished (row, system); a rerun skips those already there")
-@click.option("--output", type=click.Path(path_type=Path), default=Path(__file__).with_name("learner.md"),
-              show_default=True)
-def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, list_rows: bool, dry_run: bool,
-         results: Path, output: Path) -> None:
+@click.option("--results", type=click.Path(path_type=Path), default=None,
+              help="one JSON line per finished (row, system); a rerun skips those already there "
+                   "[default: runs/learner-ablation.jsonl; runs/learner-standin.jsonl for --world standin]")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="[default: benchmarks/learner.md; benchmarks/learner-standin.md for --world standin]")
+def main(checkpoint: str, n_ood: int, n_demo: int, world: str, paper_ids: str, workers: int, rows: str,
+         list_rows: bool, dry_run: bool, results: Path | None, output: Path | None) -> None:
     if list_rows:
         _list_rows()
         return
     variants = parse_rows(rows)
-    from finetuna_parsl.systems import demo_systems, ood_systems
+    from finetuna_parsl.systems import demo_systems, load_systems, ood_systems
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    systems = ood_systems(n_ood, seed=0) + demo_systems(n_demo, seed=0)
+    standin = world == "standin"
+    results = results or Path("runs/learner-standin.jsonl" if standin else "runs/learner-ablation.jsonl")
+    output = output or Path(__file__).with_name("learner-standin.md" if standin else "learner.md")
+    if standin:
+        wanted = [i.strip() for i in paper_ids.split(",") if i.strip()]
+        by_id = {s.system_id: s for s in load_systems("oc20-ood30")[0]}
+        unknown = [i for i in wanted if i not in by_id]
+        if unknown:
+            raise click.ClickException(f"--paper: not oc20-ood30 systems: {', '.join(unknown)}")
+        systems = [by_id[i] for i in wanted]
+    else:
+        systems = ood_systems(n_ood, seed=0) + demo_systems(n_demo, seed=0)
     settings = {name: row_settings(name) for name in ["bfgs"] + [row.name for row in variants]}
-    jobs = [("bfgs", settings["bfgs"], s) for s in systems] + [(row.name, settings[row.name], s)
-                                                                for row in variants for s in systems]
+    jobs = [("bfgs", settings["bfgs"], s, world) for s in systems] + [(row.name, settings[row.name], s, world)
+                                                                       for row in variants for s in systems]
     t0 = time.perf_counter()
     results_file = results
     from finetuna_parsl.surrogate.checkpoint import SHIPPED
 
     weights = SHIPPED if checkpoint == "shipped" else Path(checkpoint)
     digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else checkpoint
-    key = f"{digest} {n_ood} {n_demo}"  # results of other weights or another system set are not reused
+    # results of other weights, another world or another system set are not reused
+    key = f"{digest} standin {','.join(s.system_id for s in systems)}" if standin else f"{digest} {n_ood} {n_demo}"
     stored = [r for r in map(json.loads, results_file.read_text().splitlines() if results_file.exists() else [])
               if r.get("key") == key and r.get("settings") == settings.get(r.get("variant"))]  # nor other levers
     results = list({(r["variant"], r["system"]): r for r in stored}.values())  # one per (row, system)
@@ -342,8 +404,11 @@ def main(checkpoint: str, n_ood: int, n_demo: int, workers: int, rows: str, list
              f"checkpoint `{checkpoint}`; results from {results_file} "
              f"({sum(r['seconds'] for r in results) / 60:.0f} CPU-minutes of relaxations, resumed runs included).",
              "",
-             f"Systems: {n_ood} out-of-domain (`ood` source, seed 0) and {n_demo} in-domain (`demo`, seed 0); EMT "
-             "parent; baseline learner: k-steps, k=10, fine-tune on the newest point, "
+             (f"Systems: {len(systems)} of the paper's `oc20-ood30` ({', '.join(s.system_id for s in systems)}); "
+              "parent SevenNet-0 (`sevenn`'s 7net-0 through ASE, configs/oc20-paper.yaml's); baseline learner:"
+              if standin else
+              f"Systems: {n_ood} out-of-domain (`ood` source, seed 0) and {n_demo} in-domain (`demo`, seed 0); EMT "
+              "parent; baseline learner:") + " k-steps, k=10, fine-tune on the newest point, "
              "backoff on, ASE's Hessian update (no damping), no anomaly guard (every learner setting is pinned: "
              "`python benchmarks/learner.py --list`). Each row changes the levers it names; its name (in "
              "backquotes) is what `--rows` takes. Ratio = mean over systems of online / BFGS parent calls "

@@ -234,6 +234,9 @@ class LearnerSettings:
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
     backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, grow it
     # by one step after one that set a new low; a misleading surrogate then degrades to parent-only BFGS, no worse
+    restart_from_lowest: bool = False  # any rule: after a segment that led the parent uphill (above the lowest
+    # parent energy so far), start the next one from the lowest parent point, not the uphill one (a trust-region
+    # method's rejected step; learner/online.py segment_origin)
     trust_radius: float | None = None  # A: once the newest parent point's fmax is below trust_fmax, a segment
     # ends (reason "trust") before a step that would move any atom farther than this from that point; None: off
     trust_fmax: float = 0.1  # eV/A: where trust_radius starts to apply

@@ -324,6 +324,45 @@ def test_backoff_degrades_a_misleading_surrogate_to_parent_only_bfgs():
     assert plain.outcome == OUTCOME_PARENT_BUDGET
 
 
+def test_restart_from_lowest_starts_each_segment_after_an_uphill_one_from_the_lowest_parent_point():
+    """restart_from_lowest: a segment that led the parent uphill is rejected (trust-region style): the next starts
+    from the lowest parent point, with the Hessian replayed over every point (the uphill one included); off, or
+    with the newest point lowest, the segment starts from the newest point as before."""
+    from finetuna_parsl.learner import segment_init
+    from finetuna_parsl.learner.online import segment_origin
+
+    system = SYSTEMS[0]
+    settings = dict(query="k-steps", k=10, max_parent_calls=6 * bfgs_calls(system))
+    state, proposals = relax(system, paper(**settings, restart_from_lowest=True), UphillSurrogate())
+    assert state.outcome == OUTCOME_CONVERGED, state.parent_calls
+    uphill = 0
+    for n in range(2, state.parent_calls):
+        prefix = replace(state, parent_points=state.parent_points[:n])
+        energies = [p.energy for p in prefix.parent_points]
+        segment = segment_init(prefix, b"")
+        if energies[-1] > min(energies):
+            uphill += 1
+            lowest = int(np.argmin(energies))
+            assert segment_origin(prefix) == lowest and segment.origin == lowest
+            replayed = HessianBFGS(system.n_atoms, fixed=system.fixed, damping=prefix.settings.hessian_damping)
+            for p in prefix.parent_points:
+                replayed.update(p.positions, constrain(p.forces, system.fixed))
+            low = prefix.parent_points[lowest]
+            expected = replayed.step(low.positions, constrain(low.forces, system.fixed))
+            np.testing.assert_allclose(segment.anchors[0] if segment.anchors else segment.positions,
+                                       low.positions if segment.anchors else expected)
+            np.testing.assert_allclose(segment.start, expected)
+        else:
+            assert segment_origin(prefix) == -1
+        off = replace(prefix, settings=replace(prefix.settings, restart_from_lowest=False))
+        assert segment_origin(off) == -1
+        newest = off.parent_points[-1]
+        from finetuna_parsl.learner.online import rebuild_optimizer
+        np.testing.assert_allclose(segment_init(off, b"").start, rebuild_optimizer(off).step(
+            newest.positions, constrain(newest.forces, system.fixed)))
+    assert uphill >= 3  # the misleading surrogate led uphill and each time the lowest point took over
+
+
 def test_uncertainty_rule_fires_on_ensemble_disagreement():
     # the toy ensemble's spread grows with distance from the newest parent point (0.5 * max displacement)
     state, proposals = relax(SYSTEMS[0], paper(query="uncertainty", uncertainty_threshold=0.05))

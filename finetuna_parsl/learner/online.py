@@ -84,11 +84,27 @@ def point_atoms(state: LearnerState, point: Evaluation) -> Atoms:
     return atoms
 
 
-def rebuild_optimizer(state: LearnerState) -> HessianBFGS:
-    """BFGS whose Hessian is replayed over all parent points but the newest (reset, then updated)."""
+def segment_origin(state: LearnerState) -> int:
+    """Index in state.parent_points of the point the next segment starts from: -1 (the newest), or with
+    settings.restart_from_lowest the lowest-energy parent point when the newest lies above it. The segment that
+    led uphill is then rejected, as a trust-region method rejects a step that raised the energy, instead of
+    stepping on from the uphill point (what the backoff alternation on the oc20-paper k-steps run did:
+    benchmarks/oc20-paper/README.md). A pure function of the parent points, so a resumed run agrees."""
+    points = state.parent_points
+    if not state.settings.restart_from_lowest or len(points) < 2:
+        return -1
+    lowest = min(range(len(points)), key=lambda i: points[i].energy)  # the first of equal lows
+    return -1 if points[-1].energy <= points[lowest].energy else lowest
+
+
+def rebuild_optimizer(state: LearnerState, origin: int = -1) -> HessianBFGS:
+    """BFGS whose Hessian is replayed over the parent points (reset, then updated) up to the step from the origin
+    point (segment_origin): all but the newest when the origin is the newest; all of them otherwise, so the step
+    from the origin first takes in the curvature between the newest point and it."""
     fixed = state.system.fixed
+    points = state.parent_points[:-1] if origin == -1 else state.parent_points
     return HessianBFGS.replay(
-        ((p.positions, constrain(p.forces, fixed)) for p in state.parent_points[:-1]),
+        ((p.positions, constrain(p.forces, fixed)) for p in points),
         n_atoms=state.system.n_atoms,
         alpha=state.settings.alpha,
         maxstep=state.settings.maxstep,
@@ -133,8 +149,9 @@ def segment_init(state: LearnerState, head: bytes, fine_tune_s: float = 0.0) -> 
         return Proposal(positions=state.system.positions.copy(), segment=[], head=head, head_points=0,
                         reason=REASON_INITIAL)
     fixed = state.system.fixed
-    newest = state.parent_points[-1]
-    opt = rebuild_optimizer(state)
+    origin = segment_origin(state)
+    newest = state.parent_points[origin]  # the segment's origin: the newest point unless restart_from_lowest
+    opt = rebuild_optimizer(state, origin)
     start = bfgs_step(opt, newest.positions, constrain(newest.forces, fixed), state, 0)
     anchors = []
     steps_left = state.surrogate_steps < settings.max_surrogate_steps  # else: no correction to fit, no step
@@ -161,6 +178,7 @@ def segment_init(state: LearnerState, head: bytes, fine_tune_s: float = 0.0) -> 
         guard=guard,
         allowed=guard.anomalies(newest.positions) if guard is not None else frozenset(),
         leashed=leashed_atoms(state.system) if settings.adsorbate_leash is not None else None,
+        origin=origin,
     )
     return segment if anchors else _step_at(segment, start)
 
@@ -201,7 +219,7 @@ def segment_step(segment: Segment, prediction: Prediction) -> Segment | Proposal
         return _proposal(segment, steps, reason, segment.positions)
     opt = copy.deepcopy(segment.optimizer)
     positions = bfgs_step(opt, segment.positions, constrain(forces, fixed), state, len(steps))
-    newest = state.parent_points[-1].positions
+    newest = state.parent_points[segment.origin].positions
     reason = (makes_anomaly(segment.guard, segment.allowed, positions)
               or leaves_leash(settings.adsorbate_leash, segment.leashed, newest, positions)
               or leaves_trust(segment.radius, newest, positions))
@@ -217,7 +235,7 @@ def _anchored(segment: Segment, prediction: Prediction) -> Segment | Proposal:
     if len(anchored) < len(segment.anchors):
         return replace(segment, anchored=anchored, positions=segment.anchors[len(anchored)])
     state = segment.state
-    settings, newest = state.settings, state.parent_points[-1]
+    settings, newest = state.settings, state.parent_points[segment.origin]
     raw = [(float(p.energy), np.asarray(p.forces, dtype=float)) for p in anchored]
     corrections: list[PointShift | ResidualFit] = []
     if settings.exact_at_newest:  # the first anchor: the newest parent point

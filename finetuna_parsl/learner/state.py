@@ -92,7 +92,8 @@ class Segment:
     corrections: residual.PointShift / ResidualFit, applied in order to each prediction once all anchors are in.
     cap: segment_cap's step limit (None: none); radius: trust radius, A (None: none); guard, allowed: the anomaly
     guard (None: off) and the newest parent point's own anomalies; leashed: (n_atoms,) bool, the atoms
-    adsorbate_leash holds (None: no leash).
+    adsorbate_leash holds (None: no leash). origin: index in state.parent_points of the point the segment starts
+    from (-1: the newest; see learner.online.segment_origin).
     """
 
     state: LearnerState
@@ -111,6 +112,7 @@ class Segment:
     guard: AnomalyGuard | None = None
     allowed: frozenset[str] = frozenset()
     leashed: np.ndarray | None = None
+    origin: int = -1
 
     @property
     def anchoring(self) -> bool:
