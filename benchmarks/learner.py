@@ -173,6 +173,18 @@ ROWS: tuple[Row, ...] = (
         {**MEASURED, "restart_from_lowest": True}),
     Row("ood-config-restart", "ood-config + restart from the lowest parent point after an uphill segment",
         {**MEASURED, "residual_points": 10, "restart_from_lowest": True}),
+    Row("demo-config-regrow3", "demo-config + backoff cap grown back only after 3 new lows in a row",
+        {**MEASURED, "backoff_regrow": 3}),
+    Row("demo-config-restart-regrow3", "demo-config-restart + backoff cap grown back only after 3 new lows in a row",
+        {**MEASURED, "restart_from_lowest": True, "backoff_regrow": 3}),
+    Row("ood-config-restart-regrow3", "ood-config-restart + backoff cap grown back only after 3 new lows in a row",
+        {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "backoff_regrow": 3}),
+    Row("ood-config-restart-no-backoff", "ood-config-restart without backoff",
+        {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "backoff": False}),
+    Row("ood-config-restart-not-exact", "ood-config-restart without the exact shift at the newest parent point",
+        {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "exact_at_newest": False}),
+    Row("ood-config-restart-undamped", "ood-config-restart with ASE's Hessian update (no damping)",
+        {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "hessian_damping": 0.0}),
     Row("demo-config-no-backoff", "demo-config without backoff", {**MEASURED, "backoff": False}),
     Row("demo-config-restart-no-backoff", "demo-config-restart without backoff",
         {**MEASURED, "restart_from_lowest": True, "backoff": False}),
@@ -198,7 +210,8 @@ BASELINE = {"query": "k-steps", "k": 10, "uncertainty_threshold": 0.05, "fmax": 
             "hessian_damping": 0.0,  # ASE's Hessian update, as every row before the damped one was measured
             "anomaly_guard": False,  # no guard, as every row before it existed was measured
             "adsorbate_leash": None,
-            "restart_from_lowest": False}  # segments start from the newest parent point, as before the lever
+            "restart_from_lowest": False,
+            "backoff_regrow": 1}  # the cap grows after each new low, as before the setting  # segments start from the newest parent point, as before the lever
 ROW_NAMES = {row.name: row for row in ROWS}
 assert len(ROW_NAMES) == len(ROWS), "two rows share a name"
 

@@ -234,6 +234,7 @@ class LearnerSettings:
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
     backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, grow it
     # by one step after one that set a new low; a misleading surrogate then degrades to parent-only BFGS, no worse
+    backoff_regrow: int = 1  # backoff: new lows in a row it takes to grow the cap by one step (1: after each)
     restart_from_lowest: bool = False  # any rule: after a segment that led the parent uphill (above the lowest
     # parent energy so far), start the next one from the lowest parent point, not the uphill one (a trust-region
     # method's rejected step; learner/online.py segment_origin)
@@ -269,7 +270,7 @@ class LearnerSettings:
             raise SettingError("residual_points", f"must be >= 0, got {self.residual_points}")
         if not 0.0 <= self.hessian_damping < 1.0:
             raise SettingError("hessian_damping", f"must be in [0, 1), got {self.hessian_damping}")
-        for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps"):
+        for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps", "backoff_regrow"):
             if getattr(self, name) < 1:
                 raise SettingError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("exact_fade", "trust_radius", "adsorbate_leash"):

@@ -276,6 +276,15 @@ def test_segment_cap_backs_off_after_uphill_segments(query, energies, expected):
     assert segment_cap(paper(query=query, k=10, backoff=False), energies) == (10 if query == "k-steps" else None)
 
 
+@pytest.mark.parametrize("regrow, expected", [(1, 5), (2, 3), (3, 2)])
+def test_backoff_regrow_sets_how_many_new_lows_in_a_row_grow_the_cap_one_step(regrow, expected):
+    # 10 -> 5 -> 2 -> 1 on three uphill segments, then four new lows in a row
+    energies = [5.0, 6.0, 6.1, 6.2, 4.9, 4.8, 4.7, 4.6]
+    assert segment_cap(paper(query="k-steps", k=10, backoff_regrow=regrow), energies) == expected
+    # an uphill segment resets the count: the lows before it do not add up with those after
+    assert segment_cap(paper(query="k-steps", k=10, backoff_regrow=2), [5.0, 6.0, 6.1, 6.2, 4.9, 7.0, 4.8]) == 1
+
+
 class UphillSurrogate:
     """A surrogate that points uphill everywhere (EMT forces reversed): the worst prior there is."""
 
@@ -465,7 +474,7 @@ def test_a_non_finite_bfgs_step_is_reported_before_the_surrogate_sees_it(monkeyp
     state, _ = relax(system, paper(max_parent_calls=1))
     state = replace(state, outcome=OUTCOME_RUNNING, settings=paper())
 
-    def flat_hessian(state):
+    def flat_hessian(state, origin=-1):
         opt = HessianBFGS(system.n_atoms, fixed=system.fixed)
         free = np.flatnonzero(~np.repeat(system.fixed, 3))
         opt.H[free[0], free[0]] = 0.0  # no curvature along one free coordinate

@@ -22,7 +22,7 @@ BEFORE = dict(query="k-steps", k=3, uncertainty_threshold=0.05, fmax=0.03, surro
               max_surrogate_steps=2000, maxstep=0.2, alpha=70.0, train_on="newest", stall_steps=10,
               stall_distance=0.02, backoff=True, trust_radius=None, trust_fmax=0.1, exact_at_newest=False,
               exact_fade=1.0, residual_points=0, residual_scale=0.4, hessian_damping=0.2, anomaly_guard=True,
-              adsorbate_leash=None, restart_from_lowest=False)  # the lever came later: off is what they had
+              adsorbate_leash=None, restart_from_lowest=False, backoff_regrow=1)  # the lever came later: off is what they had
 DEMO = {**BEFORE, "k": 100, "surrogate_fmax": 0.02, "max_parent_calls": 300, "train_on": "all", "exact_at_newest": True}
 OOD = {**DEMO, "max_surrogate_steps": 3000, "residual_points": 10}
 SHIPPED = {
