@@ -163,6 +163,11 @@ def test_a_reference_relaxation_killed_mid_way_pays_no_parent_call_twice(tmp_pat
             assert g.attrs["outcome"] == "converged"
             stored[sid] = int((g["steps/kind"][()] == 1).sum())
     assert len(stored) == 8
-    cut = [sid for sid in before if 0 < before[sid] < stored[sid]]
-    assert cut, (before, stored)  # some relaxation was killed part way
-    assert made == Counter(stored)  # every call paid once: the resumed relaxations replayed the journal
+    cut = [sid for sid in before if made[sid] > before[sid]]  # in flight at the kill: the second run went on with them
+    assert cut and max(before[sid] for sid in cut) >= 2, (before, stored)  # relaxations killed part way
+    # Every call paid once: the resumed relaxations replayed the journal (without it, each cut relaxation pays all
+    # its calls before the kill again). The one exception no journal can close: a SIGKILL that lands between the
+    # parent's answer and its journal entry loses that answer, so a relaxation in flight may pay that one call again.
+    again = {sid: made[sid] - stored[sid] for sid in stored if made[sid] != stored[sid]}
+    assert all(sid in cut and n == 1 for sid, n in again.items()), (again, before, stored)
+    assert len(again) <= 4  # at most one per relaxation in flight (max_concurrent)
