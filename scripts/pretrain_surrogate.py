@@ -4,6 +4,7 @@
 Usage: python scripts/pretrain_surrogate.py [--minutes 95] [--systems 1700] [--workdir runs/pretrain]
                                             [--output PATH] [--seed 0] [--threads 2] [--workers 2] [--strain 0.12]
                                             [--batch 16] [--frames DIR] [--energy-weight 1.0]
+                                            [--channels 32] [--layers 2] [--lmax 2]
 
 Trains on the GPU when torch sees one, else on the CPU. scripts/device_pretrain.sh is how it ran on a lent GPU
 machine (benchmarks/history/2026-12-01-prior-gpu.md); the shipped checkpoint was trained on the CPU.
@@ -52,8 +53,13 @@ from finetuna_parsl.systems import ALLOY_METALS, OOD_ADSORBATES, TRAIN_ADSORBATE
               help="train on frames labelled into this folder (scripts/standin_label.py), not on EMT labels")
 @click.option("--energy-weight", default=1.0, show_default=True,
               help="weight of the energy-per-atom MSE (eV^2) against the force MSE ((eV/A)^2) in the loss")
+@click.option("--channels", default=32, show_default=True, type=click.IntRange(min=8),
+              help="eSCN-MD sphere (and edge, hidden) channels of the model (surrogate/model.py small_model_config)")
+@click.option("--layers", default=2, show_default=True, type=click.IntRange(min=1), help="eSCN-MD message-passing layers")
+@click.option("--lmax", default=2, show_default=True, type=click.IntRange(min=1, max=6), help="eSCN-MD lmax")
 def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int, threads: int, workers: int,
-         strain: float, batch: int, frames_dir: Path | None, energy_weight: float) -> None:
+         strain: float, batch: int, frames_dir: Path | None, energy_weight: float, channels: int, layers: int,
+         lmax: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     logfile = (workdir / "pretrain.log").open("a")
 
@@ -77,7 +83,10 @@ def main(minutes: float, n_systems: int, workdir: Path, output: Path, seed: int,
         data = generate_frames(recipe, workdir, workers=workers, log=log)
     counts = {"train": len(data.train), "valid_in": len(data.valid_in), "valid_out": len(data.valid_out)}
     log(f"frames: {counts} ({time.perf_counter() - t0:.0f} s)")
-    config = small_model_config()
+    if not data.train or not data.valid_in:
+        raise click.ClickException(f"no {'training' if not data.train else 'held-out in-domain'} frames ({counts}): "
+                                   "label more before training")
+    config = small_model_config(sphere_channels=channels, num_layers=layers, lmax=lmax)
     model = build_model(config)
     log(f"parameters: {sum(p.numel() for p in model.parameters())}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
