@@ -226,7 +226,7 @@ class LearnerSettings:
     fmax: float = 0.03  # parent-confirmed convergence threshold, eV/A
     surrogate_fmax: float | None = 0.02  # surrogate "relaxed" threshold, eV/A; None means use fmax
     max_parent_calls: int = 300
-    max_surrogate_steps: int = 2000
+    max_surrogate_steps: int = 3000
     maxstep: float = 0.2  # BFGS maximum atomic step, A
     alpha: float = 70.0  # BFGS initial Hessian, eV/A^2
     train_on: str = "all"  # TRAIN_ON: which parent points each fine-tune sees
@@ -234,8 +234,7 @@ class LearnerSettings:
     stall_distance: float = 0.02  # moved more than stall_distance (A) over the last stall_steps steps
     backoff: bool = True  # any rule: halve the surrogate segment after one that led the parent uphill, grow it
     # by one step after one that set a new low; a misleading surrogate then degrades to parent-only BFGS, no worse
-    backoff_regrow: int = 1  # backoff: new lows in a row it takes to grow the cap by one step (1: after each)
-    restart_from_lowest: bool = False  # any rule: after a segment that led the parent uphill (above the lowest
+    restart_from_lowest: bool = True  # any rule: after a segment that led the parent uphill (above the lowest
     # parent energy so far), start the next one from the lowest parent point, not the uphill one (a trust-region
     # method's rejected step; learner/online.py segment_origin)
     trust_radius: float | None = None  # A: once the newest parent point's fmax is below trust_fmax, a segment
@@ -247,7 +246,7 @@ class LearnerSettings:
     exact_fade: float | None = 1.0  # that shift's fade length, A (learner/residual.py); None = the same force
     # shift everywhere, which under relaxed-only pushed adsorbates off their slabs
     # (benchmarks/history/2026-12-01-learner-shift.md)
-    residual_points: int = 0  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
+    residual_points: int = 10  # fit a Gaussian process (GPMin's) to the parent - surrogate residual at the
     # newest residual_points parent points, so the surrogate reproduces all of them; 0: off (learner/residual.py)
     residual_scale: float = 0.4  # its length scale, A in free-coordinate space (GPMin's default)
     hessian_damping: float = 0.2  # Powell's damped BFGS update (learner/bfgs.py; 0 = ASE's update): keeps the
@@ -270,7 +269,7 @@ class LearnerSettings:
             raise SettingError("residual_points", f"must be >= 0, got {self.residual_points}")
         if not 0.0 <= self.hessian_damping < 1.0:
             raise SettingError("hessian_damping", f"must be in [0, 1), got {self.hessian_damping}")
-        for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps", "backoff_regrow"):
+        for name in ("k", "max_parent_calls", "max_surrogate_steps", "stall_steps"):
             if getattr(self, name) < 1:
                 raise SettingError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("exact_fade", "trust_radius", "adsorbate_leash"):

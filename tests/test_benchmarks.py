@@ -41,3 +41,15 @@ def test_rows_are_chosen_by_name_and_positions_are_refused() -> None:
         with pytest.raises(click.ClickException) as err:
             bench.parse_rows(bad)
         assert "\n" not in err.value.message and "all-exact-damped" in err.value.message
+
+
+def test_a_result_stored_before_a_lever_was_removed_is_reused_only_at_its_as_now_value() -> None:
+    """Removing a lever changes every row's pinned settings; results stored while it existed were measured as the
+    code now behaves only where the lever held its as-now value (REMOVED), and only those are reused."""
+    bench = _learner_bench()
+    now = bench.row_settings("demo-config")
+    for name, value in bench.REMOVED.items():
+        assert name not in now and name not in {f.name for f in fields(LearnerSettings)}
+        assert bench.as_now({**now, name: value}) == now
+        assert bench.as_now({**now, name: "another value"}) is None
+    assert bench.as_now(now) == now

@@ -276,15 +276,6 @@ def test_segment_cap_backs_off_after_uphill_segments(query, energies, expected):
     assert segment_cap(paper(query=query, k=10, backoff=False), energies) == (10 if query == "k-steps" else None)
 
 
-@pytest.mark.parametrize("regrow, expected", [(1, 5), (2, 3), (3, 2)])
-def test_backoff_regrow_sets_how_many_new_lows_in_a_row_grow_the_cap_one_step(regrow, expected):
-    # 10 -> 5 -> 2 -> 1 on three uphill segments, then four new lows in a row
-    energies = [5.0, 6.0, 6.1, 6.2, 4.9, 4.8, 4.7, 4.6]
-    assert segment_cap(paper(query="k-steps", k=10, backoff_regrow=regrow), energies) == expected
-    # an uphill segment resets the count: the lows before it do not add up with those after
-    assert segment_cap(paper(query="k-steps", k=10, backoff_regrow=2), [5.0, 6.0, 6.1, 6.2, 4.9, 7.0, 4.8]) == 1
-
-
 class UphillSurrogate:
     """A surrogate that points uphill everywhere (EMT forces reversed): the worst prior there is."""
 

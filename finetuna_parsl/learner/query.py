@@ -43,22 +43,19 @@ def segment_cap(settings: LearnerSettings, parent_energies: Sequence[float]) -> 
     """The longest surrogate segment allowed now (None: no cap), replayed from the parent energies so far.
 
     After a segment whose parent call came out higher in energy than the lowest parent energy so far, the
-    cap halves (down to 1 step: parent-only BFGS); after settings.backoff_regrow segments in a row that each set
-    a new low it grows by one step, back up to the rule's own ceiling (k for k-steps, none for relaxed-only and
+    cap halves (down to 1 step: parent-only BFGS); after a segment that sets a new low it grows by one step, back up to the rule's own ceiling (k for k-steps, none for relaxed-only and
     uncertainty). A pure function of stored parent points, so a resumed run agrees.
     """
     rule = get_rule(settings.query)
     ceiling = rule.ceiling(settings) if rule.ceiling is not None else None
     if not settings.backoff or not parent_energies:
         return ceiling
-    cap, lowest, lows = ceiling, parent_energies[0], 0
+    cap, lowest = ceiling, parent_energies[0]
     for energy in parent_energies[1:]:
         if energy > lowest:
-            cap, lows = max(1, (cap or BACKOFF_START) // 2), 0
+            cap = max(1, (cap or BACKOFF_START) // 2)
         elif cap is not None:
-            lows += 1
-            if lows >= settings.backoff_regrow:
-                cap, lows = cap + 1, 0
+            cap += 1
             if ceiling is not None:
                 cap = min(cap, ceiling)
             elif cap >= BACKOFF_START:

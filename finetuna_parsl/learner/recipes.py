@@ -1,8 +1,12 @@
 """Learner recipes: named sets of LearnerSettings, chosen in a run config by `learner.recipe`; the config's other
 `learner` keys override the recipe's.
 
-- `measured` (the default; LearnerSettings' own defaults): the recipe measured on the EMT benchmarks
-  (configs/demo.yaml, configs/ood-bench.yaml):
+- `measured` (the default; LearnerSettings' own defaults): the recipe measured in two worlds, EMT (configs/demo.yaml,
+  configs/ood-bench.yaml) and the stand-in for DFT on the paper's own systems (SevenNet-0 parent, `oc20-standin`
+  prior): benchmarks/learner.md and benchmarks/learner-standin.md, rows `ood-config-restart` (this recipe),
+  `ood-config`, `demo-config` and `demo-config-restart`. This recipe has the best accuracy of the four in both
+  worlds: EMT 181 parent calls on 16 systems, 0.13x BFGS's, 15/16 accurate; stand-in 317 calls on 8 systems,
+  0.74x, 7/8 accurate (demo-config, the recipe before 2026-12-05: 210, 0.17x, 15/16 and 752, 2.48x, 5/8).
   - k-steps with k=100 and surrogate_fmax=0.02: the surrogate must relax to 0.02 eV/A before the parent is asked
     to confirm, and a runaway segment stops at 100 steps. 79 parent calls on the 20 demo systems, all accurate,
     against 124 and 18/20 at k=15 relaxed at fmax; on the learner ablation's 24 out-of-domain systems 208 calls
@@ -12,11 +16,19 @@
   - train_on=all: fine-tune on every parent point so far, in one batch (benchmarks/history/2026-12-01-learner.md).
   - exact_at_newest=True, exact_fade=1.0: the surrogate reproduces the newest parent point exactly, the shift
     fading out over 1 A (learner/residual.py, benchmarks/history/2026-12-01-learner-shift.md).
-  - residual_points=0: no residual GP in domain (22.4% of BFGS's calls with it, 19.4% without, on the first
-    prior: benchmarks/history/2026-11-30-demo-residual-gp/); configs/ood-bench.yaml sets 10 out of domain.
+  - residual_points=10: the surrogate also reproduces the 10 newest parent points through a Gaussian process on
+    its error (learner/residual.py). In EMT in domain it had cost calls on the first prior (22.4% of BFGS's
+    against 19.4%: benchmarks/history/2026-11-30-demo-residual-gp/); on the 2026-12-05 rows it pays with restart in
+    the stand-in world (7/8 accurate against 6/8) and in EMT (15/16 against 13/16), at 6% and 21% more calls.
+  - restart_from_lowest=True: after a segment that led the parent uphill, the next starts from the lowest parent
+    point (learner/online.py segment_origin). Without it the backoff alternates a bad surrogate segment with a
+    parent-force step back: on the stand-in rows 752 -> 300 calls (demo-config) and 374 -> 317 (ood-config), with
+    accuracy 5 -> 6/8 and 4 -> 7/8; in EMT 210 -> 150 (15 -> 13/16: two systems in a higher minimum) and 180 -> 181
+    (14 -> 15/16). The lever had cost 9% more calls on the k=10 baseline of 2026-11-30
+    (benchmarks/history/2026-11-30-learner-restart.md); with today's k=100 segments it pays.
   - hessian_damping=0.2: Powell-damped BFGS Hessian rebuilt from parent points
     (benchmarks/history/2026-11-30-learner-damped.md).
-  - max_parent_calls=300, max_surrogate_steps=2000 (3000 in configs/ood-bench.yaml).
+  - max_parent_calls=300, max_surrogate_steps=3000 (what every benchmarks/learner.py row ran with).
 - `paper`: the FINETUNA paper's (Musielewicz et al., 2022) query setup: a parent call every k=3 surrogate steps,
   fine-tuning on the newest parent point, the surrogate relaxed at the parent's fmax (0.03 eV/A), BFGS with
   maxstep 0.2 A and alpha 70 eV/A^2 as ASE's, 100 parent calls at most.
@@ -37,6 +49,7 @@ RECIPES: dict[str, LearnerSettings] = {
     "paper": LearnerSettings(
         query=QUERY_K_STEPS, k=3, surrogate_fmax=None, train_on=TRAIN_NEWEST, exact_at_newest=False, exact_fade=1.0,
         residual_points=0, hessian_damping=0.2, fmax=0.03, max_parent_calls=100, max_surrogate_steps=2000,
+        restart_from_lowest=False,
     ),
 }
 
