@@ -92,3 +92,40 @@ def test_bench_refuses_changed_parent_settings_until_asked(tmp_path):
     assert refused.returncode == 2 and "--accept-parent-change" in line, refused.stderr[-3000:]
     accepted = cli(tmp_path, "bench", str(cfg), "--methods", "bfgs", "--accept-parent-change")
     assert accepted.returncode == 0, accepted.stderr[-3000:]
+
+
+def test_resuming_with_other_learner_or_surrogate_settings_is_refused_and_a_parent_only_store_does_not_care(tmp_path):
+    """A store's finished systems are skipped on resume, so a changed learner or prior (here learner.k 3 -> 5, then
+    surrogate.lr) would leave a table that mixes results of both under the new settings' name: refused in one line
+    naming the change. The parent-only reference methods use neither: their stores resume whatever the learner says.
+    Budgets (max_parent_calls, max_surrogate_steps) and where the surrogate runs (device, threads) may change."""
+    store = tmp_path / "s.h5"
+    cfg = tmp_path / "run.yaml"
+    site = TESTS_DIR / "threads_site.py"
+    cfg.write_text(CONFIG.format(count=1, options="{}", output=store, site=site))
+    first = cli(tmp_path, "run", str(cfg))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert runs(store)[-1]["settings"]["learner"]["k"] == 3  # the effective settings are stored with the run
+
+    text = cfg.read_text()
+    for old, new, named in (("k: 3,", "k: 5,", "learner.k 3 -> 5"),
+                            ('factory: "toy_surrogate:make"}', 'factory: "toy_surrogate:make", lr: 0.01}',
+                             "surrogate.lr 0.0003 -> 0.01")):
+        cfg.write_text(text.replace(old, new).replace("count: 1", "count: 2"))
+        refused = cli(tmp_path, "run", str(cfg))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+        assert str(store) in line and named in line and "--restart" in line, line
+        assert len(runs(store)) == 1  # nothing run
+
+    cfg.write_text(text.replace("max_parent_calls: 3", "max_parent_calls: 4").replace(
+        'factory: "toy_surrogate:make"}', 'factory: "toy_surrogate:make", threads: 2}'))
+    budget = cli(tmp_path, "run", str(cfg))
+    assert budget.returncode == 0, budget.stderr[-3000:]
+
+    cfg.write_text(text.replace("k: 3,", "k: 5,"))
+    bench = cli(tmp_path, "bench", str(cfg), "--methods", "bfgs", "--out", str(tmp_path / "b"))
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    cfg.write_text(text.replace("k: 3,", "k: 7,"))  # bfgs's store resumes: it never used the learner
+    again = cli(tmp_path, "bench", str(cfg), "--methods", "bfgs", "--out", str(tmp_path / "b"))
+    assert again.returncode == 0 and "error:" not in again.stderr, again.stderr[-3000:]

@@ -10,6 +10,8 @@ Parsl's own shutdown still has its interchange to talk to).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -148,6 +150,50 @@ def parent_change(path: str | Path, config: RunConfig) -> str | None:
         before, after = options.get(key, "(unset)"), now.get(key, "(unset)")
         if before != after:
             changes.append(f"{key} {before!r} -> {after!r}".replace("'(unset)'", "(unset)"))
+    return "; ".join(changes) or None
+
+
+#: What each method's results depend on besides the parent: the sections of its effective settings a resumed store
+#: must share with the run that made it. Parent-only references (bfgs, cg, gpmin) use neither.
+SETTINGS_USED = {"online": ("learner", "surrogate"), "warm-start": ("surrogate",)}
+#: Settings that may change between runs of one store: budgets (where a relaxation stops, not how it goes) and
+#: where the surrogate runs.
+FREE_TO_CHANGE = {("learner", "max_parent_calls"), ("learner", "max_surrogate_steps"), ("surrogate", "device"),
+                  ("surrogate", "threads")}
+
+
+def effective_settings(config: RunConfig, method: str) -> dict:
+    """The settings `method`'s results depend on ({"learner": {...}, "surrogate": {...}}, JSON-able), stored with
+    each run of its store (CampaignStore settings)."""
+    return {name: json.loads(json.dumps(dataclasses.asdict(getattr(config, name)), default=str))
+            for name in SETTINGS_USED.get(method, ())}
+
+
+def settings_change(path: str | Path, config: RunConfig, method: str) -> str | None:
+    """How `config`'s learner or surrogate settings (those `method` uses, SETTINGS_USED) differ from what the store
+    at `path` last ran with (one line: 'learner.k 3 -> 5; ...'), or None when they agree, the method uses neither,
+    or the store is new, empty, unreadable or older than stored settings (from before 2026-12-05). Read-only."""
+    from ..store import open_h5, read_runs
+
+    path = Path(path)
+    now = effective_settings(config, method)
+    if not now or not path.exists():
+        return None
+    try:
+        with open_h5(path, "r") as f:
+            if not len(f.get("systems", {})):
+                return None
+            stored = [run["settings"] for run in read_runs(f) if run.get("settings")]
+    except (StoreError, OSError, KeyError, ValueError):
+        return None
+    if not stored:
+        return None
+    changes = []
+    for section, values in now.items():
+        before = stored[-1].get(section) or {}
+        for key in sorted(set(before) | set(values)):
+            if (section, key) not in FREE_TO_CHANGE and before.get(key, "(unset)") != values.get(key, "(unset)"):
+                changes.append(f"{section}.{key} {before.get(key, '(unset)')} -> {values.get(key, '(unset)')}")
     return "; ".join(changes) or None
 
 
@@ -421,7 +467,8 @@ def run_campaign(
 
     Raises StoreError (one line) before Parsl starts when the store cannot be opened (another process holds
     it: then `restart` deletes nothing) or belongs to another campaign (store.check_same_campaign), when resuming it
-    would mix parent settings (parent_change) unless accept_parent_change, ParentSetupError when the parent's
+    would mix parent settings (parent_change) unless accept_parent_change, or other learner or surrogate settings
+    than the method's results were made with (settings_change; no accepting these), ParentSetupError when the parent's
     program is missing where the driver can tell (check_parent_program), and CampaignInterrupted when a signal
     stopped the run.
     on_warning(system_id, message) gets each warning a worker raised about a system (also stored on it).
@@ -436,6 +483,11 @@ def run_campaign(
         raise StoreError(
             f"store {path} was run with other parent settings ({changed}): resuming would mix both in its "
             "relaxations; run with --restart to start over, or --accept-parent-change to continue with the new ones")
+    changed = None if restart else settings_change(path, config, method)
+    if changed:
+        raise StoreError(
+            f"store {path} was run with other settings ({changed}): its finished systems would be kept and "
+            f"reported under the new ones; run with --restart to start over. {_choose_store(config)}")
     try:
         if restart and path.exists():
             check_not_held(path)  # never delete a store another process has open
@@ -468,7 +520,8 @@ def run_campaign(
 
     with _signals_stop(stop, end_now), _scripts_on_path():
         store = CampaignStore(path, run_config=config.text, method=method,
-                              keep_surrogate_every=config.campaign.keep_surrogate_every)
+                              keep_surrogate_every=config.campaign.keep_surrogate_every,
+                              settings=effective_settings(config, method))
         try:
             if stop.signum is not None:
                 raise CampaignInterrupted(stop.signum)

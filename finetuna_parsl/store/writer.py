@@ -35,27 +35,29 @@ def _versions() -> str:
 class CampaignStore:
     """Single-writer access to a campaign store. Use as a context manager.
 
-    Opening it with a run_config starts a run of the store: the run's config text, method, package versions and
-    start time are appended to /runs (read_runs), and the root attributes run_config / package_versions hold
+    Opening it with a run_config starts a run of the store: the run's config text, method, package versions, start
+    time and `settings` (the effective settings the run used, JSON-able: runner.settings_change reads them) are
+    appended to /runs (read_runs), and the root attributes run_config / package_versions hold
     this run's (`created` stays the first run's). Raises StoreError when the file cannot be opened or is another
     format.
     """
 
-    def __init__(self, path: str | Path, run_config: str = "", method: str = "online", keep_surrogate_every: int = 1):
+    def __init__(self, path: str | Path, run_config: str = "", method: str = "online", keep_surrogate_every: int = 1,
+                 settings: dict | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.keep_surrogate_every = keep_surrogate_every
         self.file = open_h5(self.path, "a")
         try:
             with naming_damage(self.path):
-                self._start_run(run_config, method)
+                self._start_run(run_config, method, settings)
         except BaseException:
             self.file.close()
             raise
         self._rows: dict[str, SystemResult] = {}  # live_rows' cache, re-read only for systems changed since
         self._changed: set[str] = set(self.file["systems"].keys())
 
-    def _start_run(self, run_config: str, method: str) -> None:
+    def _start_run(self, run_config: str, method: str, settings: dict | None = None) -> None:
         root = self.file.attrs
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if "format_version" not in root:
@@ -74,8 +76,8 @@ class CampaignStore:
             versions = _versions()
             root["package_versions"] = versions
             root["run_config"] = run_config
-            _append_run(self.file, {"started": now, "method": method, "package_versions": versions,
-                                    "run_config": run_config})
+            run = {"started": now, "method": method, "package_versions": versions, "run_config": run_config}
+            _append_run(self.file, {**run, "settings": settings} if settings is not None else run)
         self.file.require_group("systems")
 
     def __enter__(self) -> "CampaignStore":
