@@ -194,6 +194,13 @@ ROWS: tuple[Row, ...] = (
         {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "adsorbate_leash": 0.3}),
     Row("ood-config-restart-no-guard", "ood-config-restart without the anomaly guard",
         {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "anomaly_guard": False}),
+    Row("ood-config-restart-leash0.3-not-exact", "ood-config-restart + adsorbate leash 0.3 A, without the exact shift",
+        {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "adsorbate_leash": 0.3,
+         "exact_at_newest": False}),
+    Row("ood-config-restart-leash0.3-not-exact-trust0.15",
+        "ood-config-restart + adsorbate leash 0.3 A + trust radius 0.15 A, without the exact shift",
+        {**MEASURED, "residual_points": 10, "restart_from_lowest": True, "adsorbate_leash": 0.3,
+         "exact_at_newest": False, "trust_radius": 0.15}),
 )
 
 #: Every LearnerSettings field, pinned, so that a row keeps its levers when a code default changes (the code
