@@ -43,7 +43,8 @@ def segment_cap(settings: LearnerSettings, parent_energies: Sequence[float]) -> 
     """The longest surrogate segment allowed now (None: no cap), replayed from the parent energies so far.
 
     After a segment whose parent call came out higher in energy than the lowest parent energy so far, the
-    cap halves (down to 1 step: parent-only BFGS); after a segment that sets a new low it grows by one step, back up to the rule's own ceiling (k for k-steps, none for relaxed-only and
+    cap halves (down to 1 step: parent-only BFGS); after a segment that sets a new low it grows by one step, back
+    up to the rule's own ceiling (k for k-steps, none for relaxed-only and
     uncertainty). A pure function of stored parent points, so a resumed run agrees.
     """
     rule = get_rule(settings.query)

@@ -51,7 +51,8 @@ def _append_run(f: h5py.File, run: dict) -> None:
 
 def read_runs(f: h5py.File) -> list[dict]:
     """Every run of the store, oldest first: started (UTC, ISO 8601), method, package_versions, run_config (the
-    YAML text the run used). A store written before runs were kept gives its one stored config, started at
+    YAML text the run used) and, from 2026-12-05, settings (the effective learner/surrogate settings its method
+    used: campaign.runner.effective_settings). A store written before runs were kept gives its one stored config, started at
     `created`."""
     if "runs" in f:
         return [json.loads(line) for line in f["runs"].asstr()[()]]
