@@ -154,7 +154,24 @@ def test_compare_and_bench_tables_count_minima_and_anomalies_and_name_the_system
                          matches={"bfgs": {s: (SAME, 0.0) for s in "abc"}, "k-steps": matches})
     result.table = [table_row(m, result.rows[m], reference, matches=result.matches[m]) for m in ("bfgs", "k-steps")]
     table = markdown_table(result).splitlines()
-    assert table[0].endswith("| same minimum | other, lower | other, higher | anomalies | anomalies unknown |")
-    assert table[2].endswith("| 3 | 0 | 0 | 1 | 0 |") and table[3].endswith("| 1 | 1 | 1 | 1 | 0 |")
+    assert table[0].endswith("| same minimum | other, lower | other, higher | anomalies | anomalies unknown "
+                             "| accurate where bfgs ended without anomaly |")
+    assert table[2].endswith("| 3 | 0 | 0 | 1 | 0 | 2/2 |") and table[3].endswith("| 1 | 1 | 1 | 1 | 0 | 2/2 |")
     assert minima_text(result) == "- k-steps: b (lower, 1.40 A), c (higher, 1.40 A)"
     assert anomalies_text(result) == "- bfgs: c (intercalated)\n- k-steps: c (desorbed)"
+
+
+def test_accuracy_where_the_reference_ended_without_anomaly_leaves_out_anomalous_and_unknown_references():
+    """A reference that dissociated or rebuilt the surface sets an energy an intact adsorbate cannot reach; the
+    table says how accurate a method is on the systems where the reference ended as OC20 would keep it."""
+    reference = [row("a", 50, -1.0), row("b", 40, -1.0), row("c", 30, -2.0, ["dissociated"]),
+                 {**row("d", 20, -1.0), "anomalies": None}]
+    method = [row("a", 5, -1.0), row("b", 4, -0.9), row("c", 3, -1.0), row("d", 2, -1.0)]
+    t = table_row("k-steps", method, reference)
+    assert t.accurate == 0.5  # a and d
+    assert (t.reference_clean, t.accurate_where_reference_clean) == (2, 1)  # a and b; only a accurate
+    bare = table_row("k-steps", method, [{**r, "anomalies": None} for r in reference])
+    assert (bare.reference_clean, bare.accurate_where_reference_clean) == (0, 0)
+    result = BenchResult(reference="bfgs", rows={"bfgs": [{**r, "anomalies": None} for r in reference]})
+    result.table = [bare]
+    assert markdown_table(result).splitlines()[2].endswith("| - |")  # no reference anomalies known: no figure

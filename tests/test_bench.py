@@ -112,7 +112,8 @@ def test_bench_and_plot_commands(tmp_path):
     for method in ("warm-start", "k-steps", "gpmin"):
         minima = [int(table[method][k]) for k in ("same_minimum", "other_lower", "other_higher")]
         assert sum(minima) == 2 and int(table[method]["anomalies_unknown"]) == 0, table[method]
-    assert "| same minimum | other, lower | other, higher | anomalies | anomalies unknown |" in paper
+    assert ("| same minimum | other, lower | other, higher | anomalies | anomalies unknown "
+            "| accurate where bfgs ended without anomaly |") in paper
     assert "In another minimum than bfgs:\n\n- warm-start: " in paper and "Anomalies:\n\n- bfgs: " in paper
     for method in ("bfgs", "warm-start", "k-steps", "gpmin"):
         assert (tmp_path / f"b.{method}.h5").exists()

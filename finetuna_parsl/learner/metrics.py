@@ -188,6 +188,10 @@ class MethodRow:
     same_minimum: int = -1  # systems in the reference's minimum (minimum_match); -1: not compared
     other_lower: int = -1  # in another minimum, lower than the reference's
     other_higher: int = -1  # in another minimum, not lower
+    # Systems whose reference ended with no OC20 anomaly (known and none), and how many of them this method was
+    # accurate on: a reference that dissociated or rebuilt its surface sets an energy an intact adsorbate cannot reach.
+    reference_clean: int = 0
+    accurate_where_reference_clean: int = 0
 
 
 def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
@@ -227,6 +231,9 @@ def table_row(method: str, rows: Sequence[ResultRow], reference_rows: Sequence[R
         parent_wall_s=sum(float(r.parent_wall_s) for r, _ in matched),
         anomalous=sum(bool(r.anomalies) for r, _ in matched),
         anomalies_unknown=unknown_anomalies([r for r, _ in matched]),
+        reference_clean=sum(q.anomalies == () for _, q in matched),
+        accurate_where_reference_clean=sum(r.converged and d <= tolerance and q.anomalies == ()
+                                           for (r, q), d in zip(matched, de)),
         **({} if matches is None else {
             "same_minimum": sum(matches.get(r.system_id, (UNKNOWN,))[0] == SAME for r, _ in matched),
             "other_lower": sum(matches.get(r.system_id, (UNKNOWN,))[0] == OTHER_LOWER for r, _ in matched),
