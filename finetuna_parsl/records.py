@@ -241,8 +241,8 @@ class LearnerSettings:
     # ends (reason "trust") before a step that would move any atom farther than this from that point; None: off
     trust_fmax: float = 0.1  # eV/A: where trust_radius starts to apply
     # (benchmarks/history/2026-12-01-learner-trust.md)
-    exact_at_newest: bool = True  # shift the surrogate so it reproduces the newest parent point's energy and
-    # forces exactly (learner/residual.py)
+    exact_at_newest: bool = False  # shift the surrogate so it reproduces the newest parent point's energy and
+    # forces exactly (learner/residual.py); off in the measured recipe since 2026-12-06 (learner/recipes.py)
     exact_fade: float | None = 1.0  # that shift's fade length, A (learner/residual.py); None = the same force
     # shift everywhere, which under relaxed-only pushed adsorbates off their slabs
     # (benchmarks/history/2026-12-01-learner-shift.md)
@@ -255,9 +255,9 @@ class LearnerSettings:
     anomaly_guard: bool = True  # end a segment (reason "anomaly") before a surrogate step that would give the
     # structure an OC20 anomaly (dissociated, desorbed, surface changed, intercalated: learner/anomaly.py) that the
     # newest parent point does not have: a chemistry change is the parent's decision. Needs OC20 tags; else off
-    adsorbate_leash: float | None = None  # A: end a segment (reason "leash") before a surrogate step that would
+    adsorbate_leash: float | None = 0.3  # A: end a segment (reason "leash") before a surrogate step that would
     # move any adsorbate atom (OC20 tag 2; every free atom without OC20 tags) farther than this from the newest
-    # parent point, so the adsorbate follows its parent-confirmed path (site-specific studies); None: off
+    # parent point, so the adsorbate follows its parent-confirmed path; None: off (learner/recipes.py: 0.3 measured)
 
     def __post_init__(self) -> None:
         """The one check of every field's range (the run config reports its SettingError under the key)."""
