@@ -1,13 +1,14 @@
 """Per-system table of the paper's 30 OC20 systems in the stand-in's world, beside the paper's VASP counts.
 
-    python benchmarks/oc20_paper.py [--stores runs/oc20-paper] [--standins benchmarks/oc20-paper/standins.jsonl]
-        [--out benchmarks/oc20-paper/per_system.md]
+    python benchmarks/oc20_paper.py [--config configs/oc20-paper.yaml] [--stores runs/oc20-paper]
+        [--standins benchmarks/oc20-paper/standins.jsonl] [--out benchmarks/oc20-paper/per_system.md]
 
 Reads the stores that `finetuna-parsl bench configs/oc20-paper.yaml --methods ...` wrote (`<stores>.<method>.h5`,
 every method found), the paper's per-system DFT calls (`finetuna_parsl.systems.paper_counts()`: ASE BFGS and GPMin
 on VASP, FINETUNA k-steps with GemNet-T) and, where present, the stand-ins' plain ASE BFGS runs
 (benchmarks/standins.py). Writes one row per system: parent calls of each method (with its outcome where it did
-not converge), the paper's counts, and the elements the shipped prior never saw in pretraining (its model card).
+not converge), the paper's counts, and the elements the config's prior (`surrogate.checkpoint`) never saw in
+pretraining (its model card).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 
 from finetuna_parsl.bench import ALL_METHODS
 from finetuna_parsl.store import load_summary
-from finetuna_parsl.surrogate.checkpoint import SHIPPED
+from finetuna_parsl.config import load_config
+from finetuna_parsl.surrogate.checkpoint import resolve_checkpoint
 from finetuna_parsl.surrogate.model import read_card, unseen_elements
 from finetuna_parsl.systems import load_systems, paper_counts
 
@@ -52,6 +54,7 @@ def cell(row: dict | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/oc20-paper.yaml", help="the bench's config: its prior is named")
     parser.add_argument("--stores", default="runs/oc20-paper", help="store stem the bench wrote (<stem>.<method>.h5)")
     parser.add_argument("--standins", default="benchmarks/oc20-paper/standins.jsonl")
     parser.add_argument("--out", default="benchmarks/oc20-paper/per_system.md")
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 standins.setdefault(record["potential"], {})[str(record["system_id"])] = record
     paper = paper_counts()
     systems, _ = load_systems("oc20-ood30")
-    card = read_card(SHIPPED)
+    checkpoint = load_config(args.config).surrogate.checkpoint
+    card = read_card(resolve_checkpoint(checkpoint))
     methods = list(rows)
     head = ["system", "atoms", "VASP BFGS (paper)", "VASP GPMin (paper)", "k-steps GemNet-T (paper)",
             *[f"{m} (stand-in)" for m in methods], *[f"ASE BFGS {p}" for p in standins], "prior never saw"]
@@ -107,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Made by `{' '.join(['python benchmarks/oc20_paper.py', *(argv if argv is not None else sys.argv[1:])])}` "
         f"at commit `{commit}` from the stores of `finetuna-parsl bench configs/oc20-paper.yaml` "
         "(`benchmarks/oc20-paper/paper_table.md`). World: parent SevenNet-0 (`sevenn`'s 7net-0 through `parent.kind: "
-        "ase`), the learner's and warm start's prior the shipped EMT-trained checkpoint (`surrogate.checkpoint: "
-        "shipped`); the paper's columns are its VASP counts (`paper_counts()`).",
+        f"ase`), the learner's and warm start's prior `{checkpoint}` (`surrogate.checkpoint` of `{args.config}`); the "
+        "paper's columns are its VASP counts (`paper_counts()`).",
         "",
         "A number alone: converged (parent-confirmed fmax <= 0.03 eV/A); otherwise the outcome or status follows it. "
-        "\"prior never saw\": elements of the system absent from the shipped prior's pretraining (its model card), "
+        "\"prior never saw\": elements of the system absent from the prior's pretraining (its model card), "
         "where it predicts from an untrained embedding.", "", *lines, "", *notes, ""])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -53,3 +53,16 @@ def test_a_result_stored_before_a_lever_was_removed_is_reused_only_at_its_as_now
         assert bench.as_now({**now, name: value}) == now
         assert bench.as_now({**now, name: "another value"}) is None
     assert bench.as_now(now) == now
+
+
+def test_benchmarks_readme_lists_every_table_and_every_history_record():
+    """Issue 29 item 5: a table in benchmarks/ is current (listed with its command) or a dated history record;
+    one the README does not name is a table nobody can re-make."""
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    current = [p.name for p in (ROOT / "benchmarks").glob("*.md") if p.name != "README.md"]
+    assert current and all(f"`{name}`" in readme for name in current), [n for n in current if f"`{n}`" not in readme]
+    history = [p.name + ("/" if p.is_dir() else "") for p in (ROOT / "benchmarks" / "history").iterdir()
+               if not (p.suffix == "" and (ROOT / "benchmarks" / "history" / f"{p.name}.md").exists())]
+    missing = [name for name in history if f"`{name}" not in readme]
+    assert not missing, f"benchmarks/README.md does not list {missing}"
+    assert all(name[:10].count("-") == 2 for name in history), history  # dated: YYYY-MM-DD-...
