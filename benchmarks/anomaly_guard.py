@@ -14,6 +14,7 @@ other-higher minimum against BFGS's final structure (learner.metrics.minimum_mat
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,9 +71,11 @@ def main(config_path: str, runs: str, out: str, count: int | None, leash: float,
                     f"{', '.join(other_minima(result.matches['k-steps'])) or 'none'}"]
         print(lines[-1], flush=True)
     command = " ".join(["python", "benchmarks/anomaly_guard.py", *sys.argv[1:]])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     Path(out).write_text(
         f"# Anomaly guard and adsorbate leash: {len(systems)} systems from `{base.systems.source}`\n\n"
-        f"Made by: `{command}` ({config_path}, parent `{base.parent.kind}`, k-steps k={base.learner.k}); {HOW}.\n\n"
+        f"Made by: `{command}` at commit `{commit}` ({config_path}, k-steps k={base.learner.k}); {HOW}.\n\n"
+        f"World: parent `{base.parent.kind}`, prior `{base.surrogate.checkpoint}`.\n\n"
         + "\n".join(lines) + "\n\n"
         "accurate: parent-confirmed relaxed and E <= E_bfgs + 0.02 eV; anomalies: systems whose last parent-confirmed "
         "structure fairchem-data-oc's DetectTrajAnomaly flags against the initial one; same minimum: every free atom "
