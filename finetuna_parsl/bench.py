@@ -22,7 +22,7 @@ from .learner.metrics import (SAME_MINIMUM_DISTANCE, SETTLED_FMAX, CallBreakdown
                               call_breakdown, minimum_matches, missed_systems, other_minima, table_row)
 from .learner.reference import REFERENCE_METHODS
 from .records import QUERY_RULES, REASONS, ResultRow, SystemSpec, as_results
-from .reproducible import HOW
+from .reproducible import HOW, environment
 from .store import load_final_positions, load_parent_calls
 
 QUERY_METHODS = QUERY_RULES
@@ -43,6 +43,7 @@ class BenchResult:
     repeats: dict[str, list[int]] = field(default_factory=dict)  # method -> parent-call total of each repeat
     # method -> system id -> (metrics.SAME / OTHER_LOWER / OTHER_HIGHER / UNKNOWN, largest free-atom distance in A)
     matches: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
+    environment: str = ""  # reproducible.environment() of the process that ran the bench
 
 
 def method_config(config: RunConfig, method: str) -> tuple[RunConfig, str]:
@@ -78,7 +79,7 @@ def run_bench(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     order = [reference] + [m for m in methods if m != reference]
-    result = BenchResult(reference=reference)
+    result = BenchResult(reference=reference, environment=environment(config.parent.calculator))
     for k in range(1, repeats + 1):
         base = config
         if k > 1:
@@ -107,6 +108,9 @@ def run_bench(
 def repeatability_text(result: BenchResult) -> str:
     """How the numbers were made repeatable, and with several repeats, each method's totals and their spread."""
     lines = [HOW + "."]
+    if result.environment:
+        lines.append(f"\nMade on: {result.environment}. Another CPU or other versions round differently and the "
+                     "learner amplifies it: compare figures within one table, not across installs.")
     if not any(len(totals) > 1 for totals in result.repeats.values()):
         lines.append("\nOne run per method. `--repeats N` runs each method N times and reports the spread of the "
                      "parent-call totals: use it on GPUs, where some kernels are not deterministic.")

@@ -18,6 +18,11 @@ Where run-to-run differences came from, and what this module does about each:
   algorithms (warning, not failing, where torch has none: there, bench --repeats reports the spread).
 - Thread count changes float reductions: each learn worker runs with the site's OMP_NUM_THREADS (1 on the
   shipped sites), the same in every run.
+- What this cannot fix: another CPU (torch and OpenBLAS pick their vector kernels by the CPU's instruction set)
+  or other library versions round differently, and the learner amplifies that too. Measured on the paper's 30
+  systems at one commit on two installs (benchmarks/oc20-paper/README.md): BFGS 2,693 then 2,688 parent calls
+  (5 of 30 systems 1-2 calls apart), k-steps 1,146 then 1,233 (21 of 30 apart). So every bench table names the
+  machine and versions it ran on (`environment`), and figures are compared within one table, not across installs.
 
 The campaign driver handles finished relaxations in the systems' order, not in completion order, so the
 store is written in the same order too.
@@ -28,9 +33,45 @@ from __future__ import annotations
 import os
 
 #: How bench and the README say a run was made repeatable (one line).
-HOW = ("repeatable on CPU: each surrogate prediction seeded from its structure and surrogate.seed (fairchem's "
+HOW = ("repeatable on CPU on the same machine and library versions: each surrogate prediction seeded from its structure and surrogate.seed (fairchem's "
        "random edge rotations), torch deterministic algorithms, every prediction and fine-tuning on "
        "surrogate.threads torch threads, finished relaxations handled in system order")
+
+
+#: Distributions whose versions change a run's floating point, named in every bench table.
+VERSIONED = ("torch", "numpy", "scipy", "ase", "fairchem-core", "e3nn", "parsl")
+
+
+def environment(calculator: str | None = None) -> str:
+    """The machine and library versions a run was made with, in one line.
+
+    calculator: an `ase` parent's 'module:Name'; the distribution providing its top-level module is named too
+    (for example sevenn). CPU: the model name from /proc/cpuinfo (where readable) and the vector instruction set
+    torch's CPU kernels use (`torch.backends.cpu.get_cpu_capability()`).
+    """
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    names = list(VERSIONED)
+    if calculator:
+        top = calculator.split(":", 1)[0].split(".", 1)[0]
+        names += [d for d in metadata.packages_distributions().get(top, []) if d not in names]
+    versions = []
+    for name in names:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    cpu = f"{model or platform.machine()} ({torch.backends.cpu.get_cpu_capability()} kernels)"
+    return f"CPU {cpu}, Python {platform.python_version()}, " + ", ".join(versions)
 
 
 def deterministic_torch() -> None:

@@ -47,8 +47,27 @@ def test_repeatability_section_states_how_and_the_spread_over_repeats():
     once = BenchResult(reference="bfgs", repeats={"bfgs": [40], "k-steps": [12]})
     assert repeatability_text(once).startswith(HOW) and "--repeats N" in repeatability_text(once)
     twice = BenchResult(reference="bfgs", repeats={"bfgs": [40, 40], "k-steps": [12, 15]})
+    assert "Made on" not in repeatability_text(twice)  # nothing recorded: nothing claimed
     lines = repeatability_text(twice).splitlines()
     assert "| bfgs | 40, 40 | 0 | 0.0% |" in lines and "| k-steps | 12, 15 | 3 | 22.2% |" in lines
+
+
+def test_a_bench_table_names_the_machine_and_versions_it_ran_on():
+    """Counts move across CPUs and library versions (reproducible.py): the table says where it was made."""
+    from importlib import metadata
+
+    import torch
+
+    from finetuna_parsl.bench import BenchResult, repeatability_text
+    from finetuna_parsl.reproducible import environment
+
+    line = environment("ase.calculators.emt:EMT")
+    for name in ("numpy", "scipy", "torch", "ase", "fairchem-core"):
+        assert f"{name} {metadata.version(name)}" in line
+    assert f"({torch.backends.cpu.get_cpu_capability()} kernels)" in line
+    assert line.count("ase ") == 1  # the calculator's own distribution is named once
+    text = repeatability_text(BenchResult(reference="bfgs", repeats={"bfgs": [40]}, environment=line))
+    assert f"Made on: {line}." in text and "not across installs" in text
 
 
 def test_call_breakdown_counts_reasons_and_calls_after_fmax_first_fell_below_0_1():
@@ -105,7 +124,8 @@ def test_bench_and_plot_commands(tmp_path):
     assert float(table["k-steps"]["accurate"]) == 1.0
     paper = (out / "paper_table.md").read_text()
     assert "Made by: `finetuna-parsl bench" in paper
-    assert "## Repeatability\n\nrepeatable on CPU: each surrogate prediction seeded" in paper
+    assert "## Repeatability\n\nrepeatable on CPU on the same machine and library versions: each" in paper
+    assert "\nMade on: CPU " in paper  # the machine and versions the counts hold for
     assert "Not accurate:\n\n- warm-start: " in paper and "- k-steps: accurate on every system" in paper
     # same minimum as the reference and anomalies: columns of the table, systems named below it
     assert table["bfgs"]["same_minimum"] == "2" and table["bfgs"]["other_lower"] == "0"
