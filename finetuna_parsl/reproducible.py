@@ -20,8 +20,9 @@ Where run-to-run differences came from, and what this module does about each:
   shipped sites), the same in every run.
 - What this cannot fix: another CPU (torch and OpenBLAS pick their vector kernels by the CPU's instruction set)
   or other library versions round differently, and the learner amplifies that too. Measured on the paper's 30
-  systems at one commit on two installs (benchmarks/oc20-paper/README.md): BFGS 2,693 then 2,688 parent calls
-  (5 of 30 systems 1-2 calls apart), k-steps 1,146 then 1,233 (21 of 30 apart). So every bench table names the
+  systems at one commit on three installs (benchmarks/oc20-paper/README.md): BFGS 2,693, 2,688 and 2,680 parent
+  calls (5 and 7 of 30 systems apart; the last two with the same library versions on hosts both named 'AMD EPYC'),
+  k-steps 1,146 then 1,233 (21 of 30 apart). So every bench table names the
   machine and versions it ran on (`environment`), and figures are compared within one table, not across installs.
 
 The campaign driver handles finished relaxations in the systems' order, not in completion order, so the
@@ -46,20 +47,32 @@ def environment(calculator: str | None = None) -> str:
     """The machine and library versions a run was made with, in one line.
 
     calculator: an `ase` parent's 'module:Name'; the distribution providing its top-level module is named too
-    (for example sevenn). CPU: the model name from /proc/cpuinfo (where readable) and the vector instruction set
-    torch's CPU kernels use (`torch.backends.cpu.get_cpu_capability()`).
+    (for example sevenn). CPU: the model name, family, model number and stepping from /proc/cpuinfo (where
+    readable; a VM may name only 'AMD EPYC', and two hosts so named gave BFGS 2,688 and 2,680 parent calls on the
+    paper's 30 systems with the same versions) and the vector instruction set torch's CPU kernels use
+    (`torch.backends.cpu.get_cpu_capability()`).
     """
     import platform
     from importlib import metadata
 
     import torch
 
-    model = ""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = info.get("model name", "")
+    # A VM may show only 'AMD EPYC': family/model/stepping tell its generations apart (25/17/1 is Zen 4)
+    ids = [f"{label} {info[key]}" for key, label in (("cpu family", "family"), ("model", "model"),
+                                                      ("stepping", "stepping")) if key in info]
+    if model and ids:
+        model = f"{model} [{', '.join(ids)}]"
     names = list(VERSIONED)
     if calculator:
         top = calculator.split(":", 1)[0].split(".", 1)[0]
