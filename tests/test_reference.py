@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS, GPMin
 
@@ -86,6 +87,26 @@ def test_parent_only_gpmin_is_ase_gpmin():
     assert abs(result.parent_points[-1].energy - atoms.get_potential_energy()) < 1e-9
     bfgs = run_reference("bfgs", SYSTEM, emt_call(SYSTEM, []), LearnerSettings())
     assert result.parent_calls < bfgs.parent_calls  # the no-prior GP baseline beats parent-only BFGS here
+
+
+def test_gpmin_models_the_free_atoms_only(monkeypatch):
+    """ASE's GPMin trains its GP on every coordinate it is given: a 60-atom slab with 36 fixed atoms made a kernel
+    matrix (3n+1)^2 per call-squared, and a worker died of memory on the paper's 440438. The fixed atoms'
+    coordinates never move and their forces are zero, an independent block of the kernel: the model must see only
+    the free ones (the same GP; test_parent_only_gpmin_is_ase_gpmin checks the same calls and energies)."""
+    seen = []
+    original = GPMin.update
+
+    def spy(self, r, e, f):
+        seen.append((np.size(r), np.size(f)))
+        return original(self, r, e, f)
+
+    monkeypatch.setattr(GPMin, "update", spy)
+    result = run_reference("gpmin", SYSTEM, emt_call(SYSTEM, []), LearnerSettings())
+    n_free = int((~SYSTEM.fixed).sum())
+    assert 0 < n_free < len(SYSTEM.numbers) and result.outcome == "converged"
+    assert seen and set(seen) == {(3 * n_free, 3 * n_free)}
+    assert all(p.positions.shape == (len(SYSTEM.numbers), 3) for p in result.parent_points)  # the store keeps all atoms
 
 
 def test_budget_stops_gpmin():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
+from ase.filters import Filter
 from ase.optimize import BFGS, GPMin
 from ase.optimize.sciopt import OptimizerConvergenceError, SciPyFminCG
 
@@ -118,7 +119,11 @@ def run_reference(
     if method == "cg":
         optimizer = SciPyFminCG(atoms, logfile=None)
     elif method == "gpmin":
-        optimizer = GPMin(atoms, logfile=None)  # ASE's defaults: no prior beyond a constant, fixed hyperparameters
+        # ASE's defaults (no prior beyond a constant, fixed hyperparameters), on the free atoms only (ASE's Filter):
+        # fixed atoms' coordinates never move and their constrained forces are zero, so in GPMin's squared-exponential
+        # kernel they form a block independent of the rest and carry no information; leaving them in gives the same
+        # model at (n/n_free)^2 the memory and ^3 the time (a 60-atom OC20 slab with 36 fixed atoms ran out of 24 GB).
+        optimizer = GPMin(Filter(atoms, indices=np.flatnonzero(~system.fixed)), logfile=None)
     else:
         optimizer = BFGS(atoms, logfile=None, maxstep=settings.maxstep)
     error = ""
