@@ -122,7 +122,8 @@ def run_reference(
         # ASE's defaults (no prior beyond a constant, fixed hyperparameters), on the free atoms only (ASE's Filter):
         # fixed atoms' coordinates never move and their constrained forces are zero, so in GPMin's squared-exponential
         # kernel they form a block independent of the rest and carry no information; leaving them in gives the same
-        # model at (n/n_free)^2 the memory and ^3 the time (a 60-atom OC20 slab with 36 fixed atoms ran out of 24 GB).
+        # model at (n/n_free)^2 the memory and ^3 the time (the paper's 440438, 60 atoms of which 34 fixed, lost its
+        # worker at 18 GB of 24).
         optimizer = GPMin(Filter(atoms, indices=np.flatnonzero(~system.fixed)), logfile=None)
     else:
         optimizer = BFGS(atoms, logfile=None, maxstep=settings.maxstep)
