@@ -91,7 +91,7 @@ def test_parent_only_gpmin_is_ase_gpmin():
 
 def test_gpmin_models_the_free_atoms_only(monkeypatch):
     """ASE's GPMin trains its GP on every coordinate it is given: on the paper's 440438 (60 atoms, 34
-    fixed) its kernel matrix grows as ((3n+1) x calls)^2 and the worker died of memory. The fixed atoms'
+    fixed) its kernel matrix grows as ((3n+1) x calls)^2 and the worker was lost with 18 GB of 24 in use. The fixed atoms'
     coordinates never move and their forces are zero, an independent block of the kernel: the model must see only
     the free ones (the same GP; test_parent_only_gpmin_is_ase_gpmin checks the same calls and energies)."""
     seen = []
@@ -107,6 +107,15 @@ def test_gpmin_models_the_free_atoms_only(monkeypatch):
     assert 0 < n_free < len(SYSTEM.numbers) and result.outcome == "converged"
     assert seen and set(seen) == {(3 * n_free, 3 * n_free)}
     assert all(p.positions.shape == (len(SYSTEM.numbers), 3) for p in result.parent_points)  # the store keeps all atoms
+
+
+def test_every_reference_takes_a_system_with_no_free_atoms():
+    """Nothing to relax: one parent call confirms it (GPMin on the free atoms had none to model and raised)."""
+    frozen = replace(SYSTEM, fixed=np.ones_like(SYSTEM.fixed))
+    for method in ("bfgs", "cg", "gpmin"):
+        calls = []
+        result = run_reference(method, frozen, emt_call(frozen, calls), LearnerSettings())
+        assert (result.outcome, result.parent_calls, len(calls)) == ("converged", 1, 1), method
 
 
 def test_budget_stops_gpmin():

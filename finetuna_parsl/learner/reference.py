@@ -123,8 +123,10 @@ def run_reference(
         # fixed atoms' coordinates never move and their constrained forces are zero, so in GPMin's squared-exponential
         # kernel they form a block independent of the rest and carry no information; leaving them in gives the same
         # model at (n/n_free)^2 the memory and ^3 the time (the paper's 440438, 60 atoms of which 34 fixed, lost its
-        # worker at 18 GB of 24).
-        optimizer = GPMin(Filter(atoms, indices=np.flatnonzero(~system.fixed)), logfile=None)
+        # worker on a 24 GB machine, most likely to memory). With no free atom there is nothing to model: the whole
+        # structure, whose zero forces one call confirms.
+        free = np.flatnonzero(~system.fixed)
+        optimizer = GPMin(Filter(atoms, indices=free) if len(free) else atoms, logfile=None)
     else:
         optimizer = BFGS(atoms, logfile=None, maxstep=settings.maxstep)
     error = ""
