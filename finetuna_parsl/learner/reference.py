@@ -1,5 +1,6 @@
 """Reference optimizers run on the same parent, for comparison: parent-only BFGS, parent-only CG, warm start,
-and ASE's GPMin (a Gaussian process on parent data alone: the no-prior machine-learning baseline).
+and ASE's GPMin (a Gaussian process on parent data alone: the no-prior machine-learning baseline; its model sees
+the free atoms only, the same model as on the whole structure at a fraction of the cost: run_reference).
 
 Each takes the parent as a plain call (positions (n, 3) A -> records.Evaluation), so it runs wherever the parent lives.
 """
