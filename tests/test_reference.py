@@ -90,8 +90,8 @@ def test_parent_only_gpmin_is_ase_gpmin():
 
 
 def test_gpmin_models_the_free_atoms_only(monkeypatch):
-    """ASE's GPMin trains its GP on every coordinate it is given: on the paper's 440438 (60 atoms, 34
-    fixed) its kernel matrix grows as ((3n+1) x calls)^2 and the worker was lost with 18 GB of 24 in use. The fixed atoms'
+    """ASE's GPMin trains its GP on every coordinate it is given: on the paper's 440438 (60 atoms, 34 fixed) its
+    kernel matrix grows as ((3n+1) x calls)^2 and the worker was lost with 18 GB of 24 in use. The fixed atoms'
     coordinates never move and their forces are zero, an independent block of the kernel: the model must see only
     the free ones (the same GP; test_parent_only_gpmin_is_ase_gpmin checks the same calls and energies)."""
     seen = []
